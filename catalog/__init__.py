@@ -1,0 +1,14 @@
+"""The catalog: versioned Delta Lake tables, DuckDB views and read-only SQL."""
+
+from xds.catalog.cohorts import Cohort, build_cohort, get_cohort, list_cohorts
+from xds.catalog.store import Catalog, Transaction, utcnow
+
+__all__ = [
+    "Catalog",
+    "Cohort",
+    "Transaction",
+    "build_cohort",
+    "get_cohort",
+    "list_cohorts",
+    "utcnow",
+]

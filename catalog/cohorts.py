@@ -1,0 +1,136 @@
+"""Cohorts: named, version-pinned selections of scans.
+
+A cohort stores its ``WHERE`` clause, the catalog version it was evaluated on and the scan
+ids it selected. Re-running the clause on that pinned version gives the same ids, whatever
+was ingested since (:func:`rematerialize`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+import pyarrow as pa
+
+from xds.catalog.sql import fetch
+from xds.catalog.store import Catalog, utcnow
+from xds.schemas.errors import CohortError
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """A stored cohort (one row of the ``cohorts`` table)."""
+
+    cohort_id: str
+    name: str
+    where_sql: str
+    catalog_version: int
+    scan_ids: tuple[str, ...]
+    n_scans: int
+    n_subjects: int
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: dict) -> Cohort:
+        """Build from a ``cohorts`` row."""
+        return cls(**{**row, "scan_ids": tuple(row["scan_ids"])})
+
+    def summary(self) -> dict:
+        """JSON-ready description (without the scan id list)."""
+        return {
+            "cohort_id": self.cohort_id,
+            "name": self.name,
+            "where": self.where_sql,
+            "catalog_version": self.catalog_version,
+            "n_scans": self.n_scans,
+            "n_subjects": self.n_subjects,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+def select_scans(catalog: Catalog, where: str) -> pa.Table:
+    """``scan_id`` and ``subject_id`` of the scans ``where`` selects from ``scan_view``.
+
+    ``where`` is user SQL: it runs read-only, sorted by scan_id so the result is stable.
+
+    Raises:
+        SqlRefusedError: the clause tries anything but reading.
+        SqlError: the clause is not valid SQL over ``scan_view``'s columns.
+    """
+    query = f"SELECT scan_id, subject_id FROM scan_view WHERE ({where}) ORDER BY scan_id"
+    return catalog.sql(query)
+
+
+def build_cohort(catalog: Catalog, where: str, name: str) -> Cohort:
+    """Select scans with ``where`` at the catalog's current version and store the cohort.
+
+    Args:
+        catalog: the catalog, at the version to pin (usually its latest).
+        where: a SQL boolean expression over ``scan_view`` columns, e.g. ``sequence='T2W'``.
+        name: a new cohort name (letters, digits, ``-``, ``_``, ``.``).
+
+    Raises:
+        CohortError: the name is taken or invalid, or nothing matches.
+    """
+    _check_name(name)
+    if name in {c.name for c in list_cohorts(catalog)}:
+        raise CohortError(f"cohort {name!r} already exists; choose another --name")
+    version = catalog.version
+    selected = select_scans(catalog, where)
+    if selected.num_rows == 0:
+        raise CohortError(f"no scan matches --where {where!r} at catalog version {version}")
+    scan_ids = selected.column("scan_id").to_pylist()
+    n_subjects = len(set(selected.column("subject_id").to_pylist()))
+    digest = hashlib.sha256(f"{name}\0{where}\0{version}".encode()).hexdigest()[:16]
+    row = {
+        "cohort_id": f"coh-{digest}",
+        "name": name,
+        "where_sql": where,
+        "catalog_version": version,
+        "scan_ids": scan_ids,
+        "n_scans": len(scan_ids),
+        "n_subjects": n_subjects,
+        "created_at": utcnow(),
+    }
+    with catalog.transaction(f"build-cohort {name}") as txn:
+        txn.append("cohorts", [row])
+    return Cohort.from_row(row)
+
+
+def list_cohorts(catalog: Catalog) -> list[Cohort]:
+    """All cohorts at the catalog's version, oldest first."""
+    rows = catalog.read("cohorts").sort_by("created_at").to_pylist()
+    return [Cohort.from_row(r) for r in rows]
+
+
+def get_cohort(catalog: Catalog, name: str) -> Cohort:
+    """The cohort called ``name`` (or with that cohort_id).
+
+    Raises:
+        CohortError: no such cohort.
+    """
+    for cohort in list_cohorts(catalog):
+        if name in (cohort.name, cohort.cohort_id):
+            return cohort
+    known = ", ".join(c.name for c in list_cohorts(catalog)) or "none yet"
+    raise CohortError(f"no cohort named {name!r} (known: {known})")
+
+
+def rematerialize(catalog: Catalog, cohort: Cohort) -> tuple[str, ...]:
+    """Re-run a cohort's clause on its pinned catalog version; equals ``cohort.scan_ids``."""
+    pinned = catalog.at(cohort.catalog_version)
+    return tuple(select_scans(pinned, cohort.where_sql).column("scan_id").to_pylist())
+
+
+def cohort_scans(catalog: Catalog, cohort: Cohort) -> pa.Table:
+    """``scan_view`` rows of a cohort's scans as of its pinned version, sorted by scan_id."""
+    pinned = catalog.at(cohort.catalog_version)
+    with pinned.connect() as con:
+        con.register("_ids", pa.table({"scan_id": list(cohort.scan_ids)}))
+        return fetch(con, "SELECT v.* FROM scan_view v JOIN _ids USING (scan_id) ORDER BY scan_id")
+
+
+def _check_name(name: str) -> None:
+    if not name or not all(ch.isalnum() or ch in "-_." for ch in name):
+        raise CohortError(f"invalid cohort name {name!r}: use letters, digits, '-', '_', '.'")

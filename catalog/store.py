@@ -1,0 +1,315 @@
+"""The catalog store: one Delta Lake table per catalog table, versioned together.
+
+A catalog is a directory::
+
+    catalog/
+      subjects/ scans/ labels/ label_maps/ cohorts/ splits/ quarantine/   Delta tables
+      _versions/          Delta table: one row per catalog version -> each table's version
+      data/               managed image and label files, named by pseudonym
+      .xds-secret         per-catalog key of the subject pseudonyms (never in a table)
+      .xds.lock           writers' lock
+
+Delta Lake makes each table's append atomic; the ``_versions`` row makes a *set* of appends
+atomic: a reader sees catalog version N, i.e. the table versions recorded in row N, so a writer
+that dies between two table appends leaves nothing visible. The next writer finds the orphan
+table versions and restores those tables to their recorded version before it appends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+from filelock import FileLock
+
+from xds.catalog import sql as _sql
+from xds.catalog.views import VIEWS
+from xds.schemas.errors import CatalogError, CatalogNotFoundError
+from xds.schemas.tables import SCHEMA_VERSION, TABLES, schema_for, to_table
+
+VERSIONS_TABLE = "_versions"
+_VERSIONS_SCHEMA = pa.schema(
+    [
+        pa.field("catalog_version", pa.int64(), nullable=False),
+        pa.field("table_versions", pa.string(), nullable=False),  # JSON {table: delta version}
+        pa.field("operation", pa.string(), nullable=False),
+        pa.field("at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ],
+    metadata={"xds.table": VERSIONS_TABLE, "xds.schema_version": SCHEMA_VERSION},
+)
+_SECRET = ".xds-secret"
+_LOCK = ".xds.lock"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (the catalog's only clock)."""
+    return datetime.now(timezone.utc)
+
+
+class Catalog:
+    """One version of a catalog directory.
+
+    A ``Catalog`` object is pinned to one catalog version; reads always see that version.
+    Writes go through :meth:`transaction` and move the object to the version they create.
+
+    >>> cat = Catalog.create(tmp / "catalog")  # doctest: +SKIP
+    >>> cat.sql("SELECT count(*) AS n FROM scans").to_pylist()  # doctest: +SKIP
+    [{'n': 0}]
+    """
+
+    def __init__(self, root: Path, version: int, table_versions: dict[str, int]):
+        self.root = root
+        self.version = version
+        self.table_versions = table_versions
+        self._files: dict[str, list[str]] = {}
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, root: str | os.PathLike) -> Catalog:
+        """Create an empty catalog at ``root`` (a new or empty directory).
+
+        Raises:
+            CatalogError: ``root`` already holds a catalog or other files.
+        """
+        root = Path(root).resolve()
+        if (root / VERSIONS_TABLE).exists():
+            raise CatalogError(f"{root}: a catalog already exists here")
+        if root.exists() and any(root.iterdir()):
+            raise CatalogError(f"{root}: directory is not empty; choose a new catalog path")
+        root.mkdir(parents=True, exist_ok=True)
+        secret = root / _SECRET
+        secret.write_bytes(secrets.token_bytes(32))
+        secret.chmod(0o600)
+        with FileLock(str(root / _LOCK)):
+            for table in TABLES:
+                DeltaTable.create(
+                    str(root / table),
+                    schema=schema_for(table),
+                    name=table,
+                    description=json.dumps(_table_stamp(table)),
+                    commit_properties=_commit_props(table, "create"),
+                )
+            versions = {t: 0 for t in TABLES}
+            DeltaTable.create(
+                str(root / VERSIONS_TABLE),
+                schema=_VERSIONS_SCHEMA,
+                description=json.dumps(_table_stamp(VERSIONS_TABLE)),
+            )
+            _append_version_row(root, 0, versions, "create")
+        return cls(root, 0, versions)
+
+    @classmethod
+    def open(
+        cls, root: str | os.PathLike, version: int | None = None, *, create: bool = False
+    ) -> Catalog:
+        """Open the catalog at ``root``, at its latest version or at ``version``.
+
+        Args:
+            root: the catalog directory.
+            version: a catalog version to pin (time travel); latest when None.
+            create: create an empty catalog when none exists yet.
+
+        Raises:
+            CatalogNotFoundError: no catalog at ``root`` (and ``create`` is False).
+            CatalogError: ``version`` does not exist.
+        """
+        root = Path(root).resolve()
+        if not (root / VERSIONS_TABLE).exists():
+            if create:
+                return cls.create(root)
+            raise CatalogNotFoundError(
+                f"{root}: no catalog here (create one with an ingest, or pass --catalog)"
+            )
+        rows = _version_rows(root)
+        found = schema_version(root, "scans")
+        if found != SCHEMA_VERSION:
+            raise CatalogError(
+                f"{root}: catalog has schema version {found}; this xds reads {SCHEMA_VERSION}"
+            )
+        if version is None:
+            row = rows[-1]
+        else:
+            matches = [r for r in rows if r["catalog_version"] == version]
+            if not matches:
+                raise CatalogError(
+                    f"{root}: catalog version {version} does not exist "
+                    f"(latest is {rows[-1]['catalog_version']})"
+                )
+            row = matches[0]
+        return cls(root, row["catalog_version"], json.loads(row["table_versions"]))
+
+    def at(self, version: int) -> Catalog:
+        """The same catalog pinned at another version."""
+        return Catalog.open(self.root, version)
+
+    def latest(self) -> Catalog:
+        """The same catalog at its newest version."""
+        return Catalog.open(self.root)
+
+    def history(self) -> list[dict]:
+        """Every catalog version: number, operation, time and table versions."""
+        return _version_rows(self.root)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def files(self, table: str) -> list[str]:
+        """Absolute paths of the Parquet files of ``table`` at this catalog version."""
+        if table not in self._files:
+            schema_for(table)  # raises on an unknown table
+            dt = DeltaTable(str(self.root / table), version=self.table_versions[table])
+            self._files[table] = [_local_path(uri) for uri in dt.file_uris()]
+        return self._files[table]
+
+    def connect(self, *, lock: bool = True) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with a view per table at this version, plus ``scan_view``.
+
+        With ``lock`` (the default) the connection can read these files and nothing else.
+        """
+        files = {t: self.files(t) for t in TABLES}
+        schemas = {t: schema_for(t) for t in TABLES}
+        return _sql.connect(files, schemas, VIEWS, lock=lock)
+
+    def sql(self, query: str) -> pa.Table:
+        """Run one read-only query (user SQL) against this version.
+
+        Raises:
+            SqlRefusedError: the query is not a single SELECT or reaches outside the catalog.
+            SqlError: the query failed.
+        """
+        with self.connect() as con:
+            return _sql.run_user_query(con, query)
+
+    def read(self, table: str, where: str | None = None, params: Sequence = ()) -> pa.Table:
+        """Rows of ``table`` (or a view) at this version; ``where`` is trusted internal SQL."""
+        query = f"SELECT * FROM {table}" + (f" WHERE {where}" if where else "")
+        with self.connect() as con:
+            return _sql.fetch(con, query, params)
+
+    def count(self, table: str) -> int:
+        """Number of rows of ``table`` at this version."""
+        with self.connect() as con:
+            return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+    # -- files and secrets -----------------------------------------------------------------
+
+    def resolve(self, uri: str) -> Path:
+        """The path of a file the catalog references (relative URIs live under the root)."""
+        path = Path(uri)
+        return path if path.is_absolute() else self.root / path
+
+    def secret(self) -> bytes:
+        """The per-catalog key of the subject pseudonyms. Never print or store it."""
+        try:
+            return (self.root / _SECRET).read_bytes()
+        except FileNotFoundError:
+            raise CatalogError(f"{self.root}: the pseudonym key {_SECRET} is missing") from None
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self, operation: str) -> Iterator[Transaction]:
+        """Group appends to several tables into one new catalog version.
+
+        Nothing is visible to readers until the block exits without an exception; on an
+        exception nothing is written at all.
+        """
+        txn = Transaction()
+        yield txn
+        if not txn.appends:
+            return
+        with FileLock(str(self.root / _LOCK)):
+            head = _version_rows(self.root)[-1]
+            recorded = json.loads(head["table_versions"])
+            _restore_orphans(self.root, recorded)
+            versions = dict(recorded)
+            for table, parts in txn.appends.items():
+                data = pa.concat_tables(parts)
+                write_deltalake(
+                    str(self.root / table),
+                    data,
+                    mode="append",
+                    commit_properties=_commit_props(table, operation),
+                )
+                versions[table] = DeltaTable(str(self.root / table)).version()
+            new_version = head["catalog_version"] + 1
+            _append_version_row(self.root, new_version, versions, operation)
+        self.version, self.table_versions, self._files = new_version, versions, {}
+
+
+class Transaction:
+    """Appends collected by :meth:`Catalog.transaction`."""
+
+    def __init__(self) -> None:
+        self.appends: dict[str, list[pa.Table]] = {}
+
+    def append(self, table: str, rows: list[dict] | pa.Table) -> None:
+        """Queue rows for ``table``; dicts are checked against its schema now."""
+        if isinstance(rows, pa.Table):
+            data = rows.cast(schema_for(table))
+        else:
+            if not rows:
+                return
+            data = to_table(table, rows)
+        if data.num_rows:
+            self.appends.setdefault(table, []).append(data)
+
+
+def _table_stamp(table: str) -> dict[str, str]:
+    # delta-rs drops Arrow schema metadata when it writes Parquet, so the schema version
+    # lives in the Delta log instead: in the table's description and in every commit.
+    return {"xds.table": table, "xds.schema_version": SCHEMA_VERSION}
+
+
+def _commit_props(table: str, operation: str) -> CommitProperties:
+    return CommitProperties(custom_metadata={**_table_stamp(table), "xds.operation": operation})
+
+
+def schema_version(root: str | os.PathLike, table: str) -> str:
+    """The schema version a catalog table was created with (from its Delta metadata)."""
+    description = DeltaTable(str(Path(root) / table)).metadata().description or "{}"
+    return json.loads(description).get("xds.schema_version", "unknown")
+
+
+def _version_rows(root: Path) -> list[dict]:
+    try:
+        table = DeltaTable(str(root / VERSIONS_TABLE)).to_pyarrow_table()
+    except TableNotFoundError:
+        raise CatalogNotFoundError(f"{root}: no catalog here") from None
+    rows = sorted(table.to_pylist(), key=lambda r: r["catalog_version"])
+    if not rows:
+        raise CatalogError(f"{root}: the catalog's version log is empty")
+    return rows
+
+
+def _append_version_row(root: Path, version: int, versions: dict[str, int], op: str) -> None:
+    row = {
+        "catalog_version": version,
+        "table_versions": json.dumps(versions, sort_keys=True),
+        "operation": op,
+        "at": utcnow(),
+    }
+    data = pa.Table.from_pylist([row], schema=_VERSIONS_SCHEMA)
+    props = _commit_props(VERSIONS_TABLE, op)
+    write_deltalake(str(root / VERSIONS_TABLE), data, mode="append", commit_properties=props)
+
+
+def _restore_orphans(root: Path, recorded: dict[str, int]) -> None:
+    """Undo table versions written by a writer that died before its version row."""
+    for table, version in recorded.items():
+        dt = DeltaTable(str(root / table))
+        if dt.version() > version:
+            dt.restore(version)
+
+
+def _local_path(uri: str) -> str:
+    return uri[len("file://") :] if uri.startswith("file://") else uri

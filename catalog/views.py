@@ -1,0 +1,34 @@
+"""Views every catalog connection has, on top of one view per table.
+
+``scan_view`` is what ``--where`` filters: one row per usable scan (status ok) with its
+subject's demographics and its label availability, so
+``--where "sequence='T2W' AND sex='F' AND list_contains(classes, 'pancreas')"`` needs no
+join by hand.
+"""
+
+SCAN_VIEW = """
+CREATE VIEW scan_view AS
+WITH label_summary AS (
+    SELECT scan_id,
+           count(*) AS n_labels,
+           list_sort(list_distinct(flatten(list(classes_present)))) AS classes,
+           list_sort(list_distinct(list(origin))) AS label_origins
+    FROM labels
+    GROUP BY scan_id
+)
+SELECT s.scan_id, s.subject_id, s.study_id, s.dataset, s.center, s.modality, s.sequence,
+       s.sequence_source, s.vendor, s.scanner_model, s.field_strength, s.spacing, s.shape,
+       s.orientation, s.image_uri, s.image_hash, s.acquired_on, s.added_at,
+       p.sex, p.age, p.age_bin, p.race, p.ethnicity, p.diagnosis,
+       coalesce(l.n_labels, 0) > 0 AS has_label,
+       coalesce(l.n_labels, 0) AS n_labels,
+       coalesce(l.classes, []::VARCHAR[]) AS classes,
+       coalesce(l.label_origins, []::VARCHAR[]) AS label_origins
+FROM scans s
+LEFT JOIN subjects p USING (subject_id)
+LEFT JOIN label_summary l USING (scan_id)
+WHERE s.status = 'ok'
+"""
+
+VIEWS = (SCAN_VIEW,)
+"""Statements run on every catalog connection, in order."""

@@ -1,0 +1,1 @@
+"""The ``xds`` command line: parses, calls one library function, prints."""

@@ -1,0 +1,160 @@
+"""Arrow schemas of the catalog tables (DESIGN §3).
+
+Each schema carries its table name and :data:`SCHEMA_VERSION` in its metadata, which the
+catalog writes into every Delta table's configuration and every Parquet file it commits, so a
+file found on its own still says what it is.
+
+>>> from xds.schemas import schema_for
+>>> schema_for("scans").field("sequence").type
+DataType(string)
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from xds.schemas.errors import SchemaError
+
+SCHEMA_VERSION = "1"
+"""Bumped whenever a table's columns change meaning or type."""
+
+_TS = pa.timestamp("us", tz="UTC")
+_STR = pa.string()
+
+SEQUENCES = ("T1W", "T2W", "OOP", "IP", "DWI", "ADC", "FLAIR", "CT", "PET", "UNKNOWN")
+"""Sequence vocabulary of the ``scans.sequence`` column."""
+MODALITIES = ("MR", "CT", "PT")
+SEQUENCE_SOURCES = ("header", "rule", "manual", "adapter")
+LABEL_ORIGINS = ("manual", "revised", "pseudo", "synthetic", "prediction")
+ROLES = ("train", "val", "test", "unlabeled")
+SEXES = ("F", "M", "O", "U")
+
+_FIELDS: dict[str, list[pa.Field]] = {
+    "subjects": [
+        pa.field("subject_id", _STR, nullable=False),  # keyed pseudonym, never a source ID
+        pa.field("dataset", _STR, nullable=False),
+        pa.field("center", _STR, nullable=False),
+        pa.field("sex", _STR),  # F, M, O or U
+        pa.field("age", pa.float64()),  # years at first scan, capped at 90 (HIPAA)
+        pa.field("age_bin", _STR),  # decade, e.g. "40-49"; "90+"
+        pa.field("race", _STR),
+        pa.field("ethnicity", _STR),
+        pa.field("diagnosis", _STR),
+        pa.field("extra", pa.map_(_STR, _STR)),
+        pa.field("added_at", _TS, nullable=False),
+        pa.field("source", _STR, nullable=False),  # ingest run id
+    ],
+    "scans": [
+        pa.field("scan_id", _STR, nullable=False),
+        pa.field("subject_id", _STR, nullable=False),
+        pa.field("study_id", _STR),
+        pa.field("series_uid_hash", _STR),
+        pa.field("dataset", _STR, nullable=False),
+        pa.field("center", _STR, nullable=False),
+        pa.field("modality", _STR, nullable=False),
+        pa.field("sequence", _STR, nullable=False),
+        pa.field("sequence_source", _STR, nullable=False),
+        pa.field("vendor", _STR),
+        pa.field("scanner_model", _STR),
+        pa.field("field_strength", pa.float64()),  # tesla
+        pa.field("spacing", pa.list_(pa.float64())),  # mm, voxel axes i, j, k
+        pa.field("shape", pa.list_(pa.int32())),
+        pa.field("orientation", _STR),  # axis codes, e.g. "RAS"
+        pa.field("image_uri", _STR, nullable=False),
+        pa.field("image_hash", _STR, nullable=False),  # sha256 of the decoded voxels
+        pa.field("acquired_on", pa.date32()),  # shifted per subject
+        pa.field("added_at", _TS, nullable=False),
+        pa.field("source", _STR, nullable=False),
+        pa.field("status", _STR, nullable=False),  # ok | quarantined
+    ],
+    "labels": [
+        pa.field("label_id", _STR, nullable=False),
+        pa.field("scan_id", _STR, nullable=False),
+        pa.field("uri", _STR, nullable=False),
+        pa.field("hash", _STR, nullable=False),  # sha256 of the decoded voxels
+        pa.field("label_map", _STR, nullable=False),  # label_maps.label_map_id
+        pa.field("origin", _STR, nullable=False),
+        pa.field("classes_present", pa.list_(_STR)),  # class names with >= 1 voxel
+        pa.field("round", pa.int32()),
+        pa.field("teacher_run", _STR),
+        pa.field("quality", pa.map_(_STR, pa.float64())),
+        pa.field("created_at", _TS, nullable=False),
+        pa.field("source", _STR, nullable=False),
+    ],
+    "label_maps": [
+        pa.field("label_map_id", _STR, nullable=False),
+        pa.field("dataset", _STR, nullable=False),
+        pa.field("indices", pa.list_(pa.int32()), nullable=False),
+        pa.field("names", pa.list_(_STR), nullable=False),
+        pa.field("source", _STR),  # where the map comes from (file, citation)
+        pa.field("created_at", _TS, nullable=False),
+    ],
+    "cohorts": [
+        pa.field("cohort_id", _STR, nullable=False),
+        pa.field("name", _STR, nullable=False),
+        pa.field("where_sql", _STR, nullable=False),
+        pa.field("catalog_version", pa.int64(), nullable=False),
+        pa.field("scan_ids", pa.list_(_STR), nullable=False),
+        pa.field("n_scans", pa.int64(), nullable=False),
+        pa.field("n_subjects", pa.int64(), nullable=False),
+        pa.field("created_at", _TS, nullable=False),
+    ],
+    "splits": [
+        pa.field("split_id", _STR, nullable=False),
+        pa.field("name", _STR, nullable=False),
+        pa.field("cohort_id", _STR, nullable=False),
+        pa.field("strategy", _STR, nullable=False),
+        pa.field("params", _STR, nullable=False),  # JSON
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("scan_id", _STR, nullable=False),
+        pa.field("subject_id", _STR, nullable=False),
+        pa.field("fold", pa.int32(), nullable=False),
+        pa.field("role", _STR, nullable=False),
+        pa.field("created_at", _TS, nullable=False),
+    ],
+    "quarantine": [
+        pa.field("uri", _STR, nullable=False),  # path relative to the ingest root, pseudonymized
+        pa.field("dataset", _STR),
+        pa.field("center", _STR),
+        pa.field("stage", _STR, nullable=False),
+        pa.field("error", _STR, nullable=False),
+        pa.field("at", _TS, nullable=False),
+        pa.field("source", _STR, nullable=False),
+    ],
+}
+
+TABLES: tuple[str, ...] = tuple(_FIELDS)
+"""Names of the catalog tables, in creation order."""
+
+
+def schema_for(table: str) -> pa.Schema:
+    """The Arrow schema of a catalog table, with its name and version in the metadata.
+
+    Raises:
+        SchemaError: the table is not one of :data:`TABLES`.
+    """
+    try:
+        fields = _FIELDS[table]
+    except KeyError:
+        raise SchemaError(f"unknown table {table!r}; known: {', '.join(TABLES)}") from None
+    return pa.schema(fields, metadata={"xds.table": table, "xds.schema_version": SCHEMA_VERSION})
+
+
+def to_table(table: str, rows: list[dict]) -> pa.Table:
+    """Rows (dicts keyed by column) as an Arrow table of ``table``'s schema.
+
+    Missing optional columns become null; unknown keys and wrong types raise.
+
+    Raises:
+        SchemaError: a row has a column the schema lacks, or a value of the wrong type.
+    """
+    schema = schema_for(table)
+    names = set(schema.names)
+    for row in rows:
+        extra = set(row) - names
+        if extra:
+            raise SchemaError(f"{table}: unknown column(s) {sorted(extra)}")
+    try:
+        return pa.Table.from_pylist(rows, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise SchemaError(f"{table}: {exc}") from exc

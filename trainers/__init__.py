@@ -1,0 +1,1 @@
+"""Training backends (nnU-Net v2, native torch/torchio). Built by the Trainers issue."""
