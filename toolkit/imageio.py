@@ -1,0 +1,124 @@
+"""Reading, checking, hashing and de-identifying NIfTI files.
+
+The content hash is the SHA-256 of the decoded voxel array (dtype, shape and bytes in C
+order), so the same image saved as .nii or .nii.gz, or with another header, hashes the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from xds.schemas.errors import IngestError
+
+# NIfTI header text fields that scanners and converters fill with free text (names, dates).
+_TEXT_FIELDS = ("descrip", "aux_file", "intent_name", "db_name")
+
+
+@dataclass
+class Volume:
+    """A decoded 3D NIfTI image and the facts the catalog keeps about it."""
+
+    path: Path
+    image: nib.Nifti1Image
+    data: np.ndarray
+    spacing: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    orientation: str
+    hash: str
+
+    @property
+    def affine(self) -> np.ndarray:
+        """Voxel -> RAS+ mm."""
+        return self.image.affine
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Load and check a 3D NIfTI image, decoding every voxel.
+
+    Raises:
+        IngestError: unreadable or truncated file, not 3D, or non-finite voxels; the
+            message names the problem in one line.
+    """
+    path = Path(path)
+    try:
+        image = nib.load(path)
+        data = np.asanyarray(image.dataobj)
+    except Exception as exc:  # nibabel raises many types for broken files
+        raise IngestError(f"unreadable NIfTI ({type(exc).__name__}: {_short(exc)})") from None
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+        raise IngestError(f"not a NIfTI image ({type(image).__name__})")
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise IngestError(f"expected a 3D image, got {data.ndim}D with shape {data.shape}")
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise IngestError("image holds NaN or infinite voxels")
+    zooms = tuple(round(float(z), 5) for z in image.header.get_zooms()[:3])
+    if min(zooms) <= 0:
+        raise IngestError(f"invalid voxel spacing {zooms}")
+    return Volume(
+        path=path,
+        image=image,
+        data=data,
+        spacing=zooms,
+        shape=tuple(int(n) for n in data.shape),
+        orientation="".join(nib.aff2axcodes(image.affine)),
+        hash=voxel_hash(data),
+    )
+
+
+def voxel_hash(data: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and C-order bytes."""
+    h = hashlib.sha256()
+    h.update(f"{data.dtype.str}|{data.shape}|".encode())
+    h.update(np.ascontiguousarray(data).tobytes())
+    return h.hexdigest()
+
+
+def has_free_text(image: nib.Nifti1Image) -> bool:
+    """True when the header carries free text or extensions that could hold PHI."""
+    header = image.header
+    for name in _TEXT_FIELDS:
+        if name in header and np.asarray(header[name]).tobytes().strip(b"\0 "):
+            return True
+    return bool(header.extensions)
+
+
+def store_volume(volume: Volume, dest: Path, *, link: bool = True) -> None:
+    """Put a volume at ``dest`` (a .nii.gz path) with no free text in its header.
+
+    A clean .nii.gz source is hard-linked (or copied when ``link`` is False or the link
+    fails); anything else is re-saved, which drops the header's text fields and extensions.
+    """
+    if not dest.name.endswith(".nii.gz"):
+        raise ValueError(f"{dest}: managed volumes are .nii.gz")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name[: -len(".nii.gz")] + ".part.nii.gz")
+    tmp.unlink(missing_ok=True)
+    if not has_free_text(volume.image) and volume.path.name.endswith(".nii.gz"):
+        try:
+            if not link:
+                raise OSError("copy requested")
+            os.link(volume.path, tmp)
+        except OSError:
+            shutil.copyfile(volume.path, tmp)
+    else:
+        image = nib.Nifti1Image(volume.data, volume.affine, header=volume.image.header.copy())
+        for name in _TEXT_FIELDS:
+            if name in image.header:
+                image.header[name] = b""
+        image.header.extensions.clear()
+        nib.save(image, tmp)
+    os.replace(tmp, dest)  # readers never see a half-written file
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""

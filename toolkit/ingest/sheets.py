@@ -1,0 +1,132 @@
+"""Metadata sheets and label-map files as centers send them.
+
+A sheet (CSV or TSV) has one row per subject. Columns are recognised by name, whatever the
+spelling ("PatientID", "participant_id", "case"...); codings are normalised (sex "female",
+"f", "F" -> "F"); columns that may identify a person are dropped; the rest goes to ``extra``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+from xds.deid import age_bin, cap_age, is_phi_column
+from xds.schemas.errors import IngestError
+
+_SUBJECT = ("subject", "subject_id", "participant_id", "participant", "patient",
+            "patient_id", "patientid", "case", "case_id", "caseid", "pid")
+_FIELDS = {
+    "sex": ("sex", "gender"),
+    "age": ("age", "age_years", "ageyears", "age_at_scan", "patientage"),
+    "diagnosis": ("diagnosis", "dx", "indication", "condition"),
+    "race": ("race",),
+    "ethnicity": ("ethnicity",),
+}
+_SEX = {"f": "F", "female": "F", "w": "F", "woman": "F", "m": "M", "male": "M", "man": "M",
+        "o": "O", "other": "O", "u": "U", "unknown": "U", "": "U"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+
+
+def read_sheet(path: str | Path) -> dict[str, dict]:
+    """Subject rows of a sheet, keyed by the subject key as it appears in paths.
+
+    Returns:
+        key -> {"sex", "age", "age_bin", "diagnosis", "race", "ethnicity", "extra"}.
+
+    Raises:
+        IngestError: unreadable sheet, or no recognisable subject column.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IngestError(f"{path}: cannot read sheet ({exc})") from None
+    delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in text.splitlines()[0] else ","
+    rows = list(csv.DictReader(text.splitlines(), delimiter=delimiter))
+    if not rows:
+        return {}
+    columns = {_norm(c): c for c in rows[0]}
+    subject_col = next((columns[c] for c in _SUBJECT if c in columns), None)
+    if subject_col is None:
+        raise IngestError(
+            f"{path}: no subject column (expected one of: {', '.join(_SUBJECT)})"
+        )
+    field_cols = {f: next((columns[c] for c in names if c in columns), None)
+                  for f, names in _FIELDS.items()}
+    used = {subject_col, *filter(None, field_cols.values())}
+    out = {}
+    for i, row in enumerate(rows, start=2):
+        key = (row.get(subject_col) or "").strip()
+        if not key:
+            continue
+        record = {f: (row.get(c) or "").strip() or None if c else None
+                  for f, c in field_cols.items()}
+        sex = (record["sex"] or "").lower()
+        if sex not in _SEX:
+            raise IngestError(f"{path}:{i}: unknown sex {record['sex']!r}")
+        record["sex"] = _SEX[sex]
+        try:
+            age = float(record["age"]) if record["age"] else None
+        except ValueError:
+            raise IngestError(f"{path}:{i}: age {record['age']!r} is not a number") from None
+        record["age"] = cap_age(age)
+        record["age_bin"] = age_bin(record["age"])
+        if record["diagnosis"]:
+            record["diagnosis"] = record["diagnosis"].lower()
+        record["extra"] = {
+            _norm(c): v for c, v in row.items()
+            if c not in used and c is not None and v not in (None, "") and not is_phi_column(c)
+        }
+        for alias in _aliases(key):
+            out[alias] = record
+    return out
+
+
+def _aliases(key: str) -> list[str]:
+    # BIDS sheets write "sub-001" where paths hold "001" after the "sub-" prefix.
+    return [key, key[4:]] if key.startswith("sub-") else [key]
+
+
+def read_label_map(path: str | Path) -> dict[int, str]:
+    """Index -> class name from a label-map file; background (0) included.
+
+    Accepted: JSON ``{"1": "liver"}``, ``{"liver": 1}``, nnU-Net's dataset.json
+    (``{"labels": {...}}``), or a CSV/TSV with ``index,name`` columns.
+
+    Raises:
+        IngestError: unreadable file, or indices that are not non-negative integers.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        if path.suffix.lower() == ".json":
+            doc = json.loads(text)
+            doc = doc.get("labels", doc) if isinstance(doc, dict) else doc
+            pairs = [(v, k) if isinstance(v, int) else (k, v) for k, v in doc.items()]
+        else:
+            delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+            reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+            cols = {_norm(c): c for c in reader.fieldnames or []}
+            idx, name = cols.get("index") or cols.get("label"), cols.get("name") or cols.get("class")
+            if not idx or not name:
+                raise IngestError(f"{path}: label-map CSV needs 'index' and 'name' columns")
+            pairs = [(r[idx], r[name]) for r in reader]
+        mapping = {int(i): str(n).strip() for i, n in pairs}
+    except IngestError:
+        raise
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        raise IngestError(f"{path}: not a label map ({_first(exc)})") from None
+    if any(i < 0 for i in mapping):
+        raise IngestError(f"{path}: label indices must be >= 0")
+    mapping.setdefault(0, "background")
+    return dict(sorted(mapping.items()))
+
+
+def _first(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

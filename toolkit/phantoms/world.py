@@ -1,0 +1,303 @@
+"""The phantom world: a generated multi-center abdominal MRI collection (DESIGN §5).
+
+Each center differs the way real ones do: vendor and field strength (so protocols and
+relaxation times), grid spacing and size, orientation, noise and bias field, the label-index
+convention (some centers label only the pancreas), the folder layout, and the spreadsheet of
+demographics (column names, codings, and PHI-looking columns that ingest must drop).
+Everything follows from ``seed``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from xds.executors import progress_map
+from xds.ingest.layouts import LAYOUTS
+from xds.phantoms.anatomy import ORGANS, Anatomy, labels_from_tissues
+from xds.phantoms.physics import Protocol, default_protocol, render
+
+CENTER_NAMES = ("Aurora", "Boreal", "Cedar", "Delta", "Ember", "Fjord", "Glen", "Harbor")
+_VENDORS = (
+    ("SIEMENS", "Aera", 1.5, 1.0),
+    ("GE MEDICAL SYSTEMS", "Discovery MR750", 3.0, 2.2),
+    ("Philips", "Ingenia", 3.0, 0.6),
+    ("SIEMENS", "Skyra", 3.0, 1.4),
+    ("GE MEDICAL SYSTEMS", "Signa HDxt", 1.5, 1.8),
+    ("Philips", "Achieva", 1.5, 0.8),
+)
+_STYLES = ("bids", "nnunet", "folders", "flat")
+# How each layout style spells the sequences in its paths.
+_SEQUENCE_TOKENS = {
+    "bids": {"T1W": "T1w", "T2W": "T2w", "OOP": "opp", "IP": "inp", "CT": "ct"},
+    "nnunet": {"T1W": "T1W", "T2W": "T2W", "OOP": "OOP", "IP": "IP", "CT": "CT"},
+    "folders": {"T1W": "T1_VIBE", "T2W": "T2_HASTE", "OOP": "OPP_PHASE", "IP": "IN_PHASE",
+                "CT": "CT_ABD"},
+    "flat": {"T1W": "t1", "T2W": "t2", "OOP": "oop", "IP": "ip", "CT": "ct"},
+}
+_ORIENTATIONS = ("RAS", "LPS", "LAS", "RPI", "LPI", "RAI", "LAI", "RPS")
+_DIRECTION = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
+_DIAGNOSES = ("normal", "ipmn", "pdac", "pancreatitis")
+_SYLLABLES = ("ka", "lo", "mi", "ra", "ne", "to", "su", "vi", "de", "jo", "an", "el")
+
+
+@dataclass(frozen=True)
+class CenterSpec:
+    """Everything that makes one phantom center different from the others."""
+
+    name: str
+    style: str
+    vendor: str
+    scanner_model: str
+    field_strength: float
+    gain: float
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    orientation: str
+    noise: float
+    bias: float
+    classes: tuple[str, ...]  # label index i+1 -> classes[i]
+    protocols: dict[str, Protocol] = field(default_factory=dict)
+
+    @property
+    def label_map(self) -> dict[int, str]:
+        """Index -> class name of this center's label maps (0 is background)."""
+        return {0: "background", **{i + 1: c for i, c in enumerate(self.classes)}}
+
+
+def make_centers(
+    n_centers: int, sequences: tuple[str, ...], shape: tuple[int, int, int], seed: int
+) -> list[CenterSpec]:
+    """Draw ``n_centers`` centers; each style, vendor and orientation appears in turn."""
+    centers = []
+    for c in range(n_centers):
+        rng = np.random.default_rng([seed, 1, c])
+        vendor, model, b0, gain = _VENDORS[c % len(_VENDORS)]
+        style = _STYLES[c % len(_STYLES)]
+        grid = tuple(int(n * rng.uniform(0.9, 1.1)) for n in shape)
+        fov = (rng.uniform(320, 380), rng.uniform(300, 360), rng.uniform(150, 190))
+        spacing = tuple(round(f / n, 3) for f, n in zip(fov, grid, strict=True))
+        if style == "flat":
+            classes = ("pancreas",)  # CrossPan-style: only the pancreas is labelled
+        elif style == "folders":
+            classes = tuple(o for o in ORGANS if o not in ("inferior_vena_cava", "aorta"))
+        elif style == "nnunet":
+            classes = tuple(reversed(ORGANS))
+        else:
+            classes = tuple(ORGANS)
+        name = CENTER_NAMES[c % len(CENTER_NAMES)] + ("" if c < len(CENTER_NAMES) else str(c))
+        centers.append(
+            CenterSpec(
+                name=name, style=style, vendor=vendor, scanner_model=model, field_strength=b0,
+                gain=gain * 1000, shape=grid, spacing=spacing,
+                orientation=_ORIENTATIONS[c % len(_ORIENTATIONS)],
+                noise=float(rng.uniform(0.03, 0.08)), bias=float(rng.uniform(0.1, 0.35)),
+                classes=classes,
+                protocols={s: default_protocol(s, b0, rng) for s in sequences},
+            )
+        )
+    return centers
+
+
+def affine_for(center: CenterSpec, offset_mm: np.ndarray) -> np.ndarray:
+    """Voxel -> RAS+ mm affine of a center's grid, centered on the abdomen plus an offset."""
+    affine = np.eye(4)
+    for axis, code in enumerate(center.orientation):
+        world_axis, sign = _DIRECTION[code]
+        affine[:3, axis] = 0.0
+        affine[world_axis, axis] = sign * center.spacing[axis]
+    half = (np.asarray(center.shape) - 1) / 2
+    affine[:3, 3] = np.array((0.0, -5.0, 10.0)) + offset_mm - affine[:3, :3] @ half
+    return affine
+
+
+@dataclass(frozen=True)
+class _SubjectJob:
+    root: str
+    center: CenterSpec
+    index: int
+    key: str
+    seed: int
+    sequences: tuple[str, ...]
+
+
+def _subject_key(style: str, center: str, index: int, rng: np.random.Generator) -> str:
+    # Keys look like what hospitals really put in paths (IDs, names): PHI to keep out.
+    if style == "bids":
+        return f"{index + 1:03d}"
+    if style == "nnunet":
+        return f"{center.upper()}_{int(rng.integers(10**6, 10**7))}"
+    if style == "folders":
+        return f"MRN{int(rng.integers(10**7, 10**8))}"
+    first, last = ("".join(rng.choice(_SYLLABLES, 2)) for _ in range(2))
+    return f"{last}_{first}{index}"
+
+
+def _write_subject(job: _SubjectJob) -> list[dict]:
+    center = job.center
+    rng = np.random.default_rng([job.seed, 2, hash_name(center.name), job.index])
+    anatomy = Anatomy(
+        rng,
+        scale=float(rng.uniform(0.9, 1.08)),
+        subcutaneous_fat_mm=float(rng.uniform(8, 30)),
+        lesion=str(rng.choice(["none", "none", "cyst", "tumour"])),
+    )
+    liver_fat = float(rng.choice([0.02, 0.05, 0.15, 0.25], p=[0.5, 0.2, 0.2, 0.1]))
+    affine = affine_for(center, rng.uniform(-10, 10, 3))
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in center.shape], indexing="ij"), -1)
+    world = ijk @ affine[:3, :3].T + affine[:3, 3]
+    tissues = anatomy.tissue_map(world)
+    labels = labels_from_tissues(tissues, {n: i for i, n in center.label_map.items() if i})
+    layout = LAYOUTS[center.style]
+    root = Path(job.root)
+    written = []
+    for sequence in job.sequences:
+        protocol = center.protocols[sequence]
+        image = render(tissues, protocol, center.spacing, rng, noise=center.noise,
+                       bias=center.bias, fat_fraction_liver=liver_fat)
+        if sequence != "CT":
+            image = image / max(float(np.percentile(image, 99.5)), 1e-6)
+            image = image * center.gain * rng.uniform(0.8, 1.2)
+        token = _SEQUENCE_TOKENS[center.style][sequence]
+        image_path = root / layout.image_path(job.key, token)
+        label_path = root / layout.label_path(job.key, token)
+        _save(np.round(image).astype(np.int16), affine, image_path)
+        _save(labels, affine, label_path)
+        written.append({"image": str(image_path.relative_to(root)),
+                        "label": str(label_path.relative_to(root)), "sequence": sequence})
+    return written
+
+
+def hash_name(name: str) -> int:
+    """A stable small integer for a name (Python's hash() is salted per process)."""
+    return int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "little") % (2**31)
+
+
+def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(array, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, path)
+
+
+def generate_world(
+    out: str | Path,
+    *,
+    centers: int = 4,
+    subjects_per_center: int = 12,
+    sequences: tuple[str, ...] = ("T1W", "T2W", "OOP"),
+    shape: tuple[int, int, int] = (64, 64, 32),
+    missing: float = 0.1,
+    seed: int = 0,
+    jobs: int = 1,
+) -> dict:
+    """Write a phantom world under ``out`` and return its manifest (also ``out/world.json``).
+
+    Args:
+        out: a new or empty directory.
+        centers: number of centers; layouts, vendors and orientations cycle through them.
+        subjects_per_center: subjects per center; each gets every sequence, except that each
+            sequence is missing with probability ``missing`` (never all of them).
+        sequences: among T1W, T2W, OOP, IP and CT.
+        shape: nominal grid (voxels); each center varies it by up to 10 %.
+        seed: the same seed writes the same world, byte for byte.
+        jobs: worker processes.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: directory is not empty")
+    specs = make_centers(centers, tuple(sequences), tuple(shape), seed)
+    jobs_list, manifest_centers = [], []
+    for spec in specs:
+        rng = np.random.default_rng([seed, 3, hash_name(spec.name)])
+        subjects = []
+        for i in range(subjects_per_center):
+            key = _subject_key(spec.style, spec.name, i, rng)
+            present = tuple(s for s in sequences if rng.random() >= missing) or (sequences[0],)
+            subjects.append(_demographics(spec.style, key, rng))
+            jobs_list.append(_SubjectJob(str(out / spec.name), spec, i, key, seed, present))
+        folder = out / spec.name
+        folder.mkdir(parents=True, exist_ok=True)
+        sheet = _write_sheet(folder, spec.style, subjects)
+        label_map = _write_label_map(folder, spec)
+        manifest_centers.append({
+            "name": spec.name, "path": spec.name, "layout": spec.style,
+            "metadata": f"{spec.name}/{sheet}", "label_map": f"{spec.name}/{label_map}",
+            "vendor": spec.vendor, "scanner_model": spec.scanner_model,
+            "field_strength": spec.field_strength, "orientation": spec.orientation,
+            "spacing": list(spec.spacing), "shape": list(spec.shape),
+            "classes": list(spec.classes), "n_subjects": subjects_per_center,
+            "protocols": {k: asdict(v) for k, v in spec.protocols.items()},
+        })
+    results = progress_map(_write_subject, jobs_list, jobs=jobs, description="phantoms")
+    counts: dict[str, dict[str, int]] = {c["name"]: {} for c in manifest_centers}
+    for job, written in zip(jobs_list, results, strict=True):
+        for item in written:
+            per = counts[job.center.name]
+            per[item["sequence"]] = per.get(item["sequence"], 0) + 1
+    for c in manifest_centers:
+        c["scans_per_sequence"] = counts[c["name"]]
+    manifest = {
+        "seed": seed, "sequences": list(sequences), "shape": list(shape),
+        "n_scans": sum(sum(v.values()) for v in counts.values()),
+        "centers": manifest_centers,
+    }
+    (out / "world.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _demographics(style: str, key: str, rng: np.random.Generator) -> dict:
+    sex = str(rng.choice(["F", "M"]))
+    age = int(rng.integers(22, 88))
+    diagnosis = str(rng.choice(_DIAGNOSES, p=[0.4, 0.3, 0.2, 0.1]))
+    if style == "bids":
+        return {"participant_id": f"sub-{key}", "sex": sex, "age": age, "diagnosis": diagnosis}
+    if style == "nnunet":
+        year = 2024 - age
+        return {"PatientID": key, "PatientName": f"DOE^{key[-4:]}",
+                "BirthDate": f"{year}{int(rng.integers(1, 13)):02d}15",
+                "Gender": {"F": "female", "M": "male"}[sex], "AgeYears": age,
+                "Dx": diagnosis.upper()}
+    if style == "folders":
+        return {"patient": key, "sex": sex.lower(), "age": age, "diagnosis": diagnosis,
+                "weight_kg": round(float(rng.normal(75, 12)), 1)}
+    return {"case": key, "Sex": {"F": "Female", "M": "Male"}[sex], "Age": age,
+            "Indication": diagnosis, "Address": f"{int(rng.integers(1, 999))} Main Street"}
+
+
+def _write_sheet(folder: Path, style: str, rows: list[dict]) -> str:
+    name, delimiter = {
+        "bids": ("participants.tsv", "\t"), "nnunet": ("clinical.csv", ","),
+        "folders": ("metadata.csv", ","), "flat": ("demographics.csv", ","),
+    }[style]
+    with open(folder / name, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+    return name
+
+
+def _write_label_map(folder: Path, spec: CenterSpec) -> str:
+    # Four spellings of the same thing, as centers really send them.
+    if spec.style == "nnunet":
+        labels = {name: i for i, name in spec.label_map.items()}
+        doc = {"channel_names": {"0": "MRI"}, "labels": labels, "file_ending": ".nii.gz"}
+        (folder / "dataset.json").write_text(json.dumps(doc, indent=2))
+        return "dataset.json"
+    if spec.style == "folders":
+        lines = ["index,name"] + [f"{i},{n}" for i, n in spec.label_map.items()]
+        (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+        return "labels.csv"
+    if spec.style == "flat":
+        mapping = {name: i for i, name in spec.label_map.items() if i}
+    else:
+        mapping = {str(i): name for i, name in spec.label_map.items()}
+    (folder / "label_map.json").write_text(json.dumps(mapping, indent=2))
+    return "label_map.json"
