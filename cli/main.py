@@ -1,0 +1,395 @@
+"""``xds``: the command line. Each command parses, calls one library function, prints.
+
+Exit codes: 0 success; 1 a user error (one line on stderr, no traceback); 2 usage.
+Library modules are imported inside the commands so ``xds --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from functools import wraps
+
+import click
+
+from xds.cli.output import emit_json, print_kv, print_table, warn
+from xds.schemas.errors import XdsError
+
+DEFAULT_CATALOG = "./xds-catalog"
+
+
+class XdsGroup(click.Group):
+    """A group that turns every :class:`XdsError` into exit code 1 with one line."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except XdsError as exc:
+            raise click.ClickException(str(exc)) from None
+        except FileExistsError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+class State:
+    """What the global options set: the catalog location."""
+
+    def __init__(self, catalog: str):
+        self.catalog_path = catalog
+
+    def catalog(self, *, create: bool = False, version: int | None = None):
+        """Open the catalog (creating it on first ingest)."""
+        from xds.catalog import Catalog
+
+        return Catalog.open(self.catalog_path, version, create=create)
+
+
+def json_option(fn):
+    """Add ``--json`` (machine-readable output) to a command."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def jobs_option(fn):
+    """Add ``--jobs`` (worker processes) to a command."""
+    return click.option("--jobs", "-j", type=click.IntRange(1), default=None,
+                        help="Worker processes (default: all usable CPUs).")(fn)
+
+
+def _jobs(jobs: int | None) -> int:
+    from xds.executors import default_jobs
+
+    return jobs or default_jobs()
+
+
+@click.group(cls=XdsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--catalog", envvar="XDS_CATALOG", default=DEFAULT_CATALOG, show_default=True,
+              help="Catalog directory (env XDS_CATALOG).")
+@click.version_option(package_name="xds-toolkit")
+@click.pass_context
+def cli(ctx: click.Context, catalog: str) -> None:
+    """xds: catalog, split, harmonize and export multi-center segmentation datasets.
+
+    Start with `xds demo`, which builds a phantom world and runs the whole pipeline.
+    """
+    ctx.obj = State(catalog)
+
+
+# -- phantoms --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="New folder.")
+@click.option("--centers", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--subjects-per-center", type=click.IntRange(1), default=12, show_default=True)
+@click.option("--sequences", default="T1W,T2W,OOP", show_default=True,
+              help="Comma-separated, among T1W, T2W, OOP, IP, CT.")
+@click.option("--shape", default="64,64,32", show_default=True, help="Nominal grid (voxels).")
+@click.option("--missing", type=click.FloatRange(0, 0.9), default=0.1, show_default=True,
+              help="Probability that a subject lacks a given sequence.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@jobs_option
+@json_option
+def phantoms(out, centers, subjects_per_center, sequences, shape, missing, seed, jobs, as_json):
+    """Write a phantom multi-center MRI world (NIfTI images, labels, sheets).
+
+    Each center has its own vendor, field strength, grid, orientation, noise, label
+    convention, folder layout and metadata sheet; world.json describes them.
+    """
+    from xds.phantoms import generate_world
+
+    manifest = generate_world(
+        out, centers=centers, subjects_per_center=subjects_per_center,
+        sequences=tuple(s.strip() for s in sequences.split(",") if s.strip()),
+        shape=_ints(shape, 3, "--shape"), missing=missing, seed=seed, jobs=_jobs(jobs),
+    )
+    if as_json:
+        emit_json(manifest)
+        return
+    rows = [{"center": c["name"], "folder": c["path"], "layout": c["layout"],
+             "vendor": c["vendor"], "tesla": c["field_strength"],
+             "orientation": c["orientation"], "classes": len(c["classes"]),
+             "scans": c["scans_per_sequence"]} for c in manifest["centers"]]
+    print_table(rows, f"phantom world: {manifest['n_scans']} scans in {out}")
+
+
+def _ints(text: str, n: int, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected {n} integers like 64,64,32", param_hint=flag) from None
+    if len(values) != n or min(values) < 4:
+        raise click.BadParameter(f"expected {n} integers >= 4", param_hint=flag)
+    return values
+
+
+# -- ingest ------------------------------------------------------------------------------------
+
+
+@cli.group(cls=XdsGroup)
+def ingest():
+    """Register a center's data in the catalog (created on first use)."""
+
+
+@ingest.command("nifti")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--center", required=True, help="Center name as stored in the catalog.")
+@click.option("--dataset", help="Dataset name (default: the center name).")
+@click.option("--metadata", type=click.Path(exists=True, dir_okay=False),
+              help="CSV/TSV sheet, one row per subject (sex, age, diagnosis, ...).")
+@click.option("--label-map", type=click.Path(exists=True, dir_okay=False),
+              help="JSON or CSV naming each label index (nnU-Net dataset.json works).")
+@click.option("--layout", default="auto", show_default=True,
+              help="auto, bids, nnunet, folders, flat, or a pattern such as "
+                   "'{subject}/{sequence}/image.nii.gz'.")
+@click.option("--label-layout", help="Label path pattern when --layout is a pattern.")
+@click.option("--sequence", help="Force this sequence for every image (recorded as manual).")
+@click.option("--modality", type=click.Choice(["MR", "CT", "PT"]), help="Default: from sequence.")
+@click.option("--vendor")
+@click.option("--scanner-model")
+@click.option("--field-strength", type=float, help="Tesla.")
+@click.option("--copy", is_flag=True, help="Copy files into the catalog instead of hard-linking.")
+@jobs_option
+@json_option
+@click.pass_obj
+def ingest_nifti_cmd(state, directory, center, dataset, metadata, label_map, layout,
+                     label_layout, sequence, modality, vendor, scanner_model, field_strength,
+                     copy, jobs, as_json):
+    """Ingest a folder of NIfTI images and label maps from one center.
+
+    Bad files (truncated, not 3D, label grid differs from its image, unknown label values)
+    are quarantined with their reason; the rest is ingested. Re-running adds nothing.
+    """
+    from xds.ingest import ingest_nifti
+
+    report = ingest_nifti(
+        state.catalog(create=True), directory, center=center, dataset=dataset,
+        metadata=metadata, label_map=label_map, layout=layout, label_layout=label_layout,
+        sequence=sequence, modality=modality, vendor=vendor, scanner_model=scanner_model,
+        field_strength=field_strength, jobs=_jobs(jobs), link=not copy,
+    )
+    for path, error in report.problems:
+        warn(f"quarantined {path}: {error}")
+    if as_json:
+        emit_json(report.summary())
+    else:
+        summary = report.summary()
+        summary.pop("problems")
+        print_kv(summary, f"ingest {center}")
+
+
+# -- queries and cohorts -------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("query")
+@click.option("--at-version", type=int, help="Query this catalog version (time travel).")
+@json_option
+@click.pass_obj
+def sql(state, query, at_version, as_json):
+    """Run one read-only SELECT on the catalog (views: scan_view and every table).
+
+    Anything else (COPY, ATTACH, INSTALL/LOAD, SET, PRAGMA, several statements, file
+    functions such as read_csv) is refused with exit code 1.
+    """
+    table = state.catalog(version=at_version).sql(query)
+    rows = table.to_pylist()
+    if as_json:
+        emit_json(rows)
+    else:
+        print_table(rows, f"{len(rows)} row(s)", table.column_names)
+
+
+@cli.command("build-cohort")
+@click.option("--where", "where", required=True,
+              help="SQL condition over scan_view, e.g. \"sequence='T2W' AND sex='F'\".")
+@click.option("--name", required=True, help="New cohort name.")
+@json_option
+@click.pass_obj
+def build_cohort_cmd(state, where, name, as_json):
+    """Store the scans matching --where as a cohort pinned to the current catalog version."""
+    from xds.catalog import build_cohort
+
+    cohort = build_cohort(state.catalog(), where, name)
+    if as_json:
+        emit_json({**cohort.summary(), "scan_ids": list(cohort.scan_ids)})
+    else:
+        print_kv(cohort.summary(), f"cohort {name}")
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def cohorts(state, as_json):
+    """List the stored cohorts."""
+    from xds.catalog import list_cohorts
+
+    rows = [c.summary() for c in list_cohorts(state.catalog())]
+    emit_json(rows) if as_json else print_table(rows, "cohorts")
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def versions(state, as_json):
+    """List the catalog's versions (open an old one with `xds sql --at-version N`)."""
+    rows = state.catalog().history()
+    emit_json(rows) if as_json else print_table(rows, "catalog versions")
+
+
+# -- splits ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("cohort")
+@click.option("--ratios", default="70,10,20", show_default=True, help="train,val,test.")
+@click.option("--stratify", default="center,sequence", show_default=True,
+              help="scan_view columns whose combinations are the strata ('' for none).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--name", help="Split name (default: <cohort>-holdout-s<seed>).")
+@json_option
+@click.pass_obj
+def split(state, cohort, ratios, stratify, seed, name, as_json):
+    """Split a cohort by subject into train/val/test, stratified per stratum then pooled.
+
+    A subject's scans always share one role. Same seed, same split.
+    """
+    from xds.splits import split_cohort
+
+    columns = tuple(c.strip() for c in stratify.split(",") if c.strip())
+    result = split_cohort(state.catalog(), cohort, ratios=ratios, stratify=columns, seed=seed,
+                          name=name)
+    summary = result.summary()
+    if as_json:
+        emit_json(summary)
+    else:
+        rows = [{"role": r, **c} for r, c in sorted(summary["roles"].items())]
+        print_table(rows, f"split {summary['name']}")
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def splits(state, as_json):
+    """List the stored splits."""
+    from xds.splits import list_splits
+
+    rows = list_splits(state.catalog())
+    emit_json(rows) if as_json else print_table(rows, "splits")
+
+
+@cli.command()
+@click.argument("split_name", metavar="SPLIT")
+@json_option
+@click.pass_obj
+def audit(state, split_name, as_json):
+    """Check a split for leaks: a subject, or identical voxels, in two roles. Exit 1 on leaks."""
+    from xds.audit import audit_split
+
+    report = audit_split(state.catalog(), split_name)
+    if as_json:
+        emit_json(report.summary())
+    else:
+        for leak in report.leaks:
+            warn(f"leak: {leak}")
+        click.echo(f"{split_name}: {report.n_scans} scans, {report.n_subjects} subjects, "
+                   f"{len(report.leaks)} leak(s)")
+    if not report.clean:
+        sys.exit(1)
+
+
+# -- export ------------------------------------------------------------------------------------
+
+
+@cli.group(cls=XdsGroup)
+def export():
+    """Write a cohort in the format a training tool reads."""
+
+
+@export.command("nnunet")
+@click.argument("cohort")
+@click.option("--split", "split_name", required=True, help="Split name.")
+@click.option("--dataset-id", type=int, required=True, help="nnU-Net dataset number (1-999).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="nnU-Net raw folder ($nnUNet_raw).")
+@click.option("--name", help="Dataset name (default: the cohort's).")
+@click.option("--classes", help="Comma-separated classes to keep (default: labelled everywhere).")
+@click.option("--fold", type=int, default=0, show_default=True)
+@click.option("--copy", is_flag=True, help="Copy images instead of hard-linking them.")
+@click.option("--force", is_flag=True, help="Replace an existing dataset folder.")
+@jobs_option
+@json_option
+@click.pass_obj
+def export_nnunet_cmd(state, cohort, split_name, dataset_id, out, name, classes, fold, copy,
+                      force, jobs, as_json):
+    """Export to nnU-Net v2 raw format with our patient-level folds in splits_final.json.
+
+    Copy splits_final.json to $nnUNet_preprocessed/DatasetXXX_NAME/ after planning so
+    nnU-Net trains on these folds.
+    """
+    from xds.export import export_nnunet
+
+    result = export_nnunet(
+        state.catalog(), cohort, split=split_name, dataset_id=dataset_id, out=out, name=name,
+        classes=[c.strip() for c in classes.split(",")] if classes else None, fold=fold,
+        jobs=_jobs(jobs), link=not copy, force=force,
+    )
+    emit_json(result.summary()) if as_json else print_kv(result.summary(), "nnU-Net export")
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--out", default="./xds-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for phantoms/, catalog/ and nnunet_raw/ (an earlier demo's is replaced).")
+@click.option("--centers", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--subjects-per-center", type=click.IntRange(2), default=12, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace --out even if it is not an earlier demo.")
+@jobs_option
+@json_option
+def demo(out, centers, subjects_per_center, seed, force, jobs, as_json):
+    """Run the pipeline end to end on a generated phantom world.
+
+    phantoms -> ingest every center -> cohort (scans with a pancreas label) -> 70/10/20
+    patient-level split stratified by center x sequence -> leakage audit -> nnU-Net export.
+    """
+    from xds.demo import run_demo
+
+    summary = run_demo(out, centers=centers, subjects_per_center=subjects_per_center,
+                       seed=seed, jobs=_jobs(jobs), force=force)
+    if as_json:
+        emit_json(summary)
+        return
+    centers_seen = sorted({k.split("/")[0] for k in summary["cohort_by_center_sequence"]})
+    sequences = sorted({k.split("/")[1] for k in summary["cohort_by_center_sequence"]})
+    grid = summary["cohort_by_center_sequence"]
+    print_table([{"center": c, **{s: grid.get(f"{c}/{s}", 0) for s in sequences}}
+                 for c in centers_seen], f"cohort '{summary['cohort']['name']}' by center x "
+                f"sequence ({summary['cohort']['n_scans']} scans)")
+    print_table([{"role": r, **n} for r, n in sorted(summary["split"]["roles"].items())],
+                f"split {summary['split']['name']}")
+    print_kv({
+        "leakage audit": "clean" if summary["audit"]["clean"] else "LEAKS",
+        "phantoms": summary["phantoms"],
+        "catalog": summary["catalog"],
+        "nnU-Net raw dataset": summary["nnunet"]["path"],
+        "seconds": summary["seconds"],
+        "next": f"xds --catalog {summary['catalog']} sql \"SELECT center, sequence, "
+                "count(*) FROM scan_view GROUP BY ALL\"",
+    }, "xds demo")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    cli(prog_name="xds")
+
+
+if __name__ == "__main__":
+    main()
