@@ -48,7 +48,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
     """
     path = Path(path)
     try:
-        image = nib.load(path)
+        image = nib.load(path, mmap=False)
         data = np.asanyarray(image.dataobj)
     except Exception as exc:  # nibabel raises many types for broken files
         raise IngestError(f"unreadable NIfTI ({type(exc).__name__}: {_short(exc)})") from None

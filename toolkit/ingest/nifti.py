@@ -62,8 +62,6 @@ class _Job:
     image: str
     label: str | None
     subject_id: str
-    shown_image: str  # pseudonymized relative path (for the quarantine table)
-    shown_label: str | None
     catalog_root: str
     dataset: str
     label_map: dict[int, str] | None
@@ -162,8 +160,7 @@ def ingest_nifti(
         reject(labels[key], "label", "label map without a matching image")
 
     work = [
-        _Job(str(root), rel, labels.get(key), subject_ids[key[0]], shown(rel),
-             shown(labels[key]) if key in labels else None, str(catalog.root), dataset,
+        _Job(str(root), rel, labels.get(key), subject_ids[key[0]], str(catalog.root), dataset,
              mapping, link)
         for key, rel in sorted(images.items())
     ]
@@ -243,7 +240,7 @@ def _ingest_one(job: _Job) -> dict:
     try:
         volume = read_volume(Path(job.root) / job.image)
     except IngestError as exc:
-        out["problems"].append(("read", job.shown_image, str(exc)))
+        out["problems"].append(("read", job.image, str(exc)))
         return out
     scan_id = "scn-" + hashlib.sha256(f"{job.subject_id}\0{volume.hash}".encode()).hexdigest()[:16]
     image_uri = (folder / f"{scan_id}.nii.gz").as_posix()
@@ -260,7 +257,7 @@ def _ingest_one(job: _Job) -> dict:
         label = read_volume(Path(job.root) / job.label)
         classes = _check_label(label.data, label.affine, volume, job.label_map)
     except IngestError as exc:
-        out["problems"].append(("label", job.shown_label, str(exc)))
+        out["problems"].append(("label", job.label, str(exc)))
         return out
     label_id = "lbl-" + hashlib.sha256(f"{scan_id}\0{label.hash}".encode()).hexdigest()[:16]
     uri = (folder / f"{label_id}.nii.gz").as_posix()

@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from xds.phantoms.anatomy import TISSUES
 
+# Pancreatic-phase enhancement: the gland enhances avidly, the spleen less.
 # tissue: (proton density, fat fraction, (T1, T2) at 1.5 T, (T1, T2) at 3 T, gadolinium mM, HU)
 _PROPS = {
     "air": (0.0, 0.0, (1, 1), (1, 1), 0.0, -1000),
@@ -22,10 +23,10 @@ _PROPS = {
     "muscle": (0.7, 0.02, (856, 27), (898, 29), 0.2, 50),
     "bone": (0.35, 0.5, (550, 40), (600, 40), 0.05, 600),
     "liver": (0.75, 0.03, (586, 46), (809, 34), 0.3, 60),
-    "spleen": (0.8, 0.0, (1057, 79), (1328, 61), 0.5, 50),
+    "spleen": (0.8, 0.0, (1057, 79), (1328, 61), 0.3, 50),
     "kidney_right": (0.85, 0.0, (1189, 86), (1343, 78), 0.9, 35),
     "kidney_left": (0.85, 0.0, (1189, 86), (1343, 78), 0.9, 35),
-    "pancreas": (0.75, 0.06, (584, 46), (725, 43), 0.45, 45),
+    "pancreas": (0.8, 0.06, (584, 46), (725, 43), 0.5, 45),
     "gallbladder": (1.0, 0.0, (3000, 500), (3000, 500), 0.0, 10),
     "stomach": (0.95, 0.0, (2800, 450), (2900, 420), 0.05, 15),
     "aorta": (0.9, 0.0, (1441, 290), (1932, 275), 1.2, 45),

@@ -1,0 +1,78 @@
+import datetime as dt
+
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from xds.catalog import Catalog
+from xds.catalog.store import schema_version
+from xds.schemas import SCHEMA_VERSION, CatalogError, CatalogNotFoundError, SchemaError, to_table
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _q(uri: str, error: str = "broken") -> dict:
+    return {"uri": uri, "stage": "read", "error": error, "at": NOW, "source": "test"}
+
+
+def test_create_open_and_versions(tmp_path):
+    cat = Catalog.create(tmp_path / "c")
+    assert cat.version == 0
+    with cat.transaction("one") as txn:
+        txn.append("quarantine", [_q("a.nii.gz")])
+    with cat.transaction("two") as txn:
+        txn.append("quarantine", [_q("b.nii.gz")])
+    assert cat.version == 2
+    assert Catalog.open(tmp_path / "c").count("quarantine") == 2
+    assert Catalog.open(tmp_path / "c", version=1).count("quarantine") == 1
+    assert [h["operation"] for h in cat.history()] == ["create", "one", "two"]
+    with pytest.raises(CatalogError, match="version 7 does not exist"):
+        Catalog.open(tmp_path / "c", version=7)
+
+
+def test_open_missing_and_create_twice(tmp_path):
+    with pytest.raises(CatalogNotFoundError):
+        Catalog.open(tmp_path / "nowhere")
+    Catalog.create(tmp_path / "c")
+    with pytest.raises(CatalogError, match="already exists"):
+        Catalog.create(tmp_path / "c")
+
+
+def test_schema_version_lives_in_the_delta_log(tmp_path):
+    cat = Catalog.create(tmp_path / "c")
+    for table in ("subjects", "scans", "labels", "cohorts", "splits", "quarantine"):
+        assert schema_version(cat.root, table) == SCHEMA_VERSION
+    with cat.transaction("one") as txn:
+        txn.append("quarantine", [_q("a.nii.gz")])
+    meta = DeltaTable(str(cat.root / "quarantine")).history(1)[0]
+    assert meta["xds.schema_version"] == SCHEMA_VERSION
+
+
+def test_failed_transaction_writes_nothing(tmp_path):
+    cat = Catalog.create(tmp_path / "c")
+    with pytest.raises(RuntimeError), cat.transaction("boom") as txn:
+        txn.append("quarantine", [_q("a.nii.gz")])
+        raise RuntimeError("worker died")
+    assert cat.version == 0 and Catalog.open(cat.root).count("quarantine") == 0
+    with pytest.raises(SchemaError), cat.transaction("bad row") as txn:
+        txn.append("quarantine", [{**_q("a"), "patient_name": "x"}])
+    assert Catalog.open(cat.root).version == 0
+
+
+def test_orphan_table_versions_stay_invisible_and_are_undone(tmp_path):
+    cat = Catalog.create(tmp_path / "c")
+    # A writer that died after its table append but before its catalog version row:
+    write_deltalake(str(cat.root / "quarantine"), to_table("quarantine", [_q("orphan")]),
+                    mode="append")
+    assert Catalog.open(cat.root).count("quarantine") == 0
+    with cat.transaction("next") as txn:
+        txn.append("quarantine", [_q("kept")])
+    rows = Catalog.open(cat.root).read("quarantine").column("uri").to_pylist()
+    assert rows == ["kept"]
+
+
+def test_scan_view_joins_subjects_and_label_availability(catalog):
+    row = catalog.sql("SELECT * FROM scan_view LIMIT 1").to_pylist()[0]
+    for column in ("sequence", "center", "sex", "age", "age_bin", "has_label", "classes"):
+        assert column in row
+    n_ok = catalog.sql("SELECT count(*) AS n FROM scans WHERE status = 'ok'").to_pylist()[0]["n"]
+    assert catalog.count("scan_view") == n_ok

@@ -1,0 +1,68 @@
+import json
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from xds.cli.main import cli
+
+
+def _commands(group, prefix=()):
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*prefix, name))
+
+
+@pytest.mark.parametrize("path", list(_commands(cli)), ids=" ".join)
+def test_every_command_has_help(path):
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0
+    assert "Usage:" in result.output and len(result.output) > 80
+
+
+def test_every_leaf_command_has_json():
+    for path in _commands(cli):
+        command = cli
+        for name in path:
+            command = command.commands[name]
+        if not hasattr(command, "commands"):
+            assert any(p.name == "as_json" for p in command.params), path
+
+
+def test_usage_errors_exit_2_and_missing_catalog_exits_1(tmp_path):
+    assert CliRunner().invoke(cli, ["split"]).exit_code == 2
+    result = CliRunner().invoke(cli, ["--catalog", str(tmp_path / "none"), "cohorts"])
+    assert result.exit_code == 1 and "no catalog here" in result.output
+
+
+def test_phantoms_command(tmp_path):
+    result = CliRunner().invoke(cli, [
+        "phantoms", "--out", str(tmp_path / "w"), "--centers", "2",
+        "--subjects-per-center", "2", "--shape", "24,24,12", "--json", "-j", "1"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.output)
+    assert len(manifest["centers"]) == 2
+    assert (tmp_path / "w" / "world.json").exists()
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_within_five_minutes(tmp_path):
+    start = time.perf_counter()
+    result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--json",
+                                      "-j", "2"])
+    elapsed = time.perf_counter() - start
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert elapsed < 300
+    assert summary["audit"]["clean"]
+    assert summary["quarantined"] == 0
+    assert summary["scans_ingested"] == summary["cohort"]["n_scans"]
+    roles = summary["split"]["roles"]
+    assert set(roles) == {"train", "val", "test"}
+    assert (tmp_path / "demo" / "nnunet_raw" / "Dataset501_Pancreas" / "dataset.json").exists()
+    assert (tmp_path / "demo" / "catalog" / "_versions").exists()
+    # Running it again replaces the earlier demo instead of failing.
+    again = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--json",
+                                     "--centers", "2", "--subjects-per-center", "3"])
+    assert again.exit_code == 0, again.output

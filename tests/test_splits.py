@@ -1,0 +1,102 @@
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from xds.audit import audit_split
+from xds.catalog import build_cohort
+from xds.cli.main import cli
+from xds.schemas import SplitError
+from xds.splits import get_split, holdout_assign, list_splits, parse_ratios, split_cohort
+
+RATIOS = {"train": 0.7, "val": 0.1, "test": 0.2}
+
+
+def _cell_roles(catalog, split):
+    meta = {r["scan_id"]: (r["center"], r["sequence"]) for r in
+            catalog.read("scan_view").to_pylist()}
+    cells, roles = Counter(), Counter()
+    for r in split.rows.to_pylist():
+        cells[meta[r["scan_id"]]] += 1
+        roles[(meta[r["scan_id"]], r["role"])] += 1
+    return cells, roles
+
+
+@pytest.fixture
+def cohort(catalog):
+    return build_cohort(catalog, "has_label", "all")
+
+
+def test_patient_level_and_proportions_per_center_sequence(catalog, cohort):
+    for seed in range(5):
+        split = split_cohort(catalog, "all", ratios="70,10,20", seed=seed)
+        roles_of = defaultdict(set)
+        for r in split.rows.to_pylist():
+            roles_of[r["subject_id"]].add(r["role"])
+        assert all(len(v) == 1 for v in roles_of.values())
+        assert split.rows.num_rows == cohort.n_scans
+        cells, roles = _cell_roles(catalog, split)
+        for cell, n in cells.items():
+            for role, fraction in RATIOS.items():
+                assert abs(roles[(cell, role)] - fraction * n) <= 1 + 1e-9, (seed, cell, role)
+        assert audit_split(catalog, split.name).clean
+
+
+def test_same_seed_same_split(catalog, cohort):
+    a = split_cohort(catalog, "all", seed=1, name="a")
+    b = split_cohort(catalog, "all", seed=1, name="b")
+    c = split_cohort(catalog, "all", seed=2, name="c")
+    assert a.roles() == b.roles()
+    assert a.roles() != c.roles()
+    assert get_split(catalog, "a").roles() == a.roles()
+    assert {s["name"] for s in list_splits(catalog)} == {"a", "b", "c"}
+
+
+def test_assignment_holds_on_many_uneven_subjects():
+    rng = np.random.default_rng(0)
+    cells = {}
+    for i in range(300):
+        center = f"c{rng.integers(6)}"
+        seqs = [s for s in ("T1W", "T2W", "OOP") if rng.random() < 0.6] or ["T2W"]
+        cells[f"s{i}"] = [(center, s) for s in seqs]
+    assignment = holdout_assign(cells, (0.7, 0.1, 0.2), seed=0)
+    n, got = Counter(), Counter()
+    for subject, subject_cells in cells.items():
+        for cell in subject_cells:
+            n[cell] += 1
+            got[(cell, assignment[subject])] += 1
+    worst = max(abs(got[(c, r)] - f * n[c]) for c in n for r, f in RATIOS.items())
+    assert worst <= 1 + 1e-9
+
+
+def test_ratios_and_errors(catalog, cohort):
+    assert parse_ratios("80,20") == (0.8, 0.0, 0.2)
+    with pytest.raises(SplitError):
+        parse_ratios("70,x,20")
+    with pytest.raises(SplitError, match="unknown --stratify"):
+        split_cohort(catalog, "all", stratify=("scanner_colour",))
+    split_cohort(catalog, "all", name="once")
+    with pytest.raises(SplitError, match="already exists"):
+        split_cohort(catalog, "all", name="once")
+    two = split_cohort(catalog, "all", ratios="80,20", name="no-val")
+    assert set(two.roles()) == {"train", "test"}
+
+
+def test_audit_finds_a_subject_in_two_roles(catalog, cohort):
+    split = split_cohort(catalog, "all", name="good")
+    rows = [dict(r, name="leaky", split_id="spl-leaky") for r in
+            catalog.read("splits", "name = 'good'").to_pylist()]
+    subject = next(s for s, n in Counter(r["subject_id"] for r in rows).items() if n > 1)
+    victim = next(r for r in rows if r["subject_id"] == subject)
+    victim["role"] = "test" if victim["role"] != "test" else "train"
+    with catalog.transaction("inject leak") as txn:
+        txn.append("splits", rows)
+    report = audit_split(catalog, "leaky")
+    assert not report.clean
+    assert report.leaks[0]["kind"] == "subject_in_two_roles"
+    assert report.leaks[0]["subject_id"] == subject
+    result = CliRunner().invoke(cli, ["--catalog", str(catalog.root), "audit", "leaky"])
+    assert result.exit_code == 1
+    ok = CliRunner().invoke(cli, ["--catalog", str(catalog.root), "audit", split.name])
+    assert ok.exit_code == 0
