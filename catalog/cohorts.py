@@ -8,14 +8,16 @@ was ingested since (:func:`rematerialize`).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 
 import pyarrow as pa
 
-from xds.catalog.sql import fetch
+from xds.catalog.sql import fetch, run_user_query
 from xds.catalog.store import Catalog, utcnow
 from xds.schemas.errors import CohortError
+from xds.schemas.tables import schema_for
 
 
 @dataclass(frozen=True)
@@ -26,15 +28,22 @@ class Cohort:
     name: str
     where_sql: str
     catalog_version: int
-    scan_ids: tuple[str, ...]
+    scan_id_array: pa.Array = field(repr=False)  # sorted scan ids, kept in Arrow
     n_scans: int
     n_subjects: int
     created_at: datetime
 
+    @cached_property
+    def scan_ids(self) -> tuple[str, ...]:
+        """The cohort's scan ids, sorted."""
+        return tuple(self.scan_id_array.to_pylist())
+
     @classmethod
     def from_row(cls, row: dict) -> Cohort:
-        """Build from a ``cohorts`` row."""
-        return cls(**{**row, "scan_ids": tuple(row["scan_ids"])})
+        """Build from a ``cohorts`` row (a dict, scan_ids as a list or Arrow array)."""
+        ids = row["scan_ids"]
+        ids = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string())
+        return cls(**{k: v for k, v in row.items() if k != "scan_ids"}, scan_id_array=ids)
 
     def summary(self) -> dict:
         """JSON-ready description (without the scan id list)."""
@@ -49,6 +58,10 @@ class Cohort:
         }
 
 
+def _selection_sql(where: str) -> str:
+    return f"SELECT scan_id, subject_id FROM scan_view WHERE ({where})"
+
+
 def select_scans(catalog: Catalog, where: str) -> pa.Table:
     """``scan_id`` and ``subject_id`` of the scans ``where`` selects from ``scan_view``.
 
@@ -58,8 +71,7 @@ def select_scans(catalog: Catalog, where: str) -> pa.Table:
         SqlRefusedError: the clause tries anything but reading.
         SqlError: the clause is not valid SQL over ``scan_view``'s columns.
     """
-    query = f"SELECT scan_id, subject_id FROM scan_view WHERE ({where}) ORDER BY scan_id"
-    return catalog.sql(query)
+    return catalog.sql(_selection_sql(where) + " ORDER BY scan_id")
 
 
 def build_cohort(catalog: Catalog, where: str, name: str) -> Cohort:
@@ -72,36 +84,44 @@ def build_cohort(catalog: Catalog, where: str, name: str) -> Cohort:
 
     Raises:
         CohortError: the name is taken or invalid, or nothing matches.
+        SqlRefusedError: the clause tries anything but reading.
+        SqlError: the clause is not valid SQL over ``scan_view``'s columns.
     """
     _check_name(name)
-    if name in {c.name for c in list_cohorts(catalog)}:
-        raise CohortError(f"cohort {name!r} already exists; choose another --name")
     version = catalog.version
-    selected = select_scans(catalog, where)
-    if selected.num_rows == 0:
+    # One pass: the sorted id list and the subject count come back as a single row.
+    query = (f"SELECT list(scan_id ORDER BY scan_id) AS scan_ids, "
+             f"count(DISTINCT subject_id) AS n_subjects FROM ({_selection_sql(where)})")
+    with catalog.connect(needs=["scan_view", "cohorts"]) as con:
+        if fetch(con, "SELECT 1 FROM cohorts WHERE name = ? LIMIT 1", [name]).num_rows:
+            raise CohortError(f"cohort {name!r} already exists; choose another --name")
+        selected = run_user_query(con, query)
+    scan_ids = selected.column("scan_ids").combine_chunks()
+    n_scans = len(scan_ids.values) if scan_ids.null_count == 0 else 0
+    if n_scans == 0:
         raise CohortError(f"no scan matches --where {where!r} at catalog version {version}")
-    scan_ids = selected.column("scan_id").to_pylist()
-    n_subjects = len(set(selected.column("subject_id").to_pylist()))
     digest = hashlib.sha256(f"{name}\0{where}\0{version}".encode()).hexdigest()[:16]
     row = {
         "cohort_id": f"coh-{digest}",
         "name": name,
         "where_sql": where,
         "catalog_version": version,
-        "scan_ids": scan_ids,
-        "n_scans": len(scan_ids),
-        "n_subjects": n_subjects,
+        "n_scans": n_scans,
+        "n_subjects": selected.column("n_subjects")[0].as_py(),
         "created_at": utcnow(),
     }
+    table = pa.Table.from_pylist([row]).append_column("scan_ids", scan_ids)
     with catalog.transaction(f"build-cohort {name}") as txn:
-        txn.append("cohorts", [row])
-    return Cohort.from_row(row)
+        txn.append("cohorts", table.select(schema_for("cohorts").names))
+    return Cohort.from_row({**row, "scan_ids": scan_ids.values})
 
 
 def list_cohorts(catalog: Catalog) -> list[Cohort]:
     """All cohorts at the catalog's version, oldest first."""
-    rows = catalog.read("cohorts").sort_by("created_at").to_pylist()
-    return [Cohort.from_row(r) for r in rows]
+    table = catalog.read("cohorts").sort_by("created_at")
+    ids = table.column("scan_ids").combine_chunks() if table.num_rows else None
+    rows = table.drop_columns(["scan_ids"]).to_pylist()
+    return [Cohort.from_row({**r, "scan_ids": ids[i].values}) for i, r in enumerate(rows)]
 
 
 def get_cohort(catalog: Catalog, name: str) -> Cohort:
@@ -126,8 +146,8 @@ def rematerialize(catalog: Catalog, cohort: Cohort) -> tuple[str, ...]:
 def cohort_scans(catalog: Catalog, cohort: Cohort) -> pa.Table:
     """``scan_view`` rows of a cohort's scans as of its pinned version, sorted by scan_id."""
     pinned = catalog.at(cohort.catalog_version)
-    with pinned.connect() as con:
-        con.register("_ids", pa.table({"scan_id": list(cohort.scan_ids)}))
+    with pinned.connect(needs=["scan_view"]) as con:
+        con.register("_ids", pa.table({"scan_id": cohort.scan_id_array}))
         return fetch(con, "SELECT v.* FROM scan_view v JOIN _ids USING (scan_id) ORDER BY scan_id")
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import ColumnProperties, CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 from filelock import FileLock
 
@@ -46,6 +46,12 @@ _VERSIONS_SCHEMA = pa.schema(
     ],
     metadata={"xds.table": VERSIONS_TABLE, "xds.schema_version": SCHEMA_VERSION},
 )
+# Cohort rows hold one long list of scan ids: Parquet dictionaries and min/max statistics
+# on it cost 5-10x the write itself and are never used, so they are off for small tables.
+_LEAN = WriterProperties(
+    default_column_properties=ColumnProperties(dictionary_enabled=False, statistics_enabled="NONE")
+)
+_WRITER_PROPERTIES = {"cohorts": _LEAN, VERSIONS_TABLE: _LEAN}
 _SECRET = ".xds-secret"
 _LOCK = ".xds.lock"
 
@@ -170,14 +176,24 @@ class Catalog:
             self._files[table] = [_local_path(uri) for uri in dt.file_uris()]
         return self._files[table]
 
-    def connect(self, *, lock: bool = True) -> duckdb.DuckDBPyConnection:
+    def connect(
+        self, *, lock: bool = True, needs: Sequence[str] | None = None
+    ) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with a view per table at this version, plus ``scan_view``.
 
         With ``lock`` (the default) the connection can read these files and nothing else.
+        ``needs`` limits the views to the tables and views named (internal queries that
+        know what they read skip listing the other tables' files).
         """
-        files = {t: self.files(t) for t in TABLES}
-        schemas = {t: schema_for(t) for t in TABLES}
-        return _sql.connect(files, schemas, VIEWS, lock=lock)
+        tables = set(TABLES)
+        if needs is not None:
+            tables = {t for t in needs if t in TABLES}
+            for view in needs:
+                tables.update(VIEWS.get(view, ((), ""))[0])
+        files = {t: self.files(t) for t in TABLES if t in tables}
+        schemas = {t: schema_for(t) for t in files}
+        views = [sql for deps, sql in VIEWS.values() if set(deps) <= tables]
+        return _sql.connect(files, schemas, views, lock=lock)
 
     def sql(self, query: str) -> pa.Table:
         """Run one read-only query (user SQL) against this version.
@@ -192,12 +208,12 @@ class Catalog:
     def read(self, table: str, where: str | None = None, params: Sequence = ()) -> pa.Table:
         """Rows of ``table`` (or a view) at this version; ``where`` is trusted internal SQL."""
         query = f"SELECT * FROM {table}" + (f" WHERE {where}" if where else "")
-        with self.connect() as con:
+        with self.connect(needs=[table]) as con:
             return _sql.fetch(con, query, params)
 
     def count(self, table: str) -> int:
         """Number of rows of ``table`` at this version."""
-        with self.connect() as con:
+        with self.connect(needs=[table]) as con:
             return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
     # -- files and secrets -----------------------------------------------------------------
@@ -230,7 +246,7 @@ class Catalog:
         with FileLock(str(self.root / _LOCK)):
             head = _version_rows(self.root)[-1]
             recorded = json.loads(head["table_versions"])
-            _restore_orphans(self.root, recorded)
+            _restore_orphans(self.root, {t: recorded[t] for t in txn.appends})
             versions = dict(recorded)
             for table, parts in txn.appends.items():
                 data = pa.concat_tables(parts)
@@ -239,6 +255,7 @@ class Catalog:
                     data,
                     mode="append",
                     commit_properties=_commit_props(table, operation),
+                    writer_properties=_WRITER_PROPERTIES.get(table),
                 )
                 versions[table] = DeltaTable(str(self.root / table)).version()
             new_version = head["catalog_version"] + 1
@@ -300,11 +317,16 @@ def _append_version_row(root: Path, version: int, versions: dict[str, int], op: 
     }
     data = pa.Table.from_pylist([row], schema=_VERSIONS_SCHEMA)
     props = _commit_props(VERSIONS_TABLE, op)
-    write_deltalake(str(root / VERSIONS_TABLE), data, mode="append", commit_properties=props)
+    write_deltalake(str(root / VERSIONS_TABLE), data, mode="append", commit_properties=props,
+                    writer_properties=_LEAN)
 
 
 def _restore_orphans(root: Path, recorded: dict[str, int]) -> None:
-    """Undo table versions written by a writer that died before its version row."""
+    """Undo table versions written by a writer that died before its version row.
+
+    Only the tables about to be appended need it: an orphan elsewhere stays invisible
+    (readers go by the recorded versions) until the next writer of that table undoes it.
+    """
     for table, version in recorded.items():
         dt = DeltaTable(str(root / table))
         if dt.version() > version:

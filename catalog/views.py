@@ -30,5 +30,8 @@ LEFT JOIN label_summary l USING (scan_id)
 WHERE s.status = 'ok'
 """
 
-VIEWS = (SCAN_VIEW,)
-"""Statements run on every catalog connection, in order."""
+VIEWS: dict[str, tuple[tuple[str, ...], str]] = {
+    "scan_view": (("scans", "subjects", "labels"), SCAN_VIEW),
+}
+"""View name -> (tables it reads, CREATE statement), created on every connection that has
+those tables."""

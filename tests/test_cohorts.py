@@ -8,7 +8,7 @@ from xds.catalog.cohorts import rematerialize
 from xds.cli.main import cli
 from xds.ingest import ingest_nifti
 from xds.phantoms import generate_world
-from xds.schemas import CohortError, SqlRefusedError
+from xds.schemas import CohortError, SqlError, SqlRefusedError
 
 
 def test_build_cohort_selects_exactly_the_t2w_scans(catalog, world_counts):
@@ -48,8 +48,11 @@ def test_cohort_errors_are_clear(catalog):
         build_cohort(catalog, "sequence='FLAIR'", "none")
     with pytest.raises(CohortError, match="invalid cohort name"):
         build_cohort(catalog, "true", "a b")
-    with pytest.raises(SqlRefusedError):
+    with pytest.raises(SqlError):
         build_cohort(catalog, "true) UNION SELECT * FROM read_csv('/etc/passwd') --", "x")
+    with pytest.raises(SqlRefusedError, match="Permission"):
+        build_cohort(catalog, "true) UNION ALL SELECT column0, column0 FROM "
+                     "read_csv('/etc/passwd') WHERE (true", "y")
     with pytest.raises(CohortError, match="no cohort named"):
         get_cohort(catalog, "nope")
     assert [c.name for c in list_cohorts(catalog)] == ["t1w"]

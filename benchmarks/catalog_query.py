@@ -1,0 +1,165 @@
+"""build-cohort --where on a 1,000,000-scan catalog vs bare DuckDB over the same Parquet files.
+
+Both sides answer the same question: the scan ids of ``scan_view`` rows matching the clause
+(scans x subjects x label availability). xds additionally opens the catalog at its latest
+version (Delta log -> file list), guards the SQL, and writes the cohort row. Runs alternate
+and the medians are compared, since this machine is noisy.
+
+    python benchmarks/catalog_query.py [--scans 1000000] [--repeats 5] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from xds.catalog import Catalog, build_cohort
+from xds.catalog.cohorts import select_scans
+from xds.catalog.views import SCAN_VIEW
+from xds.schemas.tables import schema_for
+
+CENTERS = np.array(["NYU", "MCF", "MCA", "NU", "AHN", "IU", "EMC", "IH"])
+SEQUENCES = np.array(["T1W", "T2W", "OOP"])
+CLASSES = ["pancreas", "liver", "spleen", "kidney_left", "kidney_right"]
+
+
+def _ids(prefix: str, idx: np.ndarray) -> pa.Array:
+    return pa.array(np.char.add(prefix, idx.astype(str)))
+
+
+def _list(values: np.ndarray, width: int, type_) -> pa.Array:
+    offsets = pa.array(np.arange(0, len(values) + 1, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(values, type=type_))
+
+
+def make_chunk(start: int, n: int, rng: np.random.Generator) -> dict[str, pa.Table]:
+    idx = np.arange(start, start + n)
+    subj = idx // 4
+    now = datetime.now(timezone.utc)
+    ts = pa.array([now] * n, pa.timestamp("us", tz="UTC"))
+    scans = {
+        "scan_id": _ids("scn-", idx), "subject_id": _ids("sub-", subj),
+        "study_id": _ids("stu-", subj), "series_uid_hash": _ids("ser-", idx),
+        "dataset": pa.array(np.full(n, "bench")),
+        "center": pa.array(CENTERS[subj % len(CENTERS)]),
+        "modality": pa.array(np.full(n, "MR")),
+        "sequence": pa.array(SEQUENCES[rng.integers(0, 3, n)]),
+        "sequence_source": pa.array(np.full(n, "rule")),
+        "vendor": pa.array(np.full(n, "SIEMENS")), "scanner_model": pa.array(np.full(n, "Aera")),
+        "field_strength": pa.array(rng.choice([1.5, 3.0], n)),
+        "spacing": _list(np.tile([1.25, 1.25, 3.0], n), 3, pa.float64()),
+        "shape": _list(np.tile([256, 256, 48], n).astype(np.int32), 3, pa.int32()),
+        "orientation": pa.array(np.full(n, "RAS")),
+        "image_uri": _ids("data/bench/", idx), "image_hash": _ids("h", idx),
+        "acquired_on": pa.array(np.full(n, None), pa.date32()),
+        "added_at": ts, "source": pa.array(np.full(n, "bench")),
+        "status": pa.array(np.full(n, "ok")),
+    }
+    first = idx[idx % 4 == 0]
+    m = len(first)
+    subjects = {
+        "subject_id": _ids("sub-", first // 4), "dataset": pa.array(np.full(m, "bench")),
+        "center": pa.array(CENTERS[(first // 4) % len(CENTERS)]),
+        "sex": pa.array(rng.choice(["F", "M"], m)), "age": pa.array(rng.uniform(18, 90, m)),
+        "age_bin": pa.array(np.full(m, "50-59")), "race": pa.array(np.full(m, None), pa.string()),
+        "ethnicity": pa.array(np.full(m, None), pa.string()),
+        "diagnosis": pa.array(rng.choice(["normal", "ipmn", "pdac"], m)),
+        "extra": pa.array([None] * m, pa.map_(pa.string(), pa.string())),
+        "added_at": pa.array([now] * m, pa.timestamp("us", tz="UTC")),
+        "source": pa.array(np.full(m, "bench")),
+    }
+    labels = {
+        "label_id": _ids("lbl-", idx), "scan_id": _ids("scn-", idx),
+        "uri": _ids("data/bench/l", idx), "hash": _ids("lh", idx),
+        "label_map": pa.array(np.full(n, "bench:map")), "origin": pa.array(np.full(n, "manual")),
+        "classes_present": _list(np.array(CLASSES * n)[: 2 * n], 2, pa.string()),
+        "round": pa.array(np.full(n, None), pa.int32()),
+        "teacher_run": pa.array(np.full(n, None), pa.string()),
+        "quality": pa.array([None] * n, pa.map_(pa.string(), pa.float64())),
+        "created_at": ts, "source": pa.array(np.full(n, "bench")),
+    }
+    return {name: pa.table(cols).cast(schema_for(name))
+            for name, cols in (("scans", scans), ("subjects", subjects), ("labels", labels))}
+
+
+def build(root: Path, n_scans: int, chunk: int = 250_000) -> Catalog:
+    cat = Catalog.create(root)
+    rng = np.random.default_rng(0)
+    for start in range(0, n_scans, chunk):
+        tables = make_chunk(start, min(chunk, n_scans - start), rng)
+        with cat.transaction("bench load") as txn:
+            for name, table in tables.items():
+                txn.append(name, table)
+    return cat
+
+
+def bare_duckdb(cat: Catalog, where: str) -> pa.Table:
+    con = duckdb.connect()
+    view = SCAN_VIEW
+    for table in ("scans", "subjects", "labels"):
+        files = ", ".join(f"'{f}'" for f in cat.files(table))
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{files}])")
+    con.execute(view)
+    return con.sql(f"SELECT scan_id, subject_id FROM scan_view WHERE ({where}) "
+                   "ORDER BY scan_id").to_arrow_table()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scans", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--where", default="sequence='T2W'")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    tmp = Path(args.out or tempfile.mkdtemp(prefix="xds-bench-"))
+    root = tmp / "catalog"
+    if root.exists():
+        shutil.rmtree(root)
+    t = time.perf_counter()
+    build(root, args.scans)
+    print(f"built a {args.scans:,}-scan catalog in {time.perf_counter() - t:.1f} s at {root}")
+
+    ours, query_only, bare = [], [], []
+    expected = None
+    for i in range(args.repeats + 1):  # the first round warms the OS cache and is dropped
+        t = time.perf_counter()
+        cohort = build_cohort(Catalog.open(root), args.where, f"bench-{i}")
+        t_ours = time.perf_counter() - t
+        t = time.perf_counter()
+        selected = select_scans(Catalog.open(root), args.where)
+        t_query = time.perf_counter() - t
+        files_catalog = Catalog.open(root)
+        t = time.perf_counter()
+        result = bare_duckdb(files_catalog, args.where)
+        t_bare = time.perf_counter() - t
+        assert selected.column("scan_id").to_pylist() == result.column("scan_id").to_pylist()
+        got = result.column("scan_id").to_pylist()
+        assert expected is None or got == expected
+        expected = got
+        assert list(cohort.scan_ids) == got, "xds and bare DuckDB disagree"
+        if i:
+            ours.append(t_ours)
+            query_only.append(t_query)
+            bare.append(t_bare)
+    m_ours, m_query, m_bare = (statistics.median(x) for x in (ours, query_only, bare))
+    print(f"matched scans: {len(expected):,}")
+    print(f"xds build-cohort (open + guarded query + store cohort): median {m_ours:.3f} s")
+    print(f"xds query path (open version + views + guarded query):  median {m_query:.3f} s")
+    print(f"bare DuckDB read_parquet, same query and files:        median {m_bare:.3f} s")
+    print(f"ratio build-cohort / bare = {m_ours / m_bare:.2f} (goal <= 1.2)")
+    print(f"ratio query path / bare   = {m_query / m_bare:.2f}")
+    if args.out is None:
+        shutil.rmtree(tmp)
+
+
+if __name__ == "__main__":
+    main()
