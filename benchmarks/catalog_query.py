@@ -47,30 +47,38 @@ def make_chunk(start: int, n: int, rng: np.random.Generator) -> dict[str, pa.Tab
     now = datetime.now(timezone.utc)
     ts = pa.array([now] * n, pa.timestamp("us", tz="UTC"))
     scans = {
-        "scan_id": _ids("scn-", idx), "subject_id": _ids("sub-", subj),
-        "study_id": _ids("stu-", subj), "series_uid_hash": _ids("ser-", idx),
+        "scan_id": _ids("scn-", idx),
+        "subject_id": _ids("sub-", subj),
+        "study_id": _ids("stu-", subj),
+        "series_uid_hash": _ids("ser-", idx),
         "dataset": pa.array(np.full(n, "bench")),
         "center": pa.array(CENTERS[subj % len(CENTERS)]),
         "modality": pa.array(np.full(n, "MR")),
         "sequence": pa.array(SEQUENCES[rng.integers(0, 3, n)]),
         "sequence_source": pa.array(np.full(n, "rule")),
-        "vendor": pa.array(np.full(n, "SIEMENS")), "scanner_model": pa.array(np.full(n, "Aera")),
+        "vendor": pa.array(np.full(n, "SIEMENS")),
+        "scanner_model": pa.array(np.full(n, "Aera")),
         "field_strength": pa.array(rng.choice([1.5, 3.0], n)),
         "spacing": _list(np.tile([1.25, 1.25, 3.0], n), 3, pa.float64()),
         "shape": _list(np.tile([256, 256, 48], n).astype(np.int32), 3, pa.int32()),
         "orientation": pa.array(np.full(n, "RAS")),
-        "image_uri": _ids("data/bench/", idx), "image_hash": _ids("h", idx),
+        "image_uri": _ids("data/bench/", idx),
+        "image_hash": _ids("h", idx),
         "acquired_on": pa.array(np.full(n, None), pa.date32()),
-        "added_at": ts, "source": pa.array(np.full(n, "bench")),
+        "added_at": ts,
+        "source": pa.array(np.full(n, "bench")),
         "status": pa.array(np.full(n, "ok")),
     }
     first = idx[idx % 4 == 0]
     m = len(first)
     subjects = {
-        "subject_id": _ids("sub-", first // 4), "dataset": pa.array(np.full(m, "bench")),
+        "subject_id": _ids("sub-", first // 4),
+        "dataset": pa.array(np.full(m, "bench")),
         "center": pa.array(CENTERS[(first // 4) % len(CENTERS)]),
-        "sex": pa.array(rng.choice(["F", "M"], m)), "age": pa.array(rng.uniform(18, 90, m)),
-        "age_bin": pa.array(np.full(m, "50-59")), "race": pa.array(np.full(m, None), pa.string()),
+        "sex": pa.array(rng.choice(["F", "M"], m)),
+        "age": pa.array(rng.uniform(18, 90, m)),
+        "age_bin": pa.array(np.full(m, "50-59")),
+        "race": pa.array(np.full(m, None), pa.string()),
         "ethnicity": pa.array(np.full(m, None), pa.string()),
         "diagnosis": pa.array(rng.choice(["normal", "ipmn", "pdac"], m)),
         "extra": pa.array([None] * m, pa.map_(pa.string(), pa.string())),
@@ -78,17 +86,23 @@ def make_chunk(start: int, n: int, rng: np.random.Generator) -> dict[str, pa.Tab
         "source": pa.array(np.full(m, "bench")),
     }
     labels = {
-        "label_id": _ids("lbl-", idx), "scan_id": _ids("scn-", idx),
-        "uri": _ids("data/bench/l", idx), "hash": _ids("lh", idx),
-        "label_map": pa.array(np.full(n, "bench:map")), "origin": pa.array(np.full(n, "manual")),
+        "label_id": _ids("lbl-", idx),
+        "scan_id": _ids("scn-", idx),
+        "uri": _ids("data/bench/l", idx),
+        "hash": _ids("lh", idx),
+        "label_map": pa.array(np.full(n, "bench:map")),
+        "origin": pa.array(np.full(n, "manual")),
         "classes_present": _list(np.array(CLASSES * n)[: 2 * n], 2, pa.string()),
         "round": pa.array(np.full(n, None), pa.int32()),
         "teacher_run": pa.array(np.full(n, None), pa.string()),
         "quality": pa.array([None] * n, pa.map_(pa.string(), pa.float64())),
-        "created_at": ts, "source": pa.array(np.full(n, "bench")),
+        "created_at": ts,
+        "source": pa.array(np.full(n, "bench")),
     }
-    return {name: pa.table(cols).cast(schema_for(name))
-            for name, cols in (("scans", scans), ("subjects", subjects), ("labels", labels))}
+    return {
+        name: pa.table(cols).cast(schema_for(name))
+        for name, cols in (("scans", scans), ("subjects", subjects), ("labels", labels))
+    }
 
 
 def build(root: Path, n_scans: int, chunk: int = 250_000) -> Catalog:
@@ -109,8 +123,9 @@ def bare_duckdb(cat: Catalog, where: str) -> pa.Table:
         files = ", ".join(f"'{f}'" for f in cat.files(table))
         con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{files}])")
     con.execute(view)
-    return con.sql(f"SELECT scan_id, subject_id FROM scan_view WHERE ({where}) "
-                   "ORDER BY scan_id").to_arrow_table()
+    return con.sql(
+        f"SELECT scan_id, subject_id FROM scan_view WHERE ({where}) ORDER BY scan_id"
+    ).to_arrow_table()
 
 
 def main() -> None:

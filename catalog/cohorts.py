@@ -90,8 +90,10 @@ def build_cohort(catalog: Catalog, where: str, name: str) -> Cohort:
     _check_name(name)
     version = catalog.version
     # One pass: the sorted id list and the subject count come back as a single row.
-    query = (f"SELECT list(scan_id ORDER BY scan_id) AS scan_ids, "
-             f"count(DISTINCT subject_id) AS n_subjects FROM ({_selection_sql(where)})")
+    query = (
+        f"SELECT list(scan_id ORDER BY scan_id) AS scan_ids, "
+        f"count(DISTINCT subject_id) AS n_subjects FROM ({_selection_sql(where)})"
+    )
     with catalog.connect(needs=["scan_view", "cohorts"]) as con:
         if fetch(con, "SELECT 1 FROM cohorts WHERE name = ? LIMIT 1", [name]).num_rows:
             raise CohortError(f"cohort {name!r} already exists; choose another --name")

@@ -34,9 +34,7 @@ def check_read_only(query: str) -> None:
     except duckdb.Error as exc:
         raise SqlError(f"SQL does not parse: {_first_line(exc)}") from None
     if len(statements) != 1:
-        raise SqlRefusedError(
-            f"SQL refused: expected exactly one statement, got {len(statements)}"
-        )
+        raise SqlRefusedError(f"SQL refused: expected exactly one statement, got {len(statements)}")
     kind = statements[0].type
     if kind not in _ALLOWED:
         name = getattr(kind, "name", str(kind))

@@ -27,7 +27,13 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-from deltalake import ColumnProperties, CommitProperties, DeltaTable, WriterProperties, write_deltalake
+from deltalake import (
+    ColumnProperties,
+    CommitProperties,
+    DeltaTable,
+    WriterProperties,
+    write_deltalake,
+)
 from deltalake.exceptions import TableNotFoundError
 from filelock import FileLock
 
@@ -317,8 +323,13 @@ def _append_version_row(root: Path, version: int, versions: dict[str, int], op: 
     }
     data = pa.Table.from_pylist([row], schema=_VERSIONS_SCHEMA)
     props = _commit_props(VERSIONS_TABLE, op)
-    write_deltalake(str(root / VERSIONS_TABLE), data, mode="append", commit_properties=props,
-                    writer_properties=_LEAN)
+    write_deltalake(
+        str(root / VERSIONS_TABLE),
+        data,
+        mode="append",
+        commit_properties=props,
+        writer_properties=_LEAN,
+    )
 
 
 def _restore_orphans(root: Path, recorded: dict[str, int]) -> None:

@@ -22,6 +22,7 @@ class XdsGroup(click.Group):
     """A group that turns every :class:`XdsError` into exit code 1 with one line."""
 
     def invoke(self, ctx: click.Context):
+        """Run the command; domain errors become ``Error: <one line>`` and exit 1."""
         try:
             return super().invoke(ctx)
         except XdsError as exc:
@@ -56,8 +57,13 @@ def json_option(fn):
 
 def jobs_option(fn):
     """Add ``--jobs`` (worker processes) to a command."""
-    return click.option("--jobs", "-j", type=click.IntRange(1), default=None,
-                        help="Worker processes (default: all usable CPUs).")(fn)
+    return click.option(
+        "--jobs",
+        "-j",
+        type=click.IntRange(1),
+        default=None,
+        help="Worker processes (default: all usable CPUs).",
+    )(fn)
 
 
 def _jobs(jobs: int | None) -> int:
@@ -67,8 +73,13 @@ def _jobs(jobs: int | None) -> int:
 
 
 @click.group(cls=XdsGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--catalog", envvar="XDS_CATALOG", default=DEFAULT_CATALOG, show_default=True,
-              help="Catalog directory (env XDS_CATALOG).")
+@click.option(
+    "--catalog",
+    envvar="XDS_CATALOG",
+    default=DEFAULT_CATALOG,
+    show_default=True,
+    help="Catalog directory (env XDS_CATALOG).",
+)
 @click.version_option(package_name="xds-toolkit")
 @click.pass_context
 def cli(ctx: click.Context, catalog: str) -> None:
@@ -86,11 +97,20 @@ def cli(ctx: click.Context, catalog: str) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="New folder.")
 @click.option("--centers", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--subjects-per-center", type=click.IntRange(1), default=12, show_default=True)
-@click.option("--sequences", default="T1W,T2W,OOP", show_default=True,
-              help="Comma-separated, among T1W, T2W, OOP, IP, CT.")
+@click.option(
+    "--sequences",
+    default="T1W,T2W,OOP",
+    show_default=True,
+    help="Comma-separated, among T1W, T2W, OOP, IP, CT.",
+)
 @click.option("--shape", default="64,64,32", show_default=True, help="Nominal grid (voxels).")
-@click.option("--missing", type=click.FloatRange(0, 0.9), default=0.1, show_default=True,
-              help="Probability that a subject lacks a given sequence.")
+@click.option(
+    "--missing",
+    type=click.FloatRange(0, 0.9),
+    default=0.1,
+    show_default=True,
+    help="Probability that a subject lacks a given sequence.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @jobs_option
 @json_option
@@ -103,17 +123,31 @@ def phantoms(out, centers, subjects_per_center, sequences, shape, missing, seed,
     from xds.phantoms import generate_world
 
     manifest = generate_world(
-        out, centers=centers, subjects_per_center=subjects_per_center,
+        out,
+        centers=centers,
+        subjects_per_center=subjects_per_center,
         sequences=tuple(s.strip() for s in sequences.split(",") if s.strip()),
-        shape=_ints(shape, 3, "--shape"), missing=missing, seed=seed, jobs=_jobs(jobs),
+        shape=_ints(shape, 3, "--shape"),
+        missing=missing,
+        seed=seed,
+        jobs=_jobs(jobs),
     )
     if as_json:
         emit_json(manifest)
         return
-    rows = [{"center": c["name"], "folder": c["path"], "layout": c["layout"],
-             "vendor": c["vendor"], "tesla": c["field_strength"],
-             "orientation": c["orientation"], "classes": len(c["classes"]),
-             "scans": c["scans_per_sequence"]} for c in manifest["centers"]]
+    rows = [
+        {
+            "center": c["name"],
+            "folder": c["path"],
+            "layout": c["layout"],
+            "vendor": c["vendor"],
+            "tesla": c["field_strength"],
+            "orientation": c["orientation"],
+            "classes": len(c["classes"]),
+            "scans": c["scans_per_sequence"],
+        }
+        for c in manifest["centers"]
+    ]
     print_table(rows, f"phantom world: {manifest['n_scans']} scans in {out}")
 
 
@@ -139,13 +173,23 @@ def ingest():
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--center", required=True, help="Center name as stored in the catalog.")
 @click.option("--dataset", help="Dataset name (default: the center name).")
-@click.option("--metadata", type=click.Path(exists=True, dir_okay=False),
-              help="CSV/TSV sheet, one row per subject (sex, age, diagnosis, ...).")
-@click.option("--label-map", type=click.Path(exists=True, dir_okay=False),
-              help="JSON or CSV naming each label index (nnU-Net dataset.json works).")
-@click.option("--layout", default="auto", show_default=True,
-              help="auto, bids, nnunet, folders, flat, or a pattern such as "
-                   "'{subject}/{sequence}/image.nii.gz'.")
+@click.option(
+    "--metadata",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CSV/TSV sheet, one row per subject (sex, age, diagnosis, ...).",
+)
+@click.option(
+    "--label-map",
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON or CSV naming each label index (nnU-Net dataset.json works).",
+)
+@click.option(
+    "--layout",
+    default="auto",
+    show_default=True,
+    help="auto, bids, nnunet, folders, flat, or a pattern such as "
+    "'{subject}/{sequence}/image.nii.gz'.",
+)
 @click.option("--label-layout", help="Label path pattern when --layout is a pattern.")
 @click.option("--sequence", help="Force this sequence for every image (recorded as manual).")
 @click.option("--modality", type=click.Choice(["MR", "CT", "PT"]), help="Default: from sequence.")
@@ -156,9 +200,24 @@ def ingest():
 @jobs_option
 @json_option
 @click.pass_obj
-def ingest_nifti_cmd(state, directory, center, dataset, metadata, label_map, layout,
-                     label_layout, sequence, modality, vendor, scanner_model, field_strength,
-                     copy, jobs, as_json):
+def ingest_nifti_cmd(
+    state,
+    directory,
+    center,
+    dataset,
+    metadata,
+    label_map,
+    layout,
+    label_layout,
+    sequence,
+    modality,
+    vendor,
+    scanner_model,
+    field_strength,
+    copy,
+    jobs,
+    as_json,
+):
     """Ingest a folder of NIfTI images and label maps from one center.
 
     Bad files (truncated, not 3D, label grid differs from its image, unknown label values)
@@ -167,10 +226,21 @@ def ingest_nifti_cmd(state, directory, center, dataset, metadata, label_map, lay
     from xds.ingest import ingest_nifti
 
     report = ingest_nifti(
-        state.catalog(create=True), directory, center=center, dataset=dataset,
-        metadata=metadata, label_map=label_map, layout=layout, label_layout=label_layout,
-        sequence=sequence, modality=modality, vendor=vendor, scanner_model=scanner_model,
-        field_strength=field_strength, jobs=_jobs(jobs), link=not copy,
+        state.catalog(create=True),
+        directory,
+        center=center,
+        dataset=dataset,
+        metadata=metadata,
+        label_map=label_map,
+        layout=layout,
+        label_layout=label_layout,
+        sequence=sequence,
+        modality=modality,
+        vendor=vendor,
+        scanner_model=scanner_model,
+        field_strength=field_strength,
+        jobs=_jobs(jobs),
+        link=not copy,
     )
     for path, error in report.problems:
         warn(f"quarantined {path}: {error}")
@@ -205,8 +275,12 @@ def sql(state, query, at_version, as_json):
 
 
 @cli.command("build-cohort")
-@click.option("--where", "where", required=True,
-              help="SQL condition over scan_view, e.g. \"sequence='T2W' AND sex='F'\".")
+@click.option(
+    "--where",
+    "where",
+    required=True,
+    help="SQL condition over scan_view, e.g. \"sequence='T2W' AND sex='F'\".",
+)
 @click.option("--name", required=True, help="New cohort name.")
 @json_option
 @click.pass_obj
@@ -247,8 +321,12 @@ def versions(state, as_json):
 @cli.command()
 @click.argument("cohort")
 @click.option("--ratios", default="70,10,20", show_default=True, help="train,val,test.")
-@click.option("--stratify", default="center,sequence", show_default=True,
-              help="scan_view columns whose combinations are the strata ('' for none).")
+@click.option(
+    "--stratify",
+    default="center,sequence",
+    show_default=True,
+    help="scan_view columns whose combinations are the strata ('' for none).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--name", help="Split name (default: <cohort>-holdout-s<seed>).")
 @json_option
@@ -261,8 +339,9 @@ def split(state, cohort, ratios, stratify, seed, name, as_json):
     from xds.splits import split_cohort
 
     columns = tuple(c.strip() for c in stratify.split(",") if c.strip())
-    result = split_cohort(state.catalog(), cohort, ratios=ratios, stratify=columns, seed=seed,
-                          name=name)
+    result = split_cohort(
+        state.catalog(), cohort, ratios=ratios, stratify=columns, seed=seed, name=name
+    )
     summary = result.summary()
     if as_json:
         emit_json(summary)
@@ -296,8 +375,10 @@ def audit(state, split_name, as_json):
     else:
         for leak in report.leaks:
             warn(f"leak: {leak}")
-        click.echo(f"{split_name}: {report.n_scans} scans, {report.n_subjects} subjects, "
-                   f"{len(report.leaks)} leak(s)")
+        click.echo(
+            f"{split_name}: {report.n_scans} scans, {report.n_subjects} subjects, "
+            f"{len(report.leaks)} leak(s)"
+        )
     if not report.clean:
         sys.exit(1)
 
@@ -314,8 +395,12 @@ def export():
 @click.argument("cohort")
 @click.option("--split", "split_name", required=True, help="Split name.")
 @click.option("--dataset-id", type=int, required=True, help="nnU-Net dataset number (1-999).")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="nnU-Net raw folder ($nnUNet_raw).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="nnU-Net raw folder ($nnUNet_raw).",
+)
 @click.option("--name", help="Dataset name (default: the cohort's).")
 @click.option("--classes", help="Comma-separated classes to keep (default: labelled everywhere).")
 @click.option("--fold", type=int, default=0, show_default=True)
@@ -324,8 +409,9 @@ def export():
 @jobs_option
 @json_option
 @click.pass_obj
-def export_nnunet_cmd(state, cohort, split_name, dataset_id, out, name, classes, fold, copy,
-                      force, jobs, as_json):
+def export_nnunet_cmd(
+    state, cohort, split_name, dataset_id, out, name, classes, fold, copy, force, jobs, as_json
+):
     """Export to nnU-Net v2 raw format with our patient-level folds in splits_final.json.
 
     Copy splits_final.json to $nnUNet_preprocessed/DatasetXXX_NAME/ after planning so
@@ -334,9 +420,17 @@ def export_nnunet_cmd(state, cohort, split_name, dataset_id, out, name, classes,
     from xds.export import export_nnunet
 
     result = export_nnunet(
-        state.catalog(), cohort, split=split_name, dataset_id=dataset_id, out=out, name=name,
-        classes=[c.strip() for c in classes.split(",")] if classes else None, fold=fold,
-        jobs=_jobs(jobs), link=not copy, force=force,
+        state.catalog(),
+        cohort,
+        split=split_name,
+        dataset_id=dataset_id,
+        out=out,
+        name=name,
+        classes=[c.strip() for c in classes.split(",")] if classes else None,
+        fold=fold,
+        jobs=_jobs(jobs),
+        link=not copy,
+        force=force,
     )
     emit_json(result.summary()) if as_json else print_kv(result.summary(), "nnU-Net export")
 
@@ -345,8 +439,13 @@ def export_nnunet_cmd(state, cohort, split_name, dataset_id, out, name, classes,
 
 
 @cli.command()
-@click.option("--out", default="./xds-demo", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for phantoms/, catalog/ and nnunet_raw/ (an earlier demo's is replaced).")
+@click.option(
+    "--out",
+    default="./xds-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for phantoms/, catalog/, nnunet_raw/ (an earlier demo's is replaced).",
+)
 @click.option("--centers", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--subjects-per-center", type=click.IntRange(2), default=12, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -361,28 +460,41 @@ def demo(out, centers, subjects_per_center, seed, force, jobs, as_json):
     """
     from xds.demo import run_demo
 
-    summary = run_demo(out, centers=centers, subjects_per_center=subjects_per_center,
-                       seed=seed, jobs=_jobs(jobs), force=force)
+    summary = run_demo(
+        out,
+        centers=centers,
+        subjects_per_center=subjects_per_center,
+        seed=seed,
+        jobs=_jobs(jobs),
+        force=force,
+    )
     if as_json:
         emit_json(summary)
         return
     centers_seen = sorted({k.split("/")[0] for k in summary["cohort_by_center_sequence"]})
     sequences = sorted({k.split("/")[1] for k in summary["cohort_by_center_sequence"]})
     grid = summary["cohort_by_center_sequence"]
-    print_table([{"center": c, **{s: grid.get(f"{c}/{s}", 0) for s in sequences}}
-                 for c in centers_seen], f"cohort '{summary['cohort']['name']}' by center x "
-                f"sequence ({summary['cohort']['n_scans']} scans)")
-    print_table([{"role": r, **n} for r, n in sorted(summary["split"]["roles"].items())],
-                f"split {summary['split']['name']}")
-    print_kv({
-        "leakage audit": "clean" if summary["audit"]["clean"] else "LEAKS",
-        "phantoms": summary["phantoms"],
-        "catalog": summary["catalog"],
-        "nnU-Net raw dataset": summary["nnunet"]["path"],
-        "seconds": summary["seconds"],
-        "next": f"xds --catalog {summary['catalog']} sql \"SELECT center, sequence, "
-                "count(*) FROM scan_view GROUP BY ALL\"",
-    }, "xds demo")
+    print_table(
+        [{"center": c, **{s: grid.get(f"{c}/{s}", 0) for s in sequences}} for c in centers_seen],
+        f"cohort '{summary['cohort']['name']}' by center x "
+        f"sequence ({summary['cohort']['n_scans']} scans)",
+    )
+    print_table(
+        [{"role": r, **n} for r, n in sorted(summary["split"]["roles"].items())],
+        f"split {summary['split']['name']}",
+    )
+    print_kv(
+        {
+            "leakage audit": "clean" if summary["audit"]["clean"] else "LEAKS",
+            "phantoms": summary["phantoms"],
+            "catalog": summary["catalog"],
+            "nnU-Net raw dataset": summary["nnunet"]["path"],
+            "seconds": summary["seconds"],
+            "next": f'xds --catalog {summary["catalog"]} sql "SELECT center, sequence, '
+            'count(*) FROM scan_view GROUP BY ALL"',
+        },
+        "xds demo",
+    )
 
 
 def main() -> None:

@@ -21,9 +21,14 @@ def ingest_world(catalog: Catalog, world_root: Path, manifest: dict, dataset: st
     """Ingest every center of a phantom world the way the demo does."""
     for c in manifest["centers"]:
         ingest_nifti(
-            catalog, world_root / c["path"], center=c["name"], dataset=dataset,
-            metadata=world_root / c["metadata"], label_map=world_root / c["label_map"],
-            vendor=c["vendor"], field_strength=c["field_strength"],
+            catalog,
+            world_root / c["path"],
+            center=c["name"],
+            dataset=dataset,
+            metadata=world_root / c["metadata"],
+            label_map=world_root / c["label_map"],
+            vendor=c["vendor"],
+            field_strength=c["field_strength"],
         )
 
 
@@ -53,5 +58,6 @@ def catalog(ingested, tmp_path) -> Catalog:
 @pytest.fixture(scope="session")
 def world_counts(world) -> dict[tuple[str, str], int]:
     """(center, sequence) -> number of scans the world wrote."""
-    return {(c["name"], s): n for c in world[1]["centers"]
-            for s, n in c["scans_per_sequence"].items()}
+    return {
+        (c["name"], s): n for c in world[1]["centers"] for s, n in c["scans_per_sequence"].items()
+    }

@@ -49,10 +49,16 @@ def test_schema_version_lives_in_the_delta_log(tmp_path):
 
 def test_failed_transaction_writes_nothing(tmp_path):
     cat = Catalog.create(tmp_path / "c")
-    with pytest.raises(RuntimeError), cat.transaction("boom") as txn:
-        txn.append("quarantine", [_q("a.nii.gz")])
-        raise RuntimeError("worker died")
-    assert cat.version == 0 and Catalog.open(cat.root).count("quarantine") == 0
+
+    def crash():
+        with cat.transaction("boom") as txn:
+            txn.append("quarantine", [_q("a.nii.gz")])
+            raise RuntimeError("worker died")
+
+    with pytest.raises(RuntimeError, match="worker died"):
+        crash()
+    assert cat.version == 0
+    assert Catalog.open(cat.root).count("quarantine") == 0
     with pytest.raises(SchemaError), cat.transaction("bad row") as txn:
         txn.append("quarantine", [{**_q("a"), "patient_name": "x"}])
     assert Catalog.open(cat.root).version == 0
@@ -61,8 +67,9 @@ def test_failed_transaction_writes_nothing(tmp_path):
 def test_orphan_table_versions_stay_invisible_and_are_undone(tmp_path):
     cat = Catalog.create(tmp_path / "c")
     # A writer that died after its table append but before its catalog version row:
-    write_deltalake(str(cat.root / "quarantine"), to_table("quarantine", [_q("orphan")]),
-                    mode="append")
+    write_deltalake(
+        str(cat.root / "quarantine"), to_table("quarantine", [_q("orphan")]), mode="append"
+    )
     assert Catalog.open(cat.root).count("quarantine") == 0
     with cat.transaction("next") as txn:
         txn.append("quarantine", [_q("kept")])

@@ -18,7 +18,8 @@ def _commands(group, prefix=()):
 def test_every_command_has_help(path):
     result = CliRunner().invoke(cli, [*path, "--help"])
     assert result.exit_code == 0
-    assert "Usage:" in result.output and len(result.output) > 80
+    assert "Usage:" in result.output
+    assert len(result.output) > 80
 
 
 def test_every_leaf_command_has_json():
@@ -33,13 +34,28 @@ def test_every_leaf_command_has_json():
 def test_usage_errors_exit_2_and_missing_catalog_exits_1(tmp_path):
     assert CliRunner().invoke(cli, ["split"]).exit_code == 2
     result = CliRunner().invoke(cli, ["--catalog", str(tmp_path / "none"), "cohorts"])
-    assert result.exit_code == 1 and "no catalog here" in result.output
+    assert result.exit_code == 1
+    assert "no catalog here" in result.output
 
 
 def test_phantoms_command(tmp_path):
-    result = CliRunner().invoke(cli, [
-        "phantoms", "--out", str(tmp_path / "w"), "--centers", "2",
-        "--subjects-per-center", "2", "--shape", "24,24,12", "--json", "-j", "1"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "phantoms",
+            "--out",
+            str(tmp_path / "w"),
+            "--centers",
+            "2",
+            "--subjects-per-center",
+            "2",
+            "--shape",
+            "24,24,12",
+            "--json",
+            "-j",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.output)
     assert len(manifest["centers"]) == 2
@@ -49,8 +65,7 @@ def test_phantoms_command(tmp_path):
 @pytest.mark.slow
 def test_demo_runs_end_to_end_within_five_minutes(tmp_path):
     start = time.perf_counter()
-    result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--json",
-                                      "-j", "2"])
+    result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--json", "-j", "2"])
     elapsed = time.perf_counter() - start
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
@@ -63,6 +78,17 @@ def test_demo_runs_end_to_end_within_five_minutes(tmp_path):
     assert (tmp_path / "demo" / "nnunet_raw" / "Dataset501_Pancreas" / "dataset.json").exists()
     assert (tmp_path / "demo" / "catalog" / "_versions").exists()
     # Running it again replaces the earlier demo instead of failing.
-    again = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--json",
-                                     "--centers", "2", "--subjects-per-center", "3"])
+    again = CliRunner().invoke(
+        cli,
+        [
+            "demo",
+            "--out",
+            str(tmp_path / "demo"),
+            "--json",
+            "--centers",
+            "2",
+            "--subjects-per-center",
+            "3",
+        ],
+    )
     assert again.exit_code == 0, again.output

@@ -21,8 +21,7 @@ nnunet_verify = pytest.importorskip(
 def exported(catalog, tmp_path):
     build_cohort(catalog, "has_label", "all")
     split = split_cohort(catalog, "all", seed=0)
-    result = export_nnunet(catalog, "all", split=split.name, dataset_id=501,
-                           out=tmp_path / "raw")
+    result = export_nnunet(catalog, "all", split=split.name, dataset_id=501, out=tmp_path / "raw")
     return catalog, split, result
 
 
@@ -66,7 +65,8 @@ def test_layout_labels_and_folds(exported, tmp_path):
     source = np.asanyarray(nib.load(catalog.resolve(label_uri)).dataobj)
     folder = "labelsTr" if case["role"] in ("train", "val") else "labelsTs"
     out = np.asanyarray(nib.load(root / folder / f"{case['case']}.nii.gz").dataobj)
-    assert out.sum() > 0 and out.shape == source.shape
+    assert out.sum() > 0
+    assert out.shape == source.shape
 
 
 def test_export_refuses_bad_requests(exported, tmp_path):
@@ -74,10 +74,17 @@ def test_export_refuses_bad_requests(exported, tmp_path):
     with pytest.raises(ExportError, match="not empty"):
         export_nnunet(catalog, "all", split=split.name, dataset_id=501, out=tmp_path / "raw")
     with pytest.raises(ExportError, match="not labelled in every label map"):
-        export_nnunet(catalog, "all", split=split.name, dataset_id=502, out=tmp_path / "raw",
-                      classes=["liver"])
+        export_nnunet(
+            catalog,
+            "all",
+            split=split.name,
+            dataset_id=502,
+            out=tmp_path / "raw",
+            classes=["liver"],
+        )
     with pytest.raises(ExportError, match="1-999"):
         export_nnunet(catalog, "all", split=split.name, dataset_id=1000, out=tmp_path / "raw")
-    again = export_nnunet(catalog, "all", split=split.name, dataset_id=501,
-                          out=tmp_path / "raw", force=True)
+    again = export_nnunet(
+        catalog, "all", split=split.name, dataset_id=501, out=tmp_path / "raw", force=True
+    )
     assert again.path == result.path

@@ -17,16 +17,20 @@ from xds.schemas import IngestError
 def test_world_is_ingested_completely(ingested, world, world_counts):
     _, manifest = world
     cat = Catalog.open(ingested)
-    rows = cat.sql("SELECT center, sequence, count(*) AS n, sum(has_label::INT) AS labelled "
-                   "FROM scan_view GROUP BY ALL").to_pylist()
+    rows = cat.sql(
+        "SELECT center, sequence, count(*) AS n, sum(has_label::INT) AS labelled "
+        "FROM scan_view GROUP BY ALL"
+    ).to_pylist()
     got = {(r["center"], r["sequence"]): r["n"] for r in rows}
     assert got == world_counts
     assert all(r["labelled"] == r["n"] for r in rows)
     assert cat.count("subjects") == sum(c["n_subjects"] for c in manifest["centers"])
     assert cat.count("quarantine") == 0
     # Every center's own label convention was understood.
-    classes = cat.sql("SELECT center, list_sort(list_distinct(flatten(list(classes)))) AS c "
-                      "FROM scan_view GROUP BY center").to_pylist()
+    classes = cat.sql(
+        "SELECT center, list_sort(list_distinct(flatten(list(classes)))) AS c "
+        "FROM scan_view GROUP BY center"
+    ).to_pylist()
     assert all("pancreas" in r["c"] for r in classes)
 
 
@@ -34,8 +38,14 @@ def test_rerun_adds_nothing(catalog, world):
     root, manifest = world
     c = manifest["centers"][1]
     before = catalog.version
-    report = ingest_nifti(catalog, root / c["path"], center=c["name"], dataset="pw",
-                          metadata=root / c["metadata"], label_map=root / c["label_map"])
+    report = ingest_nifti(
+        catalog,
+        root / c["path"],
+        center=c["name"],
+        dataset="pw",
+        metadata=root / c["metadata"],
+        label_map=root / c["label_map"],
+    )
     assert report.scans_added == report.labels_added == report.subjects_added == 0
     assert report.already_present == sum(c["scans_per_sequence"].values())
     assert catalog.version == before
@@ -48,14 +58,26 @@ def test_no_phi_reaches_the_catalog(ingested, world):
         delimiter = "\t" if c["metadata"].endswith(".tsv") else ","
         with open(root / c["metadata"]) as fh:
             for row in csv.DictReader(fh, delimiter=delimiter):
-                for column in ("participant_id", "PatientID", "patient", "case", "PatientName",
-                               "BirthDate", "Address"):
+                for column in (
+                    "participant_id",
+                    "PatientID",
+                    "patient",
+                    "case",
+                    "PatientName",
+                    "BirthDate",
+                    "Address",
+                ):
                     if row.get(column):
-                        secrets.add(row[column].removeprefix("sub-") if column ==
-                                    "participant_id" else row[column])
+                        secrets.add(
+                            row[column].removeprefix("sub-")
+                            if column == "participant_id"
+                            else row[column]
+                        )
     cat = Catalog.open(ingested)
-    text = " ".join(str(cat.read(t).to_pylist()) for t in
-                    ("subjects", "scans", "labels", "label_maps", "quarantine"))
+    text = " ".join(
+        str(cat.read(t).to_pylist())
+        for t in ("subjects", "scans", "labels", "label_maps", "quarantine")
+    )
     files = " ".join(str(p) for p in (ingested / "data").rglob("*"))
     leaked = [s for s in secrets if len(s) > 3 and (s in text or s in files)]
     assert not leaked
@@ -86,8 +108,9 @@ def _bad_center(world, tmp_path):
 def test_bad_files_are_quarantined_and_the_rest_ingested(world, tmp_path):
     c, folder, (truncated, four_d, bad_label) = _bad_center(world, tmp_path)
     cat = Catalog.create(tmp_path / "cat")
-    report = ingest_nifti(cat, folder, center="Bad", metadata=folder / "metadata.csv",
-                          label_map=folder / "labels.csv")
+    report = ingest_nifti(
+        cat, folder, center="Bad", metadata=folder / "metadata.csv", label_map=folder / "labels.csv"
+    )
     n = sum(c["scans_per_sequence"].values())
     assert report.scans_added == n - 2
     assert report.labels_added == n - 3
@@ -102,19 +125,36 @@ def test_bad_files_are_quarantined_and_the_rest_ingested(world, tmp_path):
     # Quarantine URIs are pseudonymized: the MRN folder names do not appear.
     assert not any("MRN" in r["uri"] for r in rows)
     # A second run neither duplicates the quarantine nor the scans.
-    again = ingest_nifti(cat, folder, center="Bad", metadata=folder / "metadata.csv",
-                         label_map=folder / "labels.csv")
-    assert again.scans_added == 0 and cat.count("quarantine") == 3
+    again = ingest_nifti(
+        cat, folder, center="Bad", metadata=folder / "metadata.csv", label_map=folder / "labels.csv"
+    )
+    assert again.scans_added == 0
+    assert cat.count("quarantine") == 3
 
 
 def test_cli_prints_one_line_per_quarantined_file(world, tmp_path):
     _, folder, bad = _bad_center(world, tmp_path)
-    result = CliRunner().invoke(cli, [
-        "--catalog", str(tmp_path / "cat"), "ingest", "nifti", str(folder), "--center", "Bad",
-        "--label-map", str(folder / "labels.csv"), "--json", "-j", "1"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "--catalog",
+            str(tmp_path / "cat"),
+            "ingest",
+            "nifti",
+            str(folder),
+            "--center",
+            "Bad",
+            "--label-map",
+            str(folder / "labels.csv"),
+            "--json",
+            "-j",
+            "1",
+        ],
+    )
     assert result.exit_code == 0
     lines = [line for line in result.stderr.splitlines() if line.startswith("quarantined")]
-    assert len(lines) == 3 and all(str(p) in result.stderr for p in bad)
+    assert len(lines) == 3
+    assert all(str(p) in result.stderr for p in bad)
 
 
 def test_header_free_text_is_removed(tmp_path, world):

@@ -45,9 +45,12 @@ def test_files_match_manifest_and_geometry(world):
     root, manifest = world
     for c in manifest["centers"]:
         layout = LAYOUTS[c["layout"]]
-        images = [p for p in (root / c["path"]).rglob("*.nii*")
-                  if layout.match_image(str(p.relative_to(root / c["path"])))
-                  and not layout.match_label(str(p.relative_to(root / c["path"])))]
+        images = [
+            p
+            for p in (root / c["path"]).rglob("*.nii*")
+            if layout.match_image(str(p.relative_to(root / c["path"])))
+            and not layout.match_label(str(p.relative_to(root / c["path"])))
+        ]
         assert len(images) == sum(c["scans_per_sequence"].values())
         img = nib.load(images[0])
         assert "".join(nib.aff2axcodes(img.affine)) == c["orientation"]
@@ -65,8 +68,9 @@ def _organ_means(root, center, key, seq):
 
 def test_contrast_follows_physics(tmp_path):
     # One center labelling every organ; T1W and T2W of the same subject.
-    generate_world(tmp_path / "w", centers=1, subjects_per_center=1, missing=0.0,
-                   shape=(48, 48, 24), seed=1)
+    generate_world(
+        tmp_path / "w", centers=1, subjects_per_center=1, missing=0.0, shape=(48, 48, 24), seed=1
+    )
 
     center = {"layout": "bids", "path": "Aurora", "label_map": "Aurora/label_map.json"}
     key = "001"

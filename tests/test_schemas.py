@@ -39,7 +39,8 @@ def test_to_table_rejects_unknown_columns_and_wrong_types():
 
 
 def test_errors_subclass_builtins():
-    assert issubclass(SchemaError, ValueError) and issubclass(SchemaError, XdsError)
+    assert issubclass(SchemaError, ValueError)
+    assert issubclass(SchemaError, XdsError)
     assert issubclass(SqlRefusedError, PermissionError)
     assert issubclass(CatalogError, RuntimeError)
 

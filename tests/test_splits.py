@@ -14,8 +14,9 @@ RATIOS = {"train": 0.7, "val": 0.1, "test": 0.2}
 
 
 def _cell_roles(catalog, split):
-    meta = {r["scan_id"]: (r["center"], r["sequence"]) for r in
-            catalog.read("scan_view").to_pylist()}
+    meta = {
+        r["scan_id"]: (r["center"], r["sequence"]) for r in catalog.read("scan_view").to_pylist()
+    }
     cells, roles = Counter(), Counter()
     for r in split.rows.to_pylist():
         cells[meta[r["scan_id"]]] += 1
@@ -85,8 +86,10 @@ def test_ratios_and_errors(catalog, cohort):
 
 def test_audit_finds_a_subject_in_two_roles(catalog, cohort):
     split = split_cohort(catalog, "all", name="good")
-    rows = [dict(r, name="leaky", split_id="spl-leaky") for r in
-            catalog.read("splits", "name = 'good'").to_pylist()]
+    rows = [
+        dict(r, name="leaky", split_id="spl-leaky")
+        for r in catalog.read("splits", "name = 'good'").to_pylist()
+    ]
     subject = next(s for s, n in Counter(r["subject_id"] for r in rows).items() if n > 1)
     victim = next(r for r in rows if r["subject_id"] == subject)
     victim["role"] = "test" if victim["role"] != "test" else "train"

@@ -36,17 +36,20 @@ def test_refused_with_exit_1_and_one_line(catalog, tmp_path, query):
     result = CliRunner().invoke(cli, ["--catalog", str(catalog.root), "sql", query])
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: SQL")
+    assert len(lines) == 1
+    assert lines[0].startswith("Error: SQL")
     assert _snapshot(catalog.root) == before
-    assert not any(tmp_path.glob("leak*")) and not (tmp_path / "other.duckdb").exists()
+    assert not any(tmp_path.glob("leak*"))
+    assert not (tmp_path / "other.duckdb").exists()
 
 
 def test_read_only_queries_work(catalog):
     n = catalog.sql("WITH t AS (SELECT * FROM scan_view) SELECT count(*) AS n FROM t")
     assert n.column("n")[0].as_py() == catalog.count("scans")
     result = CliRunner().invoke(
-        cli, ["--catalog", str(catalog.root), "sql", "SELECT DISTINCT center FROM scan_view",
-              "--json"])
+        cli,
+        ["--catalog", str(catalog.root), "sql", "SELECT DISTINCT center FROM scan_view", "--json"],
+    )
     assert result.exit_code == 0
     assert '"center"' in result.output
 

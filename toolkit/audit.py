@@ -29,8 +29,13 @@ class AuditReport:
 
     def summary(self) -> dict:
         """JSON-ready report."""
-        return {"split": self.split, "n_scans": self.n_scans, "n_subjects": self.n_subjects,
-                "clean": self.clean, "leaks": self.leaks}
+        return {
+            "split": self.split,
+            "n_scans": self.n_scans,
+            "n_subjects": self.n_subjects,
+            "clean": self.clean,
+            "leaks": self.leaks,
+        }
 
 
 def audit_split(catalog: Catalog, name: str) -> AuditReport:
@@ -41,8 +46,9 @@ def audit_split(catalog: Catalog, name: str) -> AuditReport:
         r["scan_id"]: r["image_hash"]
         for r in catalog.read("scans").select(["scan_id", "image_hash"]).to_pylist()
     }
-    report = AuditReport(name, len({r["scan_id"] for r in rows}),
-                         len({r["subject_id"] for r in rows}))
+    report = AuditReport(
+        name, len({r["scan_id"] for r in rows}), len({r["subject_id"] for r in rows})
+    )
     for kind, key in (("subject_in_two_roles", "subject_id"), ("same_image_in_two_roles", None)):
         groups: dict[tuple, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
         for r in rows:
@@ -50,8 +56,12 @@ def audit_split(catalog: Catalog, name: str) -> AuditReport:
             groups[(r["fold"], value)][r["role"]].append(r["scan_id"])
         for (fold, value), roles in sorted(groups.items(), key=lambda kv: str(kv[0])):
             if len(roles) > 1:
-                report.leaks.append({
-                    "kind": kind, "fold": fold, (key or "image_hash"): value,
-                    "roles": {role: sorted(ids) for role, ids in sorted(roles.items())},
-                })
+                report.leaks.append(
+                    {
+                        "kind": kind,
+                        "fold": fold,
+                        (key or "image_hash"): value,
+                        "roles": {role: sorted(ids) for role, ids in sorted(roles.items())},
+                    }
+                )
     return report

@@ -57,31 +57,49 @@ def run_demo(
         timings[step] = round(now - clock, 2)
         clock = now
 
-    world = generate_world(out / "phantoms", centers=centers,
-                           subjects_per_center=subjects_per_center, sequences=sequences,
-                           seed=seed, jobs=jobs)
+    world = generate_world(
+        out / "phantoms",
+        centers=centers,
+        subjects_per_center=subjects_per_center,
+        sequences=sequences,
+        seed=seed,
+        jobs=jobs,
+    )
     lap("phantoms")
     catalog = Catalog.create(out / "catalog")
     ingests = []
     for center in world["centers"]:
         report = ingest_nifti(
-            catalog, out / "phantoms" / center["path"], center=center["name"],
-            dataset="phantom-world", metadata=out / "phantoms" / center["metadata"],
-            label_map=out / "phantoms" / center["label_map"], vendor=center["vendor"],
-            scanner_model=center["scanner_model"], field_strength=center["field_strength"],
+            catalog,
+            out / "phantoms" / center["path"],
+            center=center["name"],
+            dataset="phantom-world",
+            metadata=out / "phantoms" / center["metadata"],
+            label_map=out / "phantoms" / center["label_map"],
+            vendor=center["vendor"],
+            scanner_model=center["scanner_model"],
+            field_strength=center["field_strength"],
             jobs=jobs,
         )
         ingests.append(report.summary())
     lap("ingest")
     cohort = build_cohort(catalog, DEMO_WHERE, "pancreas")
-    split = split_cohort(catalog, cohort.name, ratios="70,10,20",
-                         stratify=("center", "sequence"), seed=seed)
+    split = split_cohort(
+        catalog, cohort.name, ratios="70,10,20", stratify=("center", "sequence"), seed=seed
+    )
     lap("cohort+split")
     audit = audit_split(catalog, split.name)
     if not audit.clean:
         raise LeakageError(f"split {split.name} leaks: {audit.leaks[:3]}")
-    export = export_nnunet(catalog, cohort.name, split=split.name, dataset_id=501,
-                           out=out / "nnunet_raw", classes=["pancreas"], jobs=jobs)
+    export = export_nnunet(
+        catalog,
+        cohort.name,
+        split=split.name,
+        dataset_id=501,
+        out=out / "nnunet_raw",
+        classes=["pancreas"],
+        jobs=jobs,
+    )
     lap("audit+export")
     scans = cohort_scans(catalog, cohort).select(["center", "sequence"]).to_pylist()
     table = Counter((r["center"], r["sequence"]) for r in scans)

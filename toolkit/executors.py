@@ -54,6 +54,11 @@ def _progress() -> Progress:
     console = Console(stderr=True)
     show = os.environ.get("XDS_PROGRESS") == "1" or console.is_terminal
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, disable=not show, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not show,
+        transient=False,
     )

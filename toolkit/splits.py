@@ -52,14 +52,18 @@ class Split:
             counts[r["role"]]["scans"].add(r["scan_id"])
             counts[r["role"]]["subjects"].add(r["subject_id"])
         return {
-            "split_id": self.split_id, "name": self.name, "cohort_id": self.cohort_id,
-            "strategy": self.strategy, "params": self.params, "seed": self.seed,
+            "split_id": self.split_id,
+            "name": self.name,
+            "cohort_id": self.cohort_id,
+            "strategy": self.strategy,
+            "params": self.params,
+            "seed": self.seed,
             "roles": {role: {k: len(v) for k, v in c.items()} for role, c in counts.items()},
         }
 
 
 def parse_ratios(text: str | tuple) -> tuple[float, float, float]:
-    """"70,10,20" (train, val, test) or "80,20" (train, test) -> fractions summing to 1.
+    """ "70,10,20" (train, val, test) or "80,20" (train, test) -> fractions summing to 1.
 
     Raises:
         SplitError: not 2 or 3 non-negative numbers with a positive sum.
@@ -238,20 +242,40 @@ def split_cohort(
         subject_cells[r["subject_id"]].append(tuple(str(r[c]) for c in stratify))
     assignment = holdout_assign(subject_cells, fractions, seed)
     params = {"ratios": [round(f, 6) for f in fractions], "stratify": list(stratify)}
-    return _store(catalog, name, found.cohort_id, "holdout", params, seed,
-                  [(r["scan_id"], r["subject_id"], 0, assignment[r["subject_id"]]) for r in rows])
+    return _store(
+        catalog,
+        name,
+        found.cohort_id,
+        "holdout",
+        params,
+        seed,
+        [(r["scan_id"], r["subject_id"], 0, assignment[r["subject_id"]]) for r in rows],
+    )
 
 
 def _store(catalog, name, cohort_id, strategy, params, seed, assignments) -> Split:
     text = json.dumps(params, sort_keys=True)
-    split_id = "spl-" + hashlib.sha256(
-        f"{name}\0{cohort_id}\0{strategy}\0{text}\0{seed}".encode()
-    ).hexdigest()[:16]
+    split_id = (
+        "spl-"
+        + hashlib.sha256(f"{name}\0{cohort_id}\0{strategy}\0{text}\0{seed}".encode()).hexdigest()[
+            :16
+        ]
+    )
     now = utcnow()
     rows = [
-        {"split_id": split_id, "name": name, "cohort_id": cohort_id, "strategy": strategy,
-         "params": text, "seed": seed, "scan_id": scan, "subject_id": subject, "fold": fold,
-         "role": role, "created_at": now}
+        {
+            "split_id": split_id,
+            "name": name,
+            "cohort_id": cohort_id,
+            "strategy": strategy,
+            "params": text,
+            "seed": seed,
+            "scan_id": scan,
+            "subject_id": subject,
+            "fold": fold,
+            "role": role,
+            "created_at": now,
+        }
         for scan, subject, fold, role in assignments
     ]
     with catalog.transaction(f"split {name}") as txn:
@@ -291,5 +315,12 @@ def get_split(catalog: Catalog, name: str) -> Split:
         raise SplitError(f"no split named {name!r} (known: {known})")
     first = table.slice(0, 1).to_pylist()[0]
     rows = table.select(["scan_id", "subject_id", "fold", "role"])
-    return Split(first["split_id"], first["name"], first["cohort_id"], first["strategy"],
-                 json.loads(first["params"]), first["seed"], rows)
+    return Split(
+        first["split_id"],
+        first["name"],
+        first["cohort_id"],
+        first["strategy"],
+        json.loads(first["params"]),
+        first["seed"],
+        rows,
+    )

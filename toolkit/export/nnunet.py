@@ -128,14 +128,18 @@ def export_nnunet(
     scans = {r["scan_id"]: r for r in cohort_scans(catalog, found).to_pylist()}
     modalities = {scans[s]["modality"] for ids in roles.values() for s in ids}
     if len(modalities) > 1:
-        raise ExportError(f"cohort mixes modalities {sorted(modalities)}; nnU-Net normalizes "
-                          "one channel one way: export them as separate datasets")
+        raise ExportError(
+            f"cohort mixes modalities {sorted(modalities)}; nnU-Net normalizes "
+            "one channel one way: export them as separate datasets"
+        )
     labels = best_labels(catalog, list(scans))
     train_ids = roles.get("train", []) + roles.get("val", [])
     missing = [s for s in train_ids if s not in labels]
     if missing:
-        raise ExportError(f"{len(missing)} train/val scan(s) have no label (e.g. {missing[0]}); "
-                          "build the cohort with --where 'has_label'")
+        raise ExportError(
+            f"{len(missing)} train/val scan(s) have no label (e.g. {missing[0]}); "
+            "build the cohort with --where 'has_label'"
+        )
     maps = _label_maps(catalog, {labels[s]["label_map"] for s in labels})
     classes = _choose_classes(maps, classes)
     index = {c: i + 1 for i, c in enumerate(classes)}
@@ -145,19 +149,28 @@ def export_nnunet(
     for folder, role_ids in (("Tr", train_ids), ("Ts", roles.get("test", []))):
         for scan_id in sorted(role_ids):
             label = labels.get(scan_id)
-            work.append(_CaseJob(
-                scan_id, str(catalog.resolve(scans[scan_id]["image_uri"])),
-                str(target / f"images{folder}" / f"{scan_id}_0000.nii.gz"),
-                str(catalog.resolve(label["uri"])) if label else None,
-                str(target / f"labels{folder}" / f"{scan_id}.nii.gz") if label else None,
-                luts[label["label_map"]] if label else None, link,
-            ))
-            table.append({
-                "case": scan_id, "scan_id": scan_id, "subject_id": scans[scan_id]["subject_id"],
-                "role": next(r for r, ids in roles.items() if scan_id in ids),
-                "center": scans[scan_id]["center"], "sequence": scans[scan_id]["sequence"],
-                "label_id": label["label_id"] if label else "",
-            })
+            work.append(
+                _CaseJob(
+                    scan_id,
+                    str(catalog.resolve(scans[scan_id]["image_uri"])),
+                    str(target / f"images{folder}" / f"{scan_id}_0000.nii.gz"),
+                    str(catalog.resolve(label["uri"])) if label else None,
+                    str(target / f"labels{folder}" / f"{scan_id}.nii.gz") if label else None,
+                    luts[label["label_map"]] if label else None,
+                    link,
+                )
+            )
+            table.append(
+                {
+                    "case": scan_id,
+                    "scan_id": scan_id,
+                    "subject_id": scans[scan_id]["subject_id"],
+                    "role": next(r for r, ids in roles.items() if scan_id in ids),
+                    "center": scans[scan_id]["center"],
+                    "sequence": scans[scan_id]["sequence"],
+                    "label_id": label["label_id"] if label else "",
+                }
+            )
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (target / sub).mkdir(parents=True, exist_ok=True)
     progress_map(_write_case, work, jobs=jobs, description="export nnunet")
@@ -170,8 +183,12 @@ def export_nnunet(
         "file_ending": ".nii.gz",
         "name": name,
         "description": f"xds cohort {found.name!r} ({found.where_sql}), split {the_split.name!r}",
-        "xds": {"cohort_id": found.cohort_id, "catalog_version": found.catalog_version,
-                "split_id": the_split.split_id, "fold": fold},
+        "xds": {
+            "cohort_id": found.cohort_id,
+            "catalog_version": found.catalog_version,
+            "split_id": the_split.split_id,
+            "fold": fold,
+        },
     }
     (target / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
     folds = [{"train": sorted(roles.get("train", [])), "val": sorted(roles.get("val", []))}]
@@ -181,17 +198,25 @@ def export_nnunet(
         writer.writeheader()
         writer.writerows(table)
     return NnunetExport(
-        str(target), dataset_id, classes,
-        {"imagesTr": len(train_ids), "imagesTs": len(roles.get("test", [])),
-         "labelsTs": sum(1 for s in roles.get("test", []) if s in labels)},
+        str(target),
+        dataset_id,
+        classes,
+        {
+            "imagesTr": len(train_ids),
+            "imagesTs": len(roles.get("test", [])),
+            "labelsTs": sum(1 for s in roles.get("test", []) if s in labels),
+        },
         skipped_unlabeled=len(roles.get("unlabeled", [])),
     )
 
 
 def _label_maps(catalog: Catalog, ids: set[str]) -> dict[str, dict[int, str]]:
     rows = catalog.read("label_maps").to_pylist()
-    return {r["label_map_id"]: dict(zip(r["indices"], r["names"], strict=True))
-            for r in rows if r["label_map_id"] in ids}
+    return {
+        r["label_map_id"]: dict(zip(r["indices"], r["names"], strict=True))
+        for r in rows
+        if r["label_map_id"] in ids
+    }
 
 
 def _choose_classes(maps: dict[str, dict[int, str]], wanted: list[str] | None) -> list[str]:
@@ -203,8 +228,10 @@ def _choose_classes(maps: dict[str, dict[int, str]], wanted: list[str] | None) -
         return sorted(common)
     lacking = [c for c in wanted if c not in common]
     if lacking:
-        raise ExportError(f"class(es) {lacking} are not labelled in every label map of the "
-                          f"cohort; classes labelled everywhere: {sorted(common)}")
+        raise ExportError(
+            f"class(es) {lacking} are not labelled in every label map of the "
+            f"cohort; classes labelled everywhere: {sorted(common)}"
+        )
     return list(wanted)
 
 

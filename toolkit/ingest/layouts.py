@@ -67,8 +67,9 @@ LAYOUTS: dict[str, Layout] = {
         "labelsTr/{subject}_{sequence}.nii.gz",
         "nnunet",
     ),
-    "folders": Layout("{subject}/{sequence}/image.nii.gz", "{subject}/{sequence}/mask.nii.gz",
-                      "folders"),
+    "folders": Layout(
+        "{subject}/{sequence}/image.nii.gz", "{subject}/{sequence}/mask.nii.gz", "folders"
+    ),
     "flat": Layout("{subject}_{sequence}.nii", "{subject}_{sequence}_seg.nii", "flat"),
 }
 """Built-in layouts; ``--layout auto`` picks the one matching most files."""
@@ -100,10 +101,9 @@ def detect_layout(relpaths: list[str]) -> Layout:
     Raises:
         IngestError: no built-in layout matches any file.
     """
+
     def score(layout: Layout) -> int:
-        return sum(
-            1 for p in relpaths if layout.match_label(p) or layout.match_image(p)
-        )
+        return sum(1 for p in relpaths if layout.match_label(p) or layout.match_image(p))
 
     best = max(LAYOUTS.values(), key=score)
     if score(best) == 0:

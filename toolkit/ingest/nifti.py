@@ -99,7 +99,9 @@ def ingest_nifti(
         label_layout: the label path pattern when ``layout`` is a pattern.
         sequence: force this sequence for every image (recorded as manual).
         modality: MR, CT or PT (default: CT for CT sequences, MR otherwise).
-        vendor, scanner_model, field_strength: center-wide acquisition facts (tesla).
+        vendor: scanner manufacturer, for every scan of this center.
+        scanner_model: scanner model name, for every scan of this center.
+        field_strength: magnet strength in tesla, for every scan of this center.
         jobs: worker processes.
         link: hard-link clean .nii.gz sources into the catalog instead of copying.
 
@@ -151,8 +153,17 @@ def ingest_nifti(
 
     def reject(rel: str, stage: str, error: str) -> None:
         report.problems.append((str(root / rel), error))
-        quarantine.append({"uri": shown(rel), "dataset": dataset, "center": center,
-                           "stage": stage, "error": error, "at": utcnow(), "source": run})
+        quarantine.append(
+            {
+                "uri": shown(rel),
+                "dataset": dataset,
+                "center": center,
+                "stage": stage,
+                "error": error,
+                "at": utcnow(),
+                "source": run,
+            }
+        )
 
     for rel in stray:
         reject(rel, "layout", f"does not match the {chosen.name} layout ({chosen.image})")
@@ -160,14 +171,24 @@ def ingest_nifti(
         reject(labels[key], "label", "label map without a matching image")
 
     work = [
-        _Job(str(root), rel, labels.get(key), subject_ids[key[0]], str(catalog.root), dataset,
-             mapping, link)
+        _Job(
+            str(root),
+            rel,
+            labels.get(key),
+            subject_ids[key[0]],
+            str(catalog.root),
+            dataset,
+            mapping,
+            link,
+        )
         for key, rel in sorted(images.items())
     ]
     results = progress_map(_ingest_one, work, jobs=jobs, description=f"ingest {center}")
 
-    existing_scans = {(r["subject_id"], r["image_hash"]) for r in
-                      catalog.read("scans").select(["subject_id", "image_hash"]).to_pylist()}
+    existing_scans = {
+        (r["subject_id"], r["image_hash"])
+        for r in catalog.read("scans").select(["subject_id", "image_hash"]).to_pylist()
+    }
     existing_labels = set(catalog.read("labels").column("label_id").to_pylist())
     existing_subjects = set(catalog.read("subjects").column("subject_id").to_pylist())
     existing_maps = set(catalog.read("label_maps").column("label_map_id").to_pylist())
@@ -185,27 +206,43 @@ def ingest_nifti(
             seq, seq_source = (
                 (sequence, "manual") if sequence else (sequence_from_name(token)[0], "rule")
             )
-            scans.append({
-                **result["scan"], "subject_id": job.subject_id, "dataset": dataset,
-                "center": center, "sequence": seq, "sequence_source": seq_source,
-                "modality": modality or ("CT" if seq == "CT" else "PT" if seq == "PET" else "MR"),
-                "vendor": vendor, "scanner_model": scanner_model,
-                "field_strength": field_strength, "added_at": now, "source": run,
-                "status": "ok",
-            })
+            scans.append(
+                {
+                    **result["scan"],
+                    "subject_id": job.subject_id,
+                    "dataset": dataset,
+                    "center": center,
+                    "sequence": seq,
+                    "sequence_source": seq_source,
+                    "modality": modality
+                    or ("CT" if seq == "CT" else "PT" if seq == "PET" else "MR"),
+                    "vendor": vendor,
+                    "scanner_model": scanner_model,
+                    "field_strength": field_strength,
+                    "added_at": now,
+                    "source": run,
+                    "status": "ok",
+                }
+            )
             existing_scans.add((job.subject_id, result["scan"]["image_hash"]))
         if job.subject_id not in existing_subjects and job.subject_id not in subjects:
             demo = sheet.get(key, {})
             subjects[job.subject_id] = {
-                "subject_id": job.subject_id, "dataset": dataset, "center": center,
-                **{k: demo.get(k) for k in ("sex", "age", "age_bin", "race", "ethnicity",
-                                            "diagnosis", "extra")},
-                "added_at": now, "source": run,
+                "subject_id": job.subject_id,
+                "dataset": dataset,
+                "center": center,
+                **{
+                    k: demo.get(k)
+                    for k in ("sex", "age", "age_bin", "race", "ethnicity", "diagnosis", "extra")
+                },
+                "added_at": now,
+                "source": run,
             }
         label = result["label"]
         if label and label["label_id"] not in existing_labels:
-            label_rows.append({**label, "label_map": map_id, "origin": "manual",
-                               "created_at": now, "source": run})
+            label_rows.append(
+                {**label, "label_map": map_id, "origin": "manual", "created_at": now, "source": run}
+            )
             existing_labels.add(label["label_id"])
     quarantine = [q for q in quarantine if (q["uri"], q["error"]) not in seen_problems]
 
@@ -214,11 +251,19 @@ def ingest_nifti(
         txn.append("scans", scans)
         if label_rows and map_id not in existing_maps:
             names = mapping or {0: "background"}
-            txn.append("label_maps", [{
-                "label_map_id": map_id, "dataset": dataset, "indices": list(names),
-                "names": list(names.values()),
-                "source": str(label_map) if label_map else "none given", "created_at": now,
-            }])
+            txn.append(
+                "label_maps",
+                [
+                    {
+                        "label_map_id": map_id,
+                        "dataset": dataset,
+                        "indices": list(names),
+                        "names": list(names.values()),
+                        "source": str(label_map) if label_map else "none given",
+                        "created_at": now,
+                    }
+                ],
+            )
         txn.append("labels", label_rows)
         txn.append("quarantine", quarantine)
     report.catalog_version = catalog.version
@@ -246,9 +291,14 @@ def _ingest_one(job: _Job) -> dict:
     image_uri = (folder / f"{scan_id}.nii.gz").as_posix()
     store_volume(volume, catalog_root / image_uri, link=job.link)
     out["scan"] = {
-        "scan_id": scan_id, "study_id": None, "series_uid_hash": None,
-        "spacing": list(volume.spacing), "shape": list(volume.shape),
-        "orientation": volume.orientation, "image_uri": image_uri, "image_hash": volume.hash,
+        "scan_id": scan_id,
+        "study_id": None,
+        "series_uid_hash": None,
+        "spacing": list(volume.spacing),
+        "shape": list(volume.shape),
+        "orientation": volume.orientation,
+        "image_uri": image_uri,
+        "image_hash": volume.hash,
         "acquired_on": None,
     }
     if job.label is None:
@@ -262,8 +312,13 @@ def _ingest_one(job: _Job) -> dict:
     label_id = "lbl-" + hashlib.sha256(f"{scan_id}\0{label.hash}".encode()).hexdigest()[:16]
     uri = (folder / f"{label_id}.nii.gz").as_posix()
     store_volume(label, catalog_root / uri, link=job.link)
-    out["label"] = {"label_id": label_id, "scan_id": scan_id, "uri": uri, "hash": label.hash,
-                    "classes_present": classes}
+    out["label"] = {
+        "label_id": label_id,
+        "scan_id": scan_id,
+        "uri": uri,
+        "hash": label.hash,
+        "classes_present": classes,
+    }
     return out
 
 

@@ -15,8 +15,19 @@ from pathlib import Path
 from xds.deid import age_bin, cap_age, is_phi_column
 from xds.schemas.errors import IngestError
 
-_SUBJECT = ("subject", "subject_id", "participant_id", "participant", "patient",
-            "patient_id", "patientid", "case", "case_id", "caseid", "pid")
+_SUBJECT = (
+    "subject",
+    "subject_id",
+    "participant_id",
+    "participant",
+    "patient",
+    "patient_id",
+    "patientid",
+    "case",
+    "case_id",
+    "caseid",
+    "pid",
+)
 _FIELDS = {
     "sex": ("sex", "gender"),
     "age": ("age", "age_years", "ageyears", "age_at_scan", "patientage"),
@@ -24,8 +35,20 @@ _FIELDS = {
     "race": ("race",),
     "ethnicity": ("ethnicity",),
 }
-_SEX = {"f": "F", "female": "F", "w": "F", "woman": "F", "m": "M", "male": "M", "man": "M",
-        "o": "O", "other": "O", "u": "U", "unknown": "U", "": "U"}
+_SEX = {
+    "f": "F",
+    "female": "F",
+    "w": "F",
+    "woman": "F",
+    "m": "M",
+    "male": "M",
+    "man": "M",
+    "o": "O",
+    "other": "O",
+    "u": "U",
+    "unknown": "U",
+    "": "U",
+}
 
 
 def _norm(name: str) -> str:
@@ -53,19 +76,19 @@ def read_sheet(path: str | Path) -> dict[str, dict]:
     columns = {_norm(c): c for c in rows[0]}
     subject_col = next((columns[c] for c in _SUBJECT if c in columns), None)
     if subject_col is None:
-        raise IngestError(
-            f"{path}: no subject column (expected one of: {', '.join(_SUBJECT)})"
-        )
-    field_cols = {f: next((columns[c] for c in names if c in columns), None)
-                  for f, names in _FIELDS.items()}
+        raise IngestError(f"{path}: no subject column (expected one of: {', '.join(_SUBJECT)})")
+    field_cols = {
+        f: next((columns[c] for c in names if c in columns), None) for f, names in _FIELDS.items()
+    }
     used = {subject_col, *filter(None, field_cols.values())}
     out = {}
     for i, row in enumerate(rows, start=2):
         key = (row.get(subject_col) or "").strip()
         if not key:
             continue
-        record = {f: (row.get(c) or "").strip() or None if c else None
-                  for f, c in field_cols.items()}
+        record = {
+            f: (row.get(c) or "").strip() or None if c else None for f, c in field_cols.items()
+        }
         sex = (record["sex"] or "").lower()
         if sex not in _SEX:
             raise IngestError(f"{path}:{i}: unknown sex {record['sex']!r}")
@@ -79,7 +102,8 @@ def read_sheet(path: str | Path) -> dict[str, dict]:
         if record["diagnosis"]:
             record["diagnosis"] = record["diagnosis"].lower()
         record["extra"] = {
-            _norm(c): v for c, v in row.items()
+            _norm(c): v
+            for c, v in row.items()
             if c not in used and c is not None and v not in (None, "") and not is_phi_column(c)
         }
         for alias in _aliases(key):
@@ -112,7 +136,8 @@ def read_label_map(path: str | Path) -> dict[int, str]:
             delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
             reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
             cols = {_norm(c): c for c in reader.fieldnames or []}
-            idx, name = cols.get("index") or cols.get("label"), cols.get("name") or cols.get("class")
+            idx = cols.get("index") or cols.get("label")
+            name = cols.get("name") or cols.get("class")
             if not idx or not name:
                 raise IngestError(f"{path}: label-map CSV needs 'index' and 'name' columns")
             pairs = [(r[idx], r[name]) for r in reader]

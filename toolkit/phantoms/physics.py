@@ -61,8 +61,15 @@ def default_protocol(sequence: str, field_strength: float, rng: np.random.Genera
     """A plausible protocol for ``sequence`` at ``field_strength`` tesla, jittered per center."""
     b0 = field_strength
     if sequence == "T1W":
-        return Protocol("T1W", b0, rng.uniform(3.5, 4.5), rng.uniform(1.3, 2.0),
-                        rng.uniform(10, 15), contrast_agent=True, fat_suppression=0.85)
+        return Protocol(
+            "T1W",
+            b0,
+            rng.uniform(3.5, 4.5),
+            rng.uniform(1.3, 2.0),
+            rng.uniform(10, 15),
+            contrast_agent=True,
+            fat_suppression=0.85,
+        )
     if sequence == "T2W":
         return Protocol("T2W", b0, rng.uniform(1500, 4500), rng.uniform(80, 110), 90.0)
     if sequence in ("OOP", "IP"):

@@ -36,8 +36,13 @@ _STYLES = ("bids", "nnunet", "folders", "flat")
 _SEQUENCE_TOKENS = {
     "bids": {"T1W": "T1w", "T2W": "T2w", "OOP": "opp", "IP": "inp", "CT": "ct"},
     "nnunet": {"T1W": "T1W", "T2W": "T2W", "OOP": "OOP", "IP": "IP", "CT": "CT"},
-    "folders": {"T1W": "T1_VIBE", "T2W": "T2_HASTE", "OOP": "OPP_PHASE", "IP": "IN_PHASE",
-                "CT": "CT_ABD"},
+    "folders": {
+        "T1W": "T1_VIBE",
+        "T2W": "T2_HASTE",
+        "OOP": "OPP_PHASE",
+        "IP": "IN_PHASE",
+        "CT": "CT_ABD",
+    },
     "flat": {"T1W": "t1", "T2W": "t2", "OOP": "oop", "IP": "ip", "CT": "ct"},
 }
 _ORIENTATIONS = ("RAS", "LPS", "LAS", "RPI", "LPI", "RAI", "LAI", "RPS")
@@ -93,10 +98,17 @@ def make_centers(
         name = CENTER_NAMES[c % len(CENTER_NAMES)] + ("" if c < len(CENTER_NAMES) else str(c))
         centers.append(
             CenterSpec(
-                name=name, style=style, vendor=vendor, scanner_model=model, field_strength=b0,
-                gain=gain * 1000, shape=grid, spacing=spacing,
+                name=name,
+                style=style,
+                vendor=vendor,
+                scanner_model=model,
+                field_strength=b0,
+                gain=gain * 1000,
+                shape=grid,
+                spacing=spacing,
                 orientation=_ORIENTATIONS[c % len(_ORIENTATIONS)],
-                noise=float(rng.uniform(0.03, 0.08)), bias=float(rng.uniform(0.1, 0.35)),
+                noise=float(rng.uniform(0.03, 0.08)),
+                bias=float(rng.uniform(0.1, 0.35)),
                 classes=classes,
                 protocols={s: default_protocol(s, b0, rng) for s in sequences},
             )
@@ -158,8 +170,15 @@ def _write_subject(job: _SubjectJob) -> list[dict]:
     written = []
     for sequence in job.sequences:
         protocol = center.protocols[sequence]
-        image = render(tissues, protocol, center.spacing, rng, noise=center.noise,
-                       bias=center.bias, fat_fraction_liver=liver_fat)
+        image = render(
+            tissues,
+            protocol,
+            center.spacing,
+            rng,
+            noise=center.noise,
+            bias=center.bias,
+            fat_fraction_liver=liver_fat,
+        )
         if sequence != "CT":
             image = image / max(float(np.percentile(image, 99.5)), 1e-6)
             image = image * center.gain * rng.uniform(0.8, 1.2)
@@ -168,8 +187,13 @@ def _write_subject(job: _SubjectJob) -> list[dict]:
         label_path = root / layout.label_path(job.key, token)
         _save(np.round(image).astype(np.int16), affine, image_path)
         _save(labels, affine, label_path)
-        written.append({"image": str(image_path.relative_to(root)),
-                        "label": str(label_path.relative_to(root)), "sequence": sequence})
+        written.append(
+            {
+                "image": str(image_path.relative_to(root)),
+                "label": str(label_path.relative_to(root)),
+                "sequence": sequence,
+            }
+        )
     return written
 
 
@@ -203,8 +227,8 @@ def generate_world(
     Args:
         out: a new or empty directory.
         centers: number of centers; layouts, vendors and orientations cycle through them.
-        subjects_per_center: subjects per center; each gets every sequence, except that each
-            sequence is missing with probability ``missing`` (never all of them).
+        subjects_per_center: subjects per center.
+        missing: probability that a subject lacks a given sequence (never all of them).
         sequences: among T1W, T2W, OOP, IP and CT.
         shape: nominal grid (voxels); each center varies it by up to 10 %.
         seed: the same seed writes the same world, byte for byte.
@@ -227,15 +251,24 @@ def generate_world(
         folder.mkdir(parents=True, exist_ok=True)
         sheet = _write_sheet(folder, spec.style, subjects)
         label_map = _write_label_map(folder, spec)
-        manifest_centers.append({
-            "name": spec.name, "path": spec.name, "layout": spec.style,
-            "metadata": f"{spec.name}/{sheet}", "label_map": f"{spec.name}/{label_map}",
-            "vendor": spec.vendor, "scanner_model": spec.scanner_model,
-            "field_strength": spec.field_strength, "orientation": spec.orientation,
-            "spacing": list(spec.spacing), "shape": list(spec.shape),
-            "classes": list(spec.classes), "n_subjects": subjects_per_center,
-            "protocols": {k: asdict(v) for k, v in spec.protocols.items()},
-        })
+        manifest_centers.append(
+            {
+                "name": spec.name,
+                "path": spec.name,
+                "layout": spec.style,
+                "metadata": f"{spec.name}/{sheet}",
+                "label_map": f"{spec.name}/{label_map}",
+                "vendor": spec.vendor,
+                "scanner_model": spec.scanner_model,
+                "field_strength": spec.field_strength,
+                "orientation": spec.orientation,
+                "spacing": list(spec.spacing),
+                "shape": list(spec.shape),
+                "classes": list(spec.classes),
+                "n_subjects": subjects_per_center,
+                "protocols": {k: asdict(v) for k, v in spec.protocols.items()},
+            }
+        )
     results = progress_map(_write_subject, jobs_list, jobs=jobs, description="phantoms")
     counts: dict[str, dict[str, int]] = {c["name"]: {} for c in manifest_centers}
     for job, written in zip(jobs_list, results, strict=True):
@@ -245,7 +278,9 @@ def generate_world(
     for c in manifest_centers:
         c["scans_per_sequence"] = counts[c["name"]]
     manifest = {
-        "seed": seed, "sequences": list(sequences), "shape": list(shape),
+        "seed": seed,
+        "sequences": list(sequences),
+        "shape": list(shape),
         "n_scans": sum(sum(v.values()) for v in counts.values()),
         "centers": manifest_centers,
     }
@@ -261,21 +296,37 @@ def _demographics(style: str, key: str, rng: np.random.Generator) -> dict:
         return {"participant_id": f"sub-{key}", "sex": sex, "age": age, "diagnosis": diagnosis}
     if style == "nnunet":
         year = 2024 - age
-        return {"PatientID": key, "PatientName": f"DOE^{key[-4:]}",
-                "BirthDate": f"{year}{int(rng.integers(1, 13)):02d}15",
-                "Gender": {"F": "female", "M": "male"}[sex], "AgeYears": age,
-                "Dx": diagnosis.upper()}
+        return {
+            "PatientID": key,
+            "PatientName": f"DOE^{key[-4:]}",
+            "BirthDate": f"{year}{int(rng.integers(1, 13)):02d}15",
+            "Gender": {"F": "female", "M": "male"}[sex],
+            "AgeYears": age,
+            "Dx": diagnosis.upper(),
+        }
     if style == "folders":
-        return {"patient": key, "sex": sex.lower(), "age": age, "diagnosis": diagnosis,
-                "weight_kg": round(float(rng.normal(75, 12)), 1)}
-    return {"case": key, "Sex": {"F": "Female", "M": "Male"}[sex], "Age": age,
-            "Indication": diagnosis, "Address": f"{int(rng.integers(1, 999))} Main Street"}
+        return {
+            "patient": key,
+            "sex": sex.lower(),
+            "age": age,
+            "diagnosis": diagnosis,
+            "weight_kg": round(float(rng.normal(75, 12)), 1),
+        }
+    return {
+        "case": key,
+        "Sex": {"F": "Female", "M": "Male"}[sex],
+        "Age": age,
+        "Indication": diagnosis,
+        "Address": f"{int(rng.integers(1, 999))} Main Street",
+    }
 
 
 def _write_sheet(folder: Path, style: str, rows: list[dict]) -> str:
     name, delimiter = {
-        "bids": ("participants.tsv", "\t"), "nnunet": ("clinical.csv", ","),
-        "folders": ("metadata.csv", ","), "flat": ("demographics.csv", ","),
+        "bids": ("participants.tsv", "\t"),
+        "nnunet": ("clinical.csv", ","),
+        "folders": ("metadata.csv", ","),
+        "flat": ("demographics.csv", ","),
     }[style]
     with open(folder / name, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter=delimiter)
