@@ -63,7 +63,7 @@ class Split:
 
 
 def parse_ratios(text: str | tuple) -> tuple[float, float, float]:
-    """ "70,10,20" (train, val, test) or "80,20" (train, test) -> fractions summing to 1.
+    """Parse "70,10,20" (train, val, test) or "80,20" (train, test) into fractions summing to 1.
 
     Raises:
         SplitError: not 2 or 3 non-negative numbers with a positive sum.
