@@ -7,7 +7,6 @@ was ingested since (:func:`rematerialize`).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -17,6 +16,7 @@ import pyarrow as pa
 from xds.catalog.sql import fetch, run_user_query
 from xds.catalog.store import Catalog, utcnow
 from xds.schemas.errors import CohortError
+from xds.schemas.ids import stable_id
 from xds.schemas.tables import schema_for
 
 
@@ -102,9 +102,8 @@ def build_cohort(catalog: Catalog, where: str, name: str) -> Cohort:
     n_scans = len(scan_ids.values) if scan_ids.null_count == 0 else 0
     if n_scans == 0:
         raise CohortError(f"no scan matches --where {where!r} at catalog version {version}")
-    digest = hashlib.sha256(f"{name}\0{where}\0{version}".encode()).hexdigest()[:16]
     row = {
-        "cohort_id": f"coh-{digest}",
+        "cohort_id": stable_id("coh", name, where, version),
         "name": name,
         "where_sql": where,
         "catalog_version": version,

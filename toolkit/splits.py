@@ -10,7 +10,6 @@ its target in practice.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import pyarrow as pa
 from xds.catalog import Catalog, get_cohort, utcnow
 from xds.catalog.cohorts import cohort_scans
 from xds.schemas.errors import SplitError
+from xds.schemas.ids import stable_id
 
 ROLE_ORDER = ("train", "val", "test")
 
@@ -255,12 +255,7 @@ def split_cohort(
 
 def _store(catalog, name, cohort_id, strategy, params, seed, assignments) -> Split:
     text = json.dumps(params, sort_keys=True)
-    split_id = (
-        "spl-"
-        + hashlib.sha256(f"{name}\0{cohort_id}\0{strategy}\0{text}\0{seed}".encode()).hexdigest()[
-            :16
-        ]
-    )
+    split_id = stable_id("spl", name, cohort_id, strategy, text, seed)
     now = utcnow()
     rows = [
         {

@@ -27,6 +27,7 @@ from xds.ingest.layouts import Layout, detect_layout, parse_layout
 from xds.ingest.sequences import sequence_from_name
 from xds.ingest.sheets import read_label_map, read_sheet
 from xds.schemas.errors import IngestError
+from xds.schemas.ids import stable_id
 from xds.schemas.tables import SEQUENCES
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -287,7 +288,7 @@ def _ingest_one(job: _Job) -> dict:
     except IngestError as exc:
         out["problems"].append(("read", job.image, str(exc)))
         return out
-    scan_id = "scn-" + hashlib.sha256(f"{job.subject_id}\0{volume.hash}".encode()).hexdigest()[:16]
+    scan_id = stable_id("scn", job.subject_id, volume.hash)
     image_uri = (folder / f"{scan_id}.nii.gz").as_posix()
     store_volume(volume, catalog_root / image_uri, link=job.link)
     out["scan"] = {
@@ -309,7 +310,7 @@ def _ingest_one(job: _Job) -> dict:
     except IngestError as exc:
         out["problems"].append(("label", job.label, str(exc)))
         return out
-    label_id = "lbl-" + hashlib.sha256(f"{scan_id}\0{label.hash}".encode()).hexdigest()[:16]
+    label_id = stable_id("lbl", scan_id, label.hash)
     uri = (folder / f"{label_id}.nii.gz").as_posix()
     store_volume(label, catalog_root / uri, link=job.link)
     out["label"] = {

@@ -12,26 +12,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Tissue codes used by the renderer. Organ tissues double as the canonical label names.
-TISSUES = (
-    "air",
-    "fat",
-    "muscle",
-    "bone",
-    "liver",
-    "spleen",
-    "kidney_right",
-    "kidney_left",
-    "pancreas",
-    "gallbladder",
-    "stomach",
-    "aorta",
-    "inferior_vena_cava",
-    "cyst",
-    "tumour",
-)
-TISSUE = {name: i for i, name in enumerate(TISSUES)}
-
 ORGANS = (
     "liver",
     "spleen",
@@ -44,6 +24,10 @@ ORGANS = (
     "inferior_vena_cava",
 )
 """Organs a phantom label map can hold, by their canonical class names."""
+
+# Tissue codes used by the renderer. Organ tissues double as the canonical label names.
+TISSUES = ("air", "fat", "muscle", "bone", *ORGANS, "cyst", "tumour")
+TISSUE = {name: i for i, name in enumerate(TISSUES)}
 
 # Lesion tissues belong to the pancreas label (CrossPan labels the whole gland).
 _LABEL_OF_TISSUE = {"cyst": "pancreas", "tumour": "pancreas"}
