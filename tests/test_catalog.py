@@ -83,3 +83,18 @@ def test_scan_view_joins_subjects_and_label_availability(catalog):
         assert column in row
     n_ok = catalog.sql("SELECT count(*) AS n FROM scans WHERE status = 'ok'").to_pylist()[0]["n"]
     assert catalog.count("scan_view") == n_ok
+
+
+def test_many_commits_stay_fast_to_open(tmp_path):
+    cat = Catalog.create(tmp_path / "c")
+    for i in range(40):
+        with cat.transaction(f"commit {i}") as txn:
+            txn.append("quarantine", [_q(f"{i}.nii.gz")])
+    latest = Catalog.open(cat.root)
+    assert latest.count("quarantine") == 40
+    # Small files are merged, so opening and querying does not grow with the commit count.
+    assert len(latest.files("quarantine")) <= 17
+    assert len(DeltaTable(str(cat.root / "_versions")).file_uris()) <= 17
+    # Time travel still sees each old version exactly.
+    assert Catalog.open(cat.root, version=5).count("quarantine") == 5
+    assert Catalog.open(cat.root, version=30).read("quarantine").num_rows == 30
