@@ -130,17 +130,7 @@ def ingest_nifti(
     mapping = read_label_map(label_map) if label_map else None
     map_id = _label_map_id(dataset, mapping)
 
-    images, labels, stray = {}, {}, []
-    for rel in relpaths:
-        found = chosen.match_label(rel)
-        if found:
-            labels[(found["subject"], found["sequence"])] = rel
-            continue
-        found = chosen.match_image(rel)
-        if found:
-            images[(found["subject"], found["sequence"])] = rel
-        else:
-            stray.append(rel)
+    images, labels, stray = _sort_files(relpaths, chosen)
     secret = catalog.secret()
     subject_ids = {key: pseudonym(secret, dataset, center, key) for key, _ in images}
     subject_ids.update({key: pseudonym(secret, dataset, center, key) for key, _ in labels})
@@ -271,6 +261,25 @@ def ingest_nifti(
     report.subjects_added, report.scans_added = len(subjects), len(scans)
     report.labels_added, report.quarantined = len(label_rows), len(report.problems)
     return report
+
+
+def _sort_files(
+    relpaths: list[str], layout: Layout
+) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], str], list[str]]:
+    """Images and labels keyed by (subject, sequence) path parts, and files matching neither.
+
+    Labels are matched first: a label path can also look like an image whose sequence is
+    "seg" (``doe_t1_seg.nii``).
+    """
+    images, labels, stray = {}, {}, []
+    for rel in relpaths:
+        if found := layout.match_label(rel):
+            labels[(found["subject"], found["sequence"])] = rel
+        elif found := layout.match_image(rel):
+            images[(found["subject"], found["sequence"])] = rel
+        else:
+            stray.append(rel)
+    return images, labels, stray
 
 
 def _label_map_id(dataset: str, mapping: dict[int, str] | None) -> str:
