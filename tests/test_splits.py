@@ -57,7 +57,7 @@ def test_same_seed_same_split(catalog, cohort):
 def test_assignment_holds_on_many_uneven_subjects():
     rng = np.random.default_rng(0)
     cells = {}
-    for i in range(300):
+    for i in range(3000):
         center = f"c{rng.integers(6)}"
         seqs = [s for s in ("T1W", "T2W", "OOP") if rng.random() < 0.6] or ["T2W"]
         cells[f"s{i}"] = [(center, s) for s in seqs]

@@ -104,12 +104,18 @@ def holdout_assign(
     rng = np.random.default_rng(seed)
     order = sorted(subject_cells)
     order = [order[i] for i in rng.permutation(len(order))]
-    # Subjects in the smallest strata first: their placement matters most.
-    order.sort(key=lambda s: min(cell_subjects[c] for c in subject_cells[s]))
+    # Most constrained first: subjects spanning many strata, then those in small strata.
+    # Single-stratum subjects come last, when they can fill exactly what each stratum lacks.
+    order.sort(
+        key=lambda s: (-len(set(subject_cells[s])), min(cell_subjects[c] for c in subject_cells[s]))
+    )
     assignment = {}
     for subject in order:
         cells = sorted(set(subject_cells[subject]))
-        demand = sum((target[c] - count[c]) / max(cell_subjects[c], 1) for c in cells)
+        need = np.array([(target[c] - count[c]) / max(cell_subjects[c], 1) for c in cells])
+        # Score each role by the stratum that needs it least, so a subject spanning strata
+        # does not overfill one of them to please the others (summing the needs would).
+        demand = need.min(0) + 1e-3 * need.sum(0)
         # Break ties toward the role furthest below its overall target, then at random.
         overall = (total_target - total) / max(total_target.sum(), 1)
         score = demand * 1e6 + overall * 1e3 + rng.random(3)
@@ -165,6 +171,21 @@ def _repair(
             return True
         apply(reversed([(i, a) for (i, _), (_, a) in zip(moves, undo, strict=True)]))
         return False
+
+    # First the cheap, always-good move: a subject in only this stratum, from the role the
+    # stratum has too many of to the one it lacks most. Subjects spanning strata come after.
+    single = [[i for i in members if len(member[i]) == 1] for members in in_cell]
+    for k in range(len(cells)):
+        while True:
+            dev = counts[k] - exact[k]
+            a = int(np.argmax(dev))
+            b = allowed[int(np.argmin(dev[allowed]))]
+            if max(dev[a], -dev[b]) <= 1 + 1e-9 or dev[a] - dev[b] <= 1 + 1e-9:
+                break
+            mover = next((i for i in single[k] if role[i] == a), None)
+            if mover is None:
+                break
+            apply([(mover, b)])
 
     for _ in range(max_passes):
         bad = np.flatnonzero((np.abs(counts - exact) > 1 + 1e-9).any(1))
