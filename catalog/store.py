@@ -26,7 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import (
     ColumnProperties,
     CommitProperties,
@@ -244,7 +246,9 @@ class Catalog:
         """Group appends to several tables into one new catalog version.
 
         Nothing is visible to readers until the block exits without an exception; on an
-        exception nothing is written at all.
+        exception nothing is written at all. Rows appended with ``unique_by`` are checked
+        against the newest version under the writers' lock, so two concurrent writers never
+        add the same row twice. ``txn.written`` says how many rows each table received.
         """
         txn = Transaction()
         yield txn
@@ -253,10 +257,16 @@ class Catalog:
         with FileLock(str(self.root / _LOCK)):
             head = _version_rows(self.root)[-1]
             recorded = json.loads(head["table_versions"])
-            _restore_orphans(self.root, {t: recorded[t] for t in txn.appends})
+            current = Catalog(self.root, head["catalog_version"], recorded)
+            tables = {t: txn.pending(t, current) for t in txn.appends}
+            tables = {t: data for t, data in tables.items() if data.num_rows}
+            txn.written = {t: data.num_rows for t, data in tables.items()}
+            if not tables:
+                self.version, self.table_versions, self._files = current.version, recorded, {}
+                return
+            _restore_orphans(self.root, {t: recorded[t] for t in tables})
             versions = dict(recorded)
-            for table, parts in txn.appends.items():
-                data = pa.concat_tables(parts)
+            for table, data in tables.items():
                 write_deltalake(
                     str(self.root / table),
                     data,
@@ -276,17 +286,52 @@ class Transaction:
 
     def __init__(self) -> None:
         self.appends: dict[str, list[pa.Table]] = {}
+        self.unique: dict[str, tuple[str, ...]] = {}
+        self.written: dict[str, int] = {}
 
-    def append(self, table: str, rows: list[dict] | pa.Table) -> None:
-        """Queue rows for ``table``; dicts are checked against its schema now."""
+    def append(
+        self, table: str, rows: list[dict] | pa.Table, *, unique_by: Sequence[str] = ()
+    ) -> None:
+        """Queue rows for ``table``; dicts are checked against its schema now.
+
+        Args:
+            table: a catalog table.
+            rows: dicts or an Arrow table.
+            unique_by: key columns; rows whose key the catalog already holds when the
+                transaction commits are dropped (idempotent re-runs).
+        """
         if isinstance(rows, pa.Table):
             data = rows.cast(schema_for(table))
         else:
             if not rows:
                 return
             data = to_table(table, rows)
+        if unique_by:
+            self.unique[table] = tuple(unique_by)
         if data.num_rows:
             self.appends.setdefault(table, []).append(data)
+
+    def pending(self, table: str, head: Catalog) -> pa.Table:
+        """The rows to write to ``table`` on top of ``head``: new keys only, once each."""
+        data = pa.concat_tables(self.appends[table])
+        keys = self.unique.get(table)
+        if not keys:
+            return data
+        with head.connect(needs=[table]) as con:
+            existing = _sql.fetch(con, f"SELECT DISTINCT {', '.join(keys)} FROM {table}")
+        new_keys = _key_column(data, keys)
+        keep = pc.invert(pc.is_in(new_keys, value_set=_key_column(existing, keys)))
+        data = data.filter(keep)
+        # Keep the first row of each key within this transaction too.
+        _, first = np.unique(np.asarray(_key_column(data, keys)), return_index=True)
+        return data.take(pa.array(np.sort(first)))
+
+
+def _key_column(table: pa.Table, keys: Sequence[str]) -> pa.Array:
+    columns = [pc.cast(table.column(k), pa.string()).fill_null("\x01") for k in keys]
+    if len(columns) == 1:
+        return columns[0].combine_chunks()
+    return pc.binary_join_element_wise(*columns, "\0").combine_chunks()
 
 
 def _table_stamp(table: str) -> dict[str, str]:

@@ -1,5 +1,6 @@
 import csv
 import gzip
+import json
 import shutil
 
 import nibabel as nib
@@ -185,3 +186,38 @@ def test_clear_errors_for_unusable_input(tmp_path, world):
     (empty / "scan.nii.gz").write_bytes(b"")
     with pytest.raises(IngestError, match="no built-in layout"):
         ingest_nifti(cat, empty, center="X")
+
+
+def test_concurrent_ingests_of_one_center_add_each_scan_once(world, tmp_path):
+    import subprocess
+    import sys
+
+    root, manifest = world
+    c = manifest["centers"][0]
+    Catalog.create(tmp_path / "cat")
+    command = [
+        sys.executable,
+        "-m",
+        "xds.cli.main",
+        "--catalog",
+        str(tmp_path / "cat"),
+        "ingest",
+        "nifti",
+        str(root / c["path"]),
+        "--center",
+        "Twice",
+        "--label-map",
+        str(root / c["label_map"]),
+        "--json",
+        "-j",
+        "1",
+    ]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    added = sorted(json.loads(run.communicate()[0])["scans_added"] for run in runs)
+    assert all(run.returncode == 0 for run in runs)
+    n = sum(c["scans_per_sequence"].values())
+    assert added == [0, n]
+    cat = Catalog.open(tmp_path / "cat")
+    assert cat.count("scans") == n
+    assert cat.count("labels") == n
+    assert cat.count("subjects") == c["n_subjects"]

@@ -6,6 +6,7 @@ executor can grow (dask, DESIGN §7) in one place.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -35,7 +36,10 @@ def progress_map(
                 results.append(fn(item))
                 bar.advance(task)
             return results
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        # forkserver, not fork: the parent may hold DuckDB and Delta (tokio) threads, and a
+        # forked child inherits their locks in whatever state they were.
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
             results = []
             for result in pool.map(fn, items, chunksize=max(1, len(items) // (jobs * 8))):
                 results.append(result)

@@ -176,49 +176,38 @@ def ingest_nifti(
     ]
     results = progress_map(_ingest_one, work, jobs=jobs, description=f"ingest {center}")
 
-    existing_scans = {
-        (r["subject_id"], r["image_hash"])
-        for r in catalog.read("scans").select(["subject_id", "image_hash"]).to_pylist()
-    }
-    existing_labels = set(catalog.read("labels").column("label_id").to_pylist())
-    existing_subjects = set(catalog.read("subjects").column("subject_id").to_pylist())
-    existing_maps = set(catalog.read("label_maps").column("label_map_id").to_pylist())
-    seen_problems = {(r["uri"], r["error"]) for r in catalog.read("quarantine").to_pylist()}
     now = utcnow()
-    subjects, scans, label_rows = {}, [], []
+    subjects, scans, label_rows = {}, {}, {}
     for (key, token), job, result in zip(sorted(images), work, results, strict=True):
         for stage, rel, error in result["problems"]:
             reject(rel, stage, error)
         if result["scan"] is None:
             continue
-        if (job.subject_id, result["scan"]["image_hash"]) in existing_scans:
-            report.already_present += 1
-        else:
-            seq, seq_source = (
-                (sequence, "manual") if sequence else (sequence_from_name(token)[0], "rule")
-            )
-            scans.append(
-                {
-                    **result["scan"],
-                    "subject_id": job.subject_id,
-                    "dataset": dataset,
-                    "center": center,
-                    "sequence": seq,
-                    "sequence_source": seq_source,
-                    "modality": modality
-                    or ("CT" if seq == "CT" else "PT" if seq == "PET" else "MR"),
-                    "vendor": vendor,
-                    "scanner_model": scanner_model,
-                    "field_strength": field_strength,
-                    "added_at": now,
-                    "source": run,
-                    "status": "ok",
-                }
-            )
-            existing_scans.add((job.subject_id, result["scan"]["image_hash"]))
-        if job.subject_id not in existing_subjects and job.subject_id not in subjects:
-            demo = sheet.get(key, {})
-            subjects[job.subject_id] = {
+        seq, seq_source = (
+            (sequence, "manual") if sequence else (sequence_from_name(token)[0], "rule")
+        )
+        scans.setdefault(
+            result["scan"]["scan_id"],
+            {
+                **result["scan"],
+                "subject_id": job.subject_id,
+                "dataset": dataset,
+                "center": center,
+                "sequence": seq,
+                "sequence_source": seq_source,
+                "modality": modality or ("CT" if seq == "CT" else "PT" if seq == "PET" else "MR"),
+                "vendor": vendor,
+                "scanner_model": scanner_model,
+                "field_strength": field_strength,
+                "added_at": now,
+                "source": run,
+                "status": "ok",
+            },
+        )
+        demo = sheet.get(key, {})
+        subjects.setdefault(
+            job.subject_id,
+            {
                 "subject_id": job.subject_id,
                 "dataset": dataset,
                 "center": center,
@@ -228,38 +217,44 @@ def ingest_nifti(
                 },
                 "added_at": now,
                 "source": run,
-            }
-        label = result["label"]
-        if label and label["label_id"] not in existing_labels:
-            label_rows.append(
-                {**label, "label_map": map_id, "origin": "manual", "created_at": now, "source": run}
+            },
+        )
+        if label := result["label"]:
+            label_rows.setdefault(
+                label["label_id"],
+                {
+                    **label,
+                    "label_map": map_id,
+                    "origin": "manual",
+                    "created_at": now,
+                    "source": run,
+                },
             )
-            existing_labels.add(label["label_id"])
-    quarantine = [q for q in quarantine if (q["uri"], q["error"]) not in seen_problems]
 
+    # Rows the catalog already holds are dropped at commit, under the writers' lock, so a
+    # re-run (even a concurrent one) adds nothing.
     with catalog.transaction(f"ingest nifti {dataset}/{center}") as txn:
-        txn.append("subjects", list(subjects.values()))
-        txn.append("scans", scans)
-        if label_rows and map_id not in existing_maps:
+        txn.append("subjects", list(subjects.values()), unique_by=["subject_id"])
+        txn.append("scans", list(scans.values()), unique_by=["subject_id", "image_hash"])
+        if label_rows:
             names = mapping or {0: "background"}
-            txn.append(
-                "label_maps",
-                [
-                    {
-                        "label_map_id": map_id,
-                        "dataset": dataset,
-                        "indices": list(names),
-                        "names": list(names.values()),
-                        "source": str(label_map) if label_map else "none given",
-                        "created_at": now,
-                    }
-                ],
-            )
-        txn.append("labels", label_rows)
-        txn.append("quarantine", quarantine)
+            map_row = {
+                "label_map_id": map_id,
+                "dataset": dataset,
+                "indices": list(names),
+                "names": list(names.values()),
+                "source": str(label_map) if label_map else "none given",
+                "created_at": now,
+            }
+            txn.append("label_maps", [map_row], unique_by=["label_map_id"])
+        txn.append("labels", list(label_rows.values()), unique_by=["label_id"])
+        txn.append("quarantine", quarantine, unique_by=["uri", "error"])
     report.catalog_version = catalog.version
-    report.subjects_added, report.scans_added = len(subjects), len(scans)
-    report.labels_added, report.quarantined = len(label_rows), len(report.problems)
+    report.subjects_added = txn.written.get("subjects", 0)
+    report.scans_added = txn.written.get("scans", 0)
+    report.labels_added = txn.written.get("labels", 0)
+    report.already_present = len(scans) - report.scans_added
+    report.quarantined = len(report.problems)
     return report
 
 
