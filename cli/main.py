@@ -312,7 +312,10 @@ def cohorts(state, as_json):
 def versions(state, as_json):
     """List the catalog's versions (open an old one with `xds sql --at-version N`)."""
     rows = state.catalog().history()
-    emit_json(rows) if as_json else print_table(rows, "catalog versions")
+    if as_json:
+        emit_json(rows)
+    else:
+        print_table(rows, "catalog versions", ["catalog_version", "operation", "at"])
 
 
 # -- splits ------------------------------------------------------------------------------------
@@ -358,7 +361,11 @@ def splits(state, as_json):
     from xds.splits import list_splits
 
     rows = list_splits(state.catalog())
-    emit_json(rows) if as_json else print_table(rows, "splits")
+    if as_json:
+        emit_json(rows)
+    else:
+        columns = ["name", "strategy", "seed", "n_scans", "n_subjects", "n_folds", "cohort_id"]
+        print_table(rows, "splits", columns)
 
 
 @cli.command()
