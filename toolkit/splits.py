@@ -249,14 +249,14 @@ def split_cohort(
     fractions = parse_ratios(ratios)
     found = get_cohort(catalog, cohort)
     name = name or f"{found.name}-holdout-s{seed}"
-    if name in {s["name"] for s in list_splits(catalog)}:
-        raise SplitError(f"split {name!r} already exists; choose another --name")
     scans = cohort_scans(catalog, found)
     missing = [c for c in stratify if c not in scans.column_names]
     if missing:
         raise SplitError(
             f"unknown --stratify column(s) {missing}; choose from: {', '.join(scans.column_names)}"
         )
+    if name in {s["name"] for s in list_splits(catalog)}:
+        raise SplitError(f"split {name!r} already exists; choose another --name")
     rows = scans.select(["scan_id", "subject_id", *stratify]).to_pylist()
     subject_cells: dict[str, list[tuple]] = defaultdict(list)
     for r in rows:
