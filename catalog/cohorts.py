@@ -113,14 +113,22 @@ def build_cohort(catalog: Catalog, where: str, name: str) -> Cohort:
     }
     table = pa.Table.from_pylist([row]).append_column("scan_ids", scan_ids)
     with catalog.transaction(f"build-cohort {name}") as txn:
-        txn.append("cohorts", table.select(schema_for("cohorts").names))
+        # Checked again under the writers' lock: another build may have taken the name.
+        txn.append("cohorts", table.select(schema_for("cohorts").names), unique_by=["name"])
+    if not txn.written.get("cohorts"):
+        raise CohortError(f"cohort {name!r} already exists; choose another --name")
     return Cohort.from_row({**row, "scan_ids": scan_ids.values})
 
 
 def list_cohorts(catalog: Catalog) -> list[Cohort]:
     """All cohorts at the catalog's version, oldest first."""
-    table = catalog.read("cohorts").sort_by("created_at")
-    ids = table.column("scan_ids").combine_chunks() if table.num_rows else None
+    return _cohorts_from(catalog.read("cohorts").sort_by("created_at"))
+
+
+def _cohorts_from(table: pa.Table) -> list[Cohort]:
+    if not table.num_rows:
+        return []
+    ids = table.column("scan_ids").combine_chunks()  # stays in Arrow: one slice per cohort
     rows = table.drop_columns(["scan_ids"]).to_pylist()
     return [Cohort.from_row({**r, "scan_ids": ids[i].values}) for i, r in enumerate(rows)]
 
@@ -131,9 +139,9 @@ def get_cohort(catalog: Catalog, name: str) -> Cohort:
     Raises:
         CohortError: no such cohort.
     """
-    for cohort in list_cohorts(catalog):
-        if name in (cohort.name, cohort.cohort_id):
-            return cohort
+    table = catalog.read("cohorts", "name = ? OR cohort_id = ?", (name, name))
+    if table.num_rows:
+        return _cohorts_from(table)[0]
     known = ", ".join(c.name for c in list_cohorts(catalog)) or "none yet"
     raise CohortError(f"no cohort named {name!r} (known: {known})")
 
@@ -146,10 +154,7 @@ def rematerialize(catalog: Catalog, cohort: Cohort) -> tuple[str, ...]:
 
 def cohort_scans(catalog: Catalog, cohort: Cohort) -> pa.Table:
     """``scan_view`` rows of a cohort's scans as of its pinned version, sorted by scan_id."""
-    pinned = catalog.at(cohort.catalog_version)
-    with pinned.connect(needs=["scan_view"]) as con:
-        con.register("_ids", pa.table({"scan_id": cohort.scan_id_array}))
-        return fetch(con, "SELECT v.* FROM scan_view v JOIN _ids USING (scan_id) ORDER BY scan_id")
+    return catalog.at(cohort.catalog_version).rows_for("scan_view", cohort.scan_id_array)
 
 
 def _check_name(name: str) -> None:

@@ -220,6 +220,21 @@ class Catalog:
         with self.connect(needs=[table]) as con:
             return _sql.fetch(con, query, params)
 
+    def rows_for(
+        self, table: str, scan_ids: Sequence[str] | pa.Array, columns: Sequence[str] = ()
+    ) -> pa.Table:
+        """Rows of ``table`` (or a view) whose ``scan_id`` is among ``scan_ids``, by scan_id.
+
+        The join runs in DuckDB, so only the matching rows (and ``columns``, when given)
+        ever reach Python, however large the table.
+        """
+        ids = scan_ids if isinstance(scan_ids, pa.Array) else pa.array(scan_ids, pa.string())
+        selected = ", ".join(f"t.{c}" for c in columns) if columns else "t.*"
+        with self.connect(needs=[table]) as con:
+            con.register("_ids", pa.table({"scan_id": ids}))
+            query = f"SELECT {selected} FROM {table} t SEMI JOIN _ids USING (scan_id)"
+            return _sql.fetch(con, query + " ORDER BY t.scan_id")
+
     def count(self, table: str) -> int:
         """Number of rows of ``table`` at this version."""
         with self.connect(needs=[table]) as con:

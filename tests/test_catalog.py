@@ -98,3 +98,26 @@ def test_many_commits_stay_fast_to_open(tmp_path):
     # Time travel still sees each old version exactly.
     assert Catalog.open(cat.root, version=5).count("quarantine") == 5
     assert Catalog.open(cat.root, version=30).read("quarantine").num_rows == 30
+
+
+def test_unique_by_drops_rows_the_catalog_already_holds(tmp_path):
+    cat = Catalog.create(tmp_path / "c")
+    with cat.transaction("first") as txn:
+        txn.append("quarantine", [_q("a"), _q("b"), _q("a")], unique_by=["uri", "error"])
+    assert txn.written == {"quarantine": 2}
+    with cat.transaction("again") as txn:
+        txn.append("quarantine", [_q("a"), _q("c")], unique_by=["uri", "error"])
+    assert txn.written == {"quarantine": 1}
+    with cat.transaction("nothing new") as txn:
+        txn.append("quarantine", [_q("c")], unique_by=["uri", "error"])
+    assert txn.written == {}
+    assert cat.version == 2
+    uris = sorted(Catalog.open(cat.root).read("quarantine").column("uri").to_pylist())
+    assert uris == ["a", "b", "c"]
+
+
+def test_rows_for_returns_only_the_asked_scans(catalog):
+    ids = catalog.read("scans").column("scan_id").to_pylist()
+    rows = catalog.rows_for("scans", [ids[3], ids[1], "scn-missing"], ["scan_id", "sequence"])
+    assert rows.column_names == ["scan_id", "sequence"]
+    assert rows.column("scan_id").to_pylist() == sorted([ids[1], ids[3]])

@@ -42,13 +42,12 @@ def audit_split(catalog: Catalog, name: str) -> AuditReport:
     """Find subjects and identical images that sit in two roles of a split."""
     split = get_split(catalog, name)
     rows = split.rows.to_pylist()
+    scan_ids = sorted({r["scan_id"] for r in rows})
     hashes = {
         r["scan_id"]: r["image_hash"]
-        for r in catalog.read("scans").select(["scan_id", "image_hash"]).to_pylist()
+        for r in catalog.rows_for("scans", scan_ids, ["scan_id", "image_hash"]).to_pylist()
     }
-    report = AuditReport(
-        name, len({r["scan_id"] for r in rows}), len({r["subject_id"] for r in rows})
-    )
+    report = AuditReport(name, len(scan_ids), len({r["subject_id"] for r in rows}))
     for kind, key in (("subject_in_two_roles", "subject_id"), ("same_image_in_two_roles", None)):
         groups: dict[tuple, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
         for r in rows:

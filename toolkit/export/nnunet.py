@@ -64,11 +64,8 @@ class _CaseJob:
 
 def best_labels(catalog: Catalog, scan_ids: list[str]) -> dict[str, dict]:
     """The label row to use per scan: manual > revised > pseudo, newest first within one."""
-    wanted = set(scan_ids)
     best: dict[str, dict] = {}
-    for row in catalog.read("labels").to_pylist():
-        if row["scan_id"] not in wanted:
-            continue
+    for row in catalog.rows_for("labels", scan_ids).to_pylist():
         key = (_ORIGIN_PRIORITY.get(row["origin"], 9), -row["created_at"].timestamp())
         current = best.get(row["scan_id"])
         if current is None or key < current["_key"]:
