@@ -29,6 +29,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from deltalake import (
     ColumnProperties,
     CommitProperties,
@@ -332,8 +333,13 @@ class Transaction:
         keys = self.unique.get(table)
         if not keys:
             return data
-        with head.connect(needs=[table]) as con:
-            existing = _sql.fetch(con, f"SELECT DISTINCT {', '.join(keys)} FROM {table}")
+        # Only the key columns are read, straight from the version's files.
+        files = head.files(table)
+        existing = (
+            pq.read_table(files, columns=list(keys))
+            if files
+            else schema_for(table).empty_table().select(list(keys))
+        )
         new_keys = _key_column(data, keys)
         keep = pc.invert(pc.is_in(new_keys, value_set=_key_column(existing, keys)))
         data = data.filter(keep)

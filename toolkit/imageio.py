@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,8 +101,9 @@ def store_volume(volume: Volume, dest: Path, *, link: bool = True) -> None:
     if not dest.name.endswith(".nii.gz"):
         raise ValueError(f"{dest}: managed volumes are .nii.gz")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name[: -len(".nii.gz")] + ".part.nii.gz")
-    tmp.unlink(missing_ok=True)
+    # A name of its own per writer: two ingests of one file may store it at the same time.
+    stem = dest.name[: -len(".nii.gz")]
+    tmp = dest.with_name(f"{stem}.{os.getpid()}-{secrets.token_hex(4)}.part.nii.gz")
     if not has_free_text(volume.image) and volume.path.name.endswith(".nii.gz"):
         try:
             if not link:
