@@ -1,7 +1,7 @@
 """The catalog: versioned Delta Lake tables, DuckDB views and read-only SQL."""
 
 from xds.catalog.cohorts import Cohort, build_cohort, get_cohort, list_cohorts
-from xds.catalog.store import Catalog, Transaction, utcnow
+from xds.catalog.store import Catalog, Transaction, migrate, utcnow
 
 __all__ = [
     "Catalog",
@@ -10,5 +10,6 @@ __all__ = [
     "build_cohort",
     "get_cohort",
     "list_cohorts",
+    "migrate",
     "utcnow",
 ]

@@ -47,6 +47,7 @@ def connect(
     views: Sequence[str] = (),
     *,
     lock: bool = True,
+    legacy: bool = False,
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection whose views read the given Parquet files and nothing else.
 
@@ -55,6 +56,8 @@ def connect(
         schemas: table name -> Arrow schema, used for tables with no file yet.
         views: extra ``CREATE VIEW``/``CREATE MACRO`` statements run after the tables.
         lock: disable external access and lock the configuration (for user SQL).
+        legacy: the files may predate a schema migration and lack columns; each view then
+            fills the missing columns with nulls of the current type.
     """
     allowed = sorted({f for paths in files.values() for f in paths})
     config = {
@@ -67,11 +70,17 @@ def connect(
     if allowed:
         con.execute("SET allowed_paths = ?", [allowed])
     for table, paths in files.items():
-        if paths:
-            file_list = ", ".join(_quote(p) for p in paths)
+        file_list = ", ".join(_quote(p) for p in paths)
+        if paths and not legacy:
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{file_list}])")
+            continue
+        con.register(f"_empty_{table}", schemas[table].empty_table())
+        if paths:  # UNION BY NAME keeps the empty table's columns and types, nulls for gaps
+            con.execute(
+                f"CREATE VIEW {table} AS SELECT * FROM _empty_{table} UNION ALL BY NAME "
+                f"SELECT * FROM read_parquet([{file_list}], union_by_name=true)"
+            )
         else:
-            con.register(f"_empty_{table}", schemas[table].empty_table())
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM _empty_{table}")
     for statement in views:
         con.execute(statement)

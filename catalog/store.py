@@ -82,10 +82,13 @@ class Catalog:
     [{'n': 0}]
     """
 
-    def __init__(self, root: Path, version: int, table_versions: dict[str, int]):
+    def __init__(
+        self, root: Path, version: int, table_versions: dict[str, int], *, legacy: bool = False
+    ):
         self.root = root
         self.version = version
         self.table_versions = table_versions
+        self.legacy = legacy  # a version from before a schema migration
         self._files: dict[str, list[str]] = {}
 
     # -- opening ---------------------------------------------------------------------------
@@ -149,8 +152,14 @@ class Catalog:
         rows = _version_rows(root)
         found = schema_version(root, "scans")
         if found != SCHEMA_VERSION:
+            if found.isdigit() and int(found) < int(SCHEMA_VERSION):
+                raise CatalogError(
+                    f"{root}: catalog has schema version {found}, this xds writes "
+                    f"{SCHEMA_VERSION}; run `xds migrate` (adds columns, keeps every version)"
+                )
             raise CatalogError(
                 f"{root}: catalog has schema version {found}; this xds reads {SCHEMA_VERSION}"
+                " (upgrade xds)"
             )
         if version is None:
             row = rows[-1]
@@ -162,7 +171,9 @@ class Catalog:
                     f"(latest is {rows[-1]['catalog_version']})"
                 )
             row = matches[0]
-        return cls(root, row["catalog_version"], json.loads(row["table_versions"]))
+        migrated = [r["catalog_version"] for r in rows if r["operation"].startswith("migrate")]
+        legacy = any(v > row["catalog_version"] for v in migrated)
+        return cls(root, row["catalog_version"], json.loads(row["table_versions"]), legacy=legacy)
 
     def at(self, version: int) -> Catalog:
         """The same catalog pinned at another version."""
@@ -182,8 +193,12 @@ class Catalog:
         """Absolute paths of the Parquet files of ``table`` at this catalog version."""
         if table not in self._files:
             schema_for(table)  # raises on an unknown table
-            dt = DeltaTable(str(self.root / table), version=self.table_versions[table])
-            self._files[table] = [_local_path(uri) for uri in dt.file_uris()]
+            version = self.table_versions.get(table)
+            if version is None:  # the table was added by a later schema migration
+                self._files[table] = []
+            else:
+                dt = DeltaTable(str(self.root / table), version=version)
+                self._files[table] = [_local_path(uri) for uri in dt.file_uris()]
         return self._files[table]
 
     def connect(
@@ -203,7 +218,7 @@ class Catalog:
         files = {t: self.files(t) for t in TABLES if t in tables}
         schemas = {t: schema_for(t) for t in files}
         views = [sql for deps, sql in VIEWS.values() if set(deps) <= tables]
-        return _sql.connect(files, schemas, views, lock=lock)
+        return _sql.connect(files, schemas, views, lock=lock, legacy=self.legacy)
 
     def sql(self, query: str) -> pa.Table:
         """Run one read-only query (user SQL) against this version.
@@ -369,6 +384,74 @@ def schema_version(root: str | os.PathLike, table: str) -> str:
     """The schema version a catalog table was created with (from its Delta metadata)."""
     description = DeltaTable(str(Path(root) / table)).metadata().description or "{}"
     return json.loads(description).get("xds.schema_version", "unknown")
+
+
+def migrate(root: str | os.PathLike) -> list[str]:
+    """Bring a catalog written by an older xds to :data:`SCHEMA_VERSION`; say what changed.
+
+    Migrations are additive: new tables are created, new (nullable) columns are added and
+    each changed table is rewritten once so its newest files carry every column. The change
+    is one new catalog version; older versions stay readable (their views fill the missing
+    columns with nulls). A catalog already current is left alone.
+
+    Raises:
+        CatalogNotFoundError: no catalog at ``root``.
+        CatalogError: the catalog is newer than this xds.
+    """
+    root = Path(root).resolve()
+    with FileLock(str(root / _LOCK)):
+        head = _version_rows(root)[-1]
+        found = schema_version(root, "scans")
+        if found == SCHEMA_VERSION:
+            return []
+        if not found.isdigit() or int(found) > int(SCHEMA_VERSION):
+            raise CatalogError(f"{root}: schema version {found} is newer than this xds")
+        versions = json.loads(head["table_versions"])
+        _restore_orphans(root, {t: v for t, v in versions.items() if (root / t).exists()})
+        changes = []
+        for table in TABLES:
+            schema = schema_for(table)
+            path = str(root / table)
+            if not DeltaTable.is_deltatable(path):
+                DeltaTable.create(
+                    path,
+                    schema=schema,
+                    name=table,
+                    description=json.dumps(_table_stamp(table)),
+                    commit_properties=_commit_props(table, "migrate"),
+                )
+                versions[table] = 0
+                changes.append(f"created table {table}")
+                continue
+            dt = DeltaTable(path, version=versions[table])
+            have = set(dt.schema().to_arrow().names)
+            missing = [f.name for f in schema if f.name not in have]
+            if missing:
+                data = dt.to_pyarrow_table()
+                for name in missing:
+                    data = data.append_column(
+                        schema.field(name), pa.nulls(len(data), schema.field(name).type)
+                    )
+                write_deltalake(
+                    path,
+                    data.select(schema.names).cast(schema),
+                    mode="overwrite",
+                    schema_mode="overwrite",
+                    commit_properties=_commit_props(
+                        table, f"migrate schema {found} -> {SCHEMA_VERSION}"
+                    ),
+                    writer_properties=_WRITER_PROPERTIES.get(table),
+                )
+                changes.append(f"{table}: added {', '.join(missing)}")
+            DeltaTable(path).alter.set_table_description(json.dumps(_table_stamp(table)))
+            versions[table] = DeltaTable(path).version()
+        _append_version_row(
+            root,
+            head["catalog_version"] + 1,
+            versions,
+            f"migrate schema {found} -> {SCHEMA_VERSION}",
+        )
+    return changes
 
 
 def _version_rows(root: Path) -> list[dict]:

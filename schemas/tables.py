@@ -15,8 +15,9 @@ import pyarrow as pa
 
 from xds.schemas.errors import SchemaError
 
-SCHEMA_VERSION = "1"
-"""Bumped whenever a table's columns change meaning or type."""
+SCHEMA_VERSION = "2"
+"""Bumped whenever a table's columns change. Version 2 added the DICOM acquisition columns
+of ``scans`` and the ``studies`` table; ``xds migrate`` brings a version-1 catalog up to date."""
 
 _TS = pa.timestamp("us", tz="UTC")
 _STR = pa.string()
@@ -66,6 +67,31 @@ _FIELDS: dict[str, list[pa.Field]] = {
         pa.field("added_at", _TS, nullable=False),
         pa.field("source", _STR, nullable=False),
         pa.field("status", _STR, nullable=False),  # ok | quarantined
+        # Added in schema version 2 (DICOM ingest); null where the source does not say.
+        pa.field("sequence_rule", _STR),  # the classification rule that fired
+        pa.field("sequence_confidence", pa.float64()),  # 0..1
+        pa.field("series_description", _STR),  # cleaned of PHI (PS3.15 clean descriptors)
+        pa.field("body_part", _STR),
+        pa.field("echo_time_ms", pa.float64()),
+        pa.field("repetition_time_ms", pa.float64()),
+        pa.field("inversion_time_ms", pa.float64()),
+        pa.field("flip_angle_deg", pa.float64()),
+        pa.field("contrast", pa.bool_()),  # a contrast agent was given
+        pa.field("image_type", _STR),  # DICOM ImageType values joined by backslashes
+        pa.field("protocol", pa.map_(_STR, _STR)),  # other acquisition facts
+        pa.field("sidecar_uri", _STR),  # de-identified BIDS sidecar beside the image
+    ],
+    "studies": [
+        pa.field("study_id", _STR, nullable=False),  # keyed pseudonym of the study UID
+        pa.field("subject_id", _STR, nullable=False),
+        pa.field("dataset", _STR, nullable=False),
+        pa.field("center", _STR, nullable=False),
+        pa.field("study_date", pa.date32()),  # shifted per subject
+        pa.field("age", pa.float64()),  # years at this study, capped at 90
+        pa.field("modalities", pa.list_(_STR)),
+        pa.field("n_series", pa.int32()),
+        pa.field("added_at", _TS, nullable=False),
+        pa.field("source", _STR, nullable=False),
     ],
     "labels": [
         pa.field("label_id", _STR, nullable=False),

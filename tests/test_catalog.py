@@ -121,3 +121,56 @@ def test_rows_for_returns_only_the_asked_scans(catalog):
     rows = catalog.rows_for("scans", [ids[3], ids[1], "scn-missing"], ["scan_id", "sequence"])
     assert rows.column_names == ["scan_id", "sequence"]
     assert rows.column("scan_id").to_pylist() == sorted([ids[1], ids[3]])
+
+
+def _downgrade_to_v1(root) -> None:
+    """Make a catalog look as xds schema version 1 wrote it: no studies table, short scans."""
+    import json
+    import shutil
+
+    from xds.catalog.store import _VERSIONS_SCHEMA, VERSIONS_TABLE
+
+    v2_only = {"sequence_rule", "sequence_confidence", "series_description", "body_part",
+               "echo_time_ms", "repetition_time_ms", "inversion_time_ms", "flip_angle_deg",
+               "contrast", "image_type", "protocol", "sidecar_uri"}  # fmt: skip
+    shutil.rmtree(root / "studies")
+    scans = DeltaTable(str(root / "scans")).to_pyarrow_table()
+    old = scans.select([n for n in scans.schema.names if n not in v2_only])
+    write_deltalake(str(root / "scans"), old, mode="overwrite", schema_mode="overwrite")
+    versions = DeltaTable(str(root / VERSIONS_TABLE)).to_pyarrow_table().to_pylist()
+    for row in versions:
+        tv = json.loads(row["table_versions"])
+        tv.pop("studies")
+        tv["scans"] = DeltaTable(str(root / "scans")).version()
+        row["table_versions"] = json.dumps(tv)
+    table = _VERSIONS_SCHEMA.empty_table().from_pylist(versions, schema=_VERSIONS_SCHEMA)
+    write_deltalake(str(root / VERSIONS_TABLE), table, mode="overwrite")
+    for name in ("subjects", "scans", "labels", "label_maps", "cohorts", "splits", "quarantine"):
+        stamp = {"xds.table": name, "xds.schema_version": "1"}
+        DeltaTable(str(root / name)).alter.set_table_description(json.dumps(stamp))
+
+
+def test_migrate_a_version_1_catalog_keeps_rows_and_history(catalog):
+    from xds.catalog import migrate
+
+    n_scans, version = catalog.count("scans"), catalog.version
+    _downgrade_to_v1(catalog.root)
+    with pytest.raises(CatalogError, match="xds migrate"):
+        Catalog.open(catalog.root)
+    changes = migrate(catalog.root)
+    assert "created table studies" in changes
+    assert any(c.startswith("scans: added sequence_rule") for c in changes)
+    assert migrate(catalog.root) == []  # idempotent
+    cat = Catalog.open(catalog.root)
+    assert cat.version == version + 1
+    assert not cat.legacy
+    assert cat.count("scans") == n_scans
+    assert cat.count("studies") == 0
+    got = cat.sql("SELECT count(*) AS n, count(echo_time_ms) AS te FROM scan_view").to_pylist()
+    assert got == [{"n": n_scans, "te": 0}]
+    # A version from before the migration still reads, its new columns null.
+    old = Catalog.open(catalog.root, version=version)
+    assert old.legacy
+    assert old.sql(
+        "SELECT count(*) AS n, count(sequence_rule) AS r FROM scan_view"
+    ).to_pylist() == [{"n": n_scans, "r": 0}]
