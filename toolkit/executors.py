@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
@@ -26,25 +26,34 @@ def progress_map(
     The bar goes to stderr and only when it is a terminal (``XDS_PROGRESS=1`` forces it), so
     ``--json`` output and logs stay clean. ``fn`` must be picklable when ``jobs > 1``.
     """
+    return list(progress_imap(fn, items, jobs=jobs, description=description))
+
+
+def progress_imap(
+    fn: Callable[[T], R], items: Iterable[T], *, jobs: int = 1, description: str = "working"
+) -> Iterator[R]:
+    """Like :func:`progress_map`, but yields each result, in order, as soon as it is ready.
+
+    The caller can act on results while later items are still running (ingest commits them
+    in batches), and one worker pool serves the whole iteration.
+    """
     items = list(items)
     jobs = max(1, min(jobs, len(items) or 1))
     with _progress() as bar:
         task = bar.add_task(description, total=len(items))
         if jobs == 1:
-            results = []
             for item in items:
-                results.append(fn(item))
+                result = fn(item)
                 bar.advance(task)
-            return results
+                yield result
+            return
         # forkserver, not fork: the parent may hold DuckDB and Delta (tokio) threads, and a
         # forked child inherits their locks in whatever state they were.
         context = multiprocessing.get_context("forkserver")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            results = []
             for result in pool.map(fn, items, chunksize=max(1, len(items) // (jobs * 8))):
-                results.append(result)
                 bar.advance(task)
-            return results
+                yield result
 
 
 def default_jobs() -> int:

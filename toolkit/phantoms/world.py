@@ -20,6 +20,21 @@ import numpy as np
 from xds.executors import progress_map
 from xds.ingest.layouts import LAYOUTS
 from xds.phantoms.anatomy import ORGANS, Anatomy, labels_from_tissues
+from xds.phantoms.dicom import (
+    DICOM_LAYOUTS,
+    CenterTags,
+    Person,
+    Study,
+    broken_items,
+    file_name,
+    make_person,
+    make_studies,
+    series_datasets,
+    series_folder,
+    uid,
+    write_dataset,
+    write_dicomdir,
+)
 from xds.phantoms.physics import Protocol, default_protocol, render
 
 CENTER_NAMES = ("Aurora", "Boreal", "Cedar", "Delta", "Ember", "Fjord", "Glen", "Harbor")
@@ -136,6 +151,11 @@ class _SubjectJob:
     key: str
     seed: int
     sequences: tuple[str, ...]
+    # DICOM output only: the identity, visits and tags written into every header.
+    person: Person | None = None
+    studies: tuple[Study, ...] = ()
+    tags: CenterTags | None = None
+    dicom_layout: str = ""
 
 
 def _subject_key(style: str, center: str, index: int, rng: np.random.Generator) -> str:
@@ -150,7 +170,8 @@ def _subject_key(style: str, center: str, index: int, rng: np.random.Generator) 
     return f"{last}_{first}{index}"
 
 
-def _write_subject(job: _SubjectJob) -> list[dict]:
+def _render_subject(job: _SubjectJob):
+    """A subject's anatomy rendered by every sequence: (affine, labels, {sequence: image})."""
     center = job.center
     rng = np.random.default_rng([job.seed, 2, hash_name(center.name), job.index])
     anatomy = Anatomy(
@@ -165,9 +186,7 @@ def _write_subject(job: _SubjectJob) -> list[dict]:
     world = ijk @ affine[:3, :3].T + affine[:3, 3]
     tissues = anatomy.tissue_map(world)
     labels = labels_from_tissues(tissues, {n: i for i, n in center.label_map.items() if i})
-    layout = LAYOUTS[center.style]
-    root = Path(job.root)
-    written = []
+    images = {}
     for sequence in job.sequences:
         protocol = center.protocols[sequence]
         image = render(
@@ -182,10 +201,23 @@ def _write_subject(job: _SubjectJob) -> list[dict]:
         if sequence != "CT":
             image = image / max(float(np.percentile(image, 99.5)), 1e-6)
             image = image * center.gain * rng.uniform(0.8, 1.2)
+        images[sequence] = np.round(image).astype(np.int16)
+    return affine, labels, images
+
+
+def _write_subject(job: _SubjectJob) -> list[dict]:
+    if job.person is not None:
+        return _write_dicom_subject(job)
+    center = job.center
+    affine, labels, images = _render_subject(job)
+    layout = LAYOUTS[center.style]
+    root = Path(job.root)
+    written = []
+    for sequence, image in images.items():
         token = _SEQUENCE_TOKENS[center.style][sequence]
         image_path = root / layout.image_path(job.key, token)
         label_path = root / layout.label_path(job.key, token)
-        _save(np.round(image).astype(np.int16), affine, image_path)
+        _save(image, affine, image_path)
         _save(labels, affine, label_path)
         written.append(
             {
@@ -194,6 +226,50 @@ def _write_subject(job: _SubjectJob) -> list[dict]:
                 "sequence": sequence,
             }
         )
+    return written
+
+
+def _write_dicom_subject(job: _SubjectJob) -> list[dict]:
+    """Write a subject's series as DICOM; return one record per series (with its truth)."""
+    affine, _, images = _render_subject(job)
+    rng = np.random.default_rng([job.seed, 5, hash_name(job.center.name), job.index])
+    root = Path(job.root)
+    written = []
+    number = 1
+    for study in job.studies:
+        for sequence in study.sequences:
+            number += 1
+            series_uid = uid(job.key, study.uid, sequence)
+            datasets = series_datasets(
+                image=images[sequence],
+                affine=affine,
+                sequence=sequence,
+                protocol=job.center.protocols[sequence],
+                center=job.tags,
+                person=job.person,
+                study=study,
+                series_uid=series_uid,
+                series_number=number,
+                rng=rng,
+            )
+            folder = root / series_folder(job.dicom_layout, job.person, study, datasets[0])
+            first = None
+            for k, ds in enumerate(datasets):
+                path = folder / file_name(
+                    job.dicom_layout, ds, job.index * 10**4 + number * 100 + k
+                )
+                write_dataset(ds, path)
+                first = first or path
+            written.append(
+                {
+                    "series_uid": series_uid,
+                    "sequence": sequence,
+                    "patient_id": job.person.patient_id,
+                    "description": str(datasets[0].SeriesDescription),
+                    "files": len(datasets),
+                    "first_file": str(first.relative_to(root)),
+                }
+            )
     return written
 
 
@@ -221,6 +297,8 @@ def generate_world(
     missing: float = 0.1,
     seed: int = 0,
     jobs: int = 1,
+    format: str = "nifti",
+    broken: bool = True,
 ) -> dict:
     """Write a phantom world under ``out`` and return its manifest (also ``out/world.json``).
 
@@ -233,11 +311,21 @@ def generate_world(
         shape: nominal grid (voxels); each center varies it by up to 10 %.
         seed: the same seed writes the same world, byte for byte.
         jobs: worker processes.
+        format: ``nifti`` (images, label maps and sheets) or ``dicom`` (DICOM series with
+            vendor tags and fake PHI; see :mod:`xds.phantoms.dicom`).
+        broken: DICOM only: the first center also gets the files real exports contain
+            besides good series (text, a report, broken and inconsistent series).
     """
     out = Path(out)
+    if format not in ("nifti", "dicom"):
+        raise ValueError(f"unknown format {format!r}: nifti or dicom")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: directory is not empty")
     specs = make_centers(centers, tuple(sequences), tuple(shape), seed)
+    if format == "dicom":
+        return _generate_dicom(
+            out, specs, subjects_per_center, sequences, missing, seed, jobs, broken
+        )
     jobs_list, manifest_centers = [], []
     for spec in specs:
         rng = np.random.default_rng([seed, 3, hash_name(spec.name)])
@@ -352,3 +440,90 @@ def _write_label_map(folder: Path, spec: CenterSpec) -> str:
         mapping = {str(i): name for i, name in spec.label_map.items()}
     (folder / "label_map.json").write_text(json.dumps(mapping, indent=2))
     return "label_map.json"
+
+
+def _generate_dicom(out, specs, subjects_per_center, sequences, missing, seed, jobs, broken):
+    jobs_list, manifest_centers, people = [], [], {}
+    for c, spec in enumerate(specs):
+        rng = np.random.default_rng([seed, 6, hash_name(spec.name)])
+        layout = DICOM_LAYOUTS[c % len(DICOM_LAYOUTS)]
+        tags = CenterTags(
+            vendor=spec.vendor,
+            model=spec.scanner_model,
+            field_strength=spec.field_strength,
+            institution=f"{spec.name} University Hospital",
+            institution_address=f"{int(rng.integers(1, 99))} Hospital Road, {spec.name}ville",
+            station=f"STATION{int(rng.integers(1000, 9999))}",
+            serial=f"SN{int(rng.integers(10**6, 10**7))}",
+            dixon=spec.scanner_model == "Skyra",
+        )
+        phi = {tags.institution, tags.institution_address, tags.station, tags.serial}
+        phi |= {"HOUSE^GREGORY", "NURSE^JACKIE"}
+        (out / spec.name).mkdir(parents=True, exist_ok=True)
+        for i in range(subjects_per_center):
+            present = tuple(s for s in sequences if rng.random() >= missing) or (sequences[0],)
+            year = int(rng.integers(2016, 2025))
+            person = make_person(rng, int(rng.integers(22, 88)), str(rng.choice(["F", "M"])), year)
+            studies = tuple(make_studies(rng, present, year, f"{spec.name}-{seed}-{i}"))
+            people[(spec.name, i)] = person
+            phi |= (
+                set(person.strings()) | {s.accession for s in studies} | {s.date for s in studies}
+            )
+            jobs_list.append(
+                _SubjectJob(
+                    str(out / spec.name),
+                    spec,
+                    i,
+                    f"{spec.name}-{seed}-{i}",
+                    seed,
+                    present,
+                    person=person,
+                    studies=studies,
+                    tags=tags,
+                    dicom_layout=layout,
+                )
+            )
+        manifest_centers.append(
+            {
+                "name": spec.name,
+                "path": spec.name,
+                "layout": layout,
+                "vendor": spec.vendor,
+                "scanner_model": spec.scanner_model,
+                "field_strength": spec.field_strength,
+                "dixon": tags.dixon,
+                "n_subjects": subjects_per_center,
+                "protocols": {k: asdict(v) for k, v in spec.protocols.items()},
+                "phi": sorted(phi),
+            }
+        )
+    results = progress_map(_write_subject, jobs_list, jobs=jobs, description="phantoms (DICOM)")
+    for c, center in enumerate(manifest_centers):
+        series = [
+            r
+            for job, written in zip(jobs_list, results, strict=True)
+            if job.center.name == center["name"]
+            for r in written
+        ]
+        center["series"] = series
+        center["scans_per_sequence"] = {
+            s: sum(r["sequence"] == s for r in series) for s in sequences
+        }
+        folder = out / center["path"]
+        center["broken"] = []
+        if broken and c == 0 and series:
+            person = people[(center["name"], 0)]
+            center["broken"] = broken_items(folder, folder / series[0]["first_file"], person)
+        if center["layout"] == "dicomdir":
+            write_dicomdir(folder)
+            for r in series:
+                r.pop("first_file")
+    manifest = {
+        "format": "dicom",
+        "seed": seed,
+        "sequences": list(sequences),
+        "n_scans": sum(len(c["series"]) for c in manifest_centers),
+        "centers": manifest_centers,
+    }
+    (out / "world.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

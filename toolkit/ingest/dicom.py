@@ -1,0 +1,818 @@
+"""Ingest a center's DICOM export (``xds ingest dicom``).
+
+The pipeline, each stage parallel over ``jobs`` processes with a progress bar:
+
+1. **walk** the folder (any layout; a DICOMDIR is read like any other file, and the images
+   it indexes are found by the walk itself);
+2. **headers**: read every file's header with pydicom (``stop_before_pixels``), check that
+   pixel data is there and complete, and group files into series by SeriesInstanceUID;
+3. **checks** per series: one orientation, one image size, evenly spaced slices without gaps;
+4. **convert** each series with dcm2niix (its BIDS sidecar included), classify it
+   (:mod:`xds.ingest.classify`), de-identify image, sidecar and metadata, store the files;
+5. **commit** every ``commit_every`` series as one catalog transaction.
+
+A file or series that fails any stage becomes a quarantine row with its stage and reason and
+the rest goes on. A series already in the catalog (by its keyed series-UID hash) is skipped
+before conversion, so a re-run, or a run after a crash or a ``kill -9``, does only what is
+left; nothing is registered until its transaction commits.
+
+De-identification: subject, study and series ids are keyed pseudonyms (HMAC under the
+catalog's secret); dates are shifted per subject (:func:`xds.deid.date_shift_days`) after
+the age is computed; names, IDs, addresses, accession numbers, institutions, physicians and
+UIDs are read only to build pseudonyms and to scrub them from descriptions and paths. Images
+are re-saved without header text; sidecars keep only acquisition technique fields.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from xds.catalog import Catalog, utcnow
+from xds.deid import age_bin, cap_age, clean_sidecar, clean_text, date_shift_days, pseudonym
+from xds.executors import progress_imap, progress_map
+from xds.imageio import read_volume, store_volume
+from xds.ingest.classify import classify, mentions_contrast
+from xds.ingest.nifti import _NAME, IngestReport
+from xds.schemas.errors import IngestError
+from xds.schemas.ids import stable_id
+from xds.schemas.tables import SEQUENCES
+
+_DICOMDIR_SOP = "1.2.840.10008.1.3.10"
+_MODALITIES = ("MR", "CT", "PT")
+_TMP = ".xds-tmp"
+_HEADER_CHUNK = 256
+
+
+@dataclass
+class DicomIngestReport(IngestReport):
+    """What one DICOM ingest did (on top of :class:`IngestReport`'s counts)."""
+
+    series_found: int = 0
+    series_skipped: int = 0  # already in the catalog
+    studies_added: int = 0
+    sequences: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _SeriesJob:
+    root: str
+    files: tuple[str, ...]
+    workdir: str
+    catalog_root: str
+    dataset: str
+    subject_id: str
+    facts: dict
+    phi: tuple[str, ...]
+    override: str | None
+    override_rule: str | None
+    label: str  # how problems name the series (scrubbed of PHI before it is stored)
+
+
+def dcm2niix_path() -> str:
+    """The dcm2niix executable: the one the ``dcm2niix`` Python package ships, else PATH's.
+
+    Raises:
+        IngestError: neither is installed.
+    """
+    try:
+        import dcm2niix
+
+        path = Path(dcm2niix.bin_path if hasattr(dcm2niix, "bin_path") else dcm2niix.bin)
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("dcm2niix")
+    if not found:
+        raise IngestError("dcm2niix not found: pip install dcm2niix")
+    return found
+
+
+def ingest_dicom(
+    catalog: Catalog,
+    root: str | Path,
+    *,
+    center: str,
+    dataset: str | None = None,
+    jobs: int = 1,
+    sequence_overrides: str | Path | None = None,
+    commit_every: int = 64,
+) -> DicomIngestReport:
+    """Convert, classify, de-identify and register a center's DICOM series.
+
+    Args:
+        catalog: the catalog to write (moved to the version this run creates).
+        root: the folder holding the center's DICOM files, in any layout.
+        center: center name as it should appear in the catalog.
+        dataset: dataset name (defaults to ``center``).
+        jobs: worker processes for header reading and conversion.
+        sequence_overrides: a CSV with a ``sequence`` column and one of ``series_uid``,
+            ``path`` (a file or folder under ``root``) or ``series_description``; a match
+            wins over the classifier and is recorded as ``manual``.
+        commit_every: series per catalog transaction (a crash loses at most this many).
+
+    Raises:
+        IngestError: the folder, names or override file are unusable as a whole.
+    """
+    root = Path(root).resolve()
+    dataset = dataset or center
+    for what, value in (("center", center), ("dataset", dataset)):
+        if not _NAME.match(value):
+            raise IngestError(f"invalid {what} name {value!r}: use letters, digits, '.', '_', '-'")
+    if not root.is_dir():
+        raise IngestError(f"{root}: not a directory")
+    if commit_every < 1:
+        raise IngestError("commit_every must be at least 1")
+    overrides = read_overrides(sequence_overrides) if sequence_overrides else []
+    dcm2niix_path()
+    run = f"ingest-{utcnow():%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+    relpaths = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    report = DicomIngestReport(dataset, center, run, "dicom", files_found=len(relpaths))
+    secret = catalog.secret()
+
+    chunks = [relpaths[i : i + _HEADER_CHUNK] for i in range(0, len(relpaths), _HEADER_CHUNK)]
+    headers = [
+        h
+        for chunk in progress_map(
+            _read_headers,
+            [(str(root), chunk) for chunk in chunks],
+            jobs=jobs,
+            description=f"headers {center}",
+        )
+        for h in chunk
+    ]
+
+    # Everything that identifies a person, to scrub from paths and descriptions.
+    subject_of: dict[str, str] = {}
+    phi_of: dict[str, set[str]] = defaultdict(set)
+    for h in headers:
+        if h.get("series_uid"):
+            key = _subject_key(h)
+            subject_of[h["rel"]] = pseudonym(secret, dataset, center, key)
+            phi_of[subject_of[h["rel"]]].update(_phi_strings(h))
+    replacements = sorted(
+        ((p, sid) for sid, values in phi_of.items() for p in values if len(p) >= 3),
+        key=lambda item: len(item[0]),
+        reverse=True,
+    )
+
+    def shown(rel: str) -> str:
+        for value, sid in replacements:
+            if value.lower() in rel.lower():
+                rel = re.sub(re.escape(value), sid, rel, flags=re.IGNORECASE)
+        return rel
+
+    quarantine: list[dict] = []
+
+    def reject(rel: str, stage: str, error: str) -> None:
+        report.problems.append((str(root / rel.split(" [")[0]), error))
+        quarantine.append(
+            {
+                "uri": shown(rel),
+                "dataset": dataset,
+                "center": center,
+                "stage": stage,
+                "error": error,
+                "at": utcnow(),
+                "source": run,
+            }
+        )
+
+    by_series: dict[str, list[dict]] = defaultdict(list)
+    for h in headers:
+        if h.get("problem"):
+            reject(h["rel"], *h["problem"])
+        else:
+            by_series[h["series_uid"]].append(h)
+    report.series_found = len(by_series)
+
+    existing = _ingested_series(catalog, dataset, center)
+    subjects, studies = _subjects_and_studies(by_series, secret, dataset, center, run)
+    work: list[_SeriesJob] = []
+    workroot = catalog.root / _TMP / f"{run}-{os.getpid()}"
+    _sweep_workdirs(catalog.root / _TMP)
+    for uid, files in sorted(by_series.items(), key=lambda kv: kv[1][0]["rel"]):
+        files.sort(key=lambda h: h["rel"])
+        series_hash = pseudonym(secret, "series", uid, prefix="ser")
+        label = f"{_common_folder([h['rel'] for h in files])} [series {series_hash}]"
+        if series_hash in existing:
+            report.series_skipped += 1
+            continue
+        modality = (files[0].get("modality") or "").upper()
+        if modality not in _MODALITIES:
+            reject(label, "series", f"modality {modality or 'missing'} is not MR, CT or PT")
+            continue
+        if error := check_series_geometry(files):
+            reject(label, "geometry", error)
+            continue
+        first = files[0]
+        subject_id = subject_of[first["rel"]]
+        phi = tuple(sorted(phi_of[subject_id]))
+        override, rule = _match_override(overrides, uid, files, first)
+        facts = _series_facts(first, secret, subject_id, series_hash, phi)
+        work.append(
+            _SeriesJob(
+                str(root),
+                tuple(h["rel"] for h in files),
+                str(workroot / series_hash),
+                str(catalog.root),
+                dataset,
+                subject_id,
+                facts,
+                phi,
+                override,
+                rule,
+                label,
+            )
+        )
+
+    pending: list[tuple[_SeriesJob, dict]] = []
+    done_subjects: set[str] = set()
+    done_studies: set[str] = set()
+
+    def commit() -> None:
+        rows, problems = [], []
+        for _job, result in pending:
+            rows.extend(result["scans"])
+            problems.extend(result["problems"])
+        for rel, stage, error in problems:
+            reject(rel, stage, error)
+        now = utcnow()
+        for row in rows:
+            row.update(dataset=dataset, center=center, added_at=now, source=run, status="ok")
+        sids = {job.subject_id for job, _ in pending} - done_subjects
+        stids = {r["study_id"] for r in rows} - done_studies
+        with catalog.transaction(f"ingest dicom {dataset}/{center}") as txn:
+            txn.append("subjects", [subjects[s] for s in sorted(sids)], unique_by=["subject_id"])
+            txn.append("studies", [studies[s] for s in sorted(stids)], unique_by=["study_id"])
+            txn.append("scans", rows, unique_by=["subject_id", "image_hash"])
+            txn.append("quarantine", list(quarantine), unique_by=["uri", "error"])
+        done_subjects.update(sids)
+        done_studies.update(stids)
+        quarantine.clear()
+        report.subjects_added += txn.written.get("subjects", 0)
+        report.studies_added += txn.written.get("studies", 0)
+        report.scans_added += txn.written.get("scans", 0)
+        report.already_present += len(rows) - txn.written.get("scans", 0)
+        for row in rows:
+            report.sequences[row["sequence"]] = report.sequences.get(row["sequence"], 0) + 1
+        pending.clear()
+
+    try:
+        results = progress_imap(_convert_series, work, jobs=jobs, description=f"convert {center}")
+        for job, result in zip(work, results, strict=True):
+            pending.append((job, result))
+            if len(pending) >= commit_every:
+                commit()
+        if pending or quarantine:
+            commit()
+    finally:
+        shutil.rmtree(workroot, ignore_errors=True)
+    report.catalog_version = catalog.version
+    report.quarantined = len(report.problems)
+    return report
+
+
+# -- headers ---------------------------------------------------------------------------------
+
+
+def _read_headers(args: tuple[str, list[str]]) -> list[dict]:
+    root, rels = args
+    return [read_header(Path(root), rel) for rel in rels]
+
+
+def read_header(root: Path, rel: str) -> dict:
+    """The facts of one file's header, or ``{"rel", "problem": (stage, reason)}``.
+
+    Pixel data is not read: the file position after the header tells whether it is there
+    and, for uncompressed transfer syntaxes, whether the file holds all of it.
+    """
+    path = root / rel
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            try:
+                ds = pydicom.dcmread(fh, stop_before_pixels=True)
+            except InvalidDicomError:
+                fh.seek(0)
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+                if "SOPClassUID" not in ds and "Modality" not in ds:
+                    return {"rel": rel, "problem": ("read", "not a DICOM file")}
+            rest = size - fh.tell()
+    except Exception as exc:  # pydicom raises many types for broken files
+        return {"rel": rel, "problem": ("read", f"unreadable DICOM ({_short(exc)})")}
+    sop = str(
+        ds.get("SOPClassUID", "") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", "")
+    )
+    if sop == _DICOMDIR_SOP or "DirectoryRecordSequence" in ds:
+        return {
+            "rel": rel,
+            "problem": ("read", "DICOMDIR index (its images are read from the tree)"),
+        }
+    sop_name = pydicom.uid.UID(sop).name if sop else "unknown SOP class"
+    if "Rows" not in ds or "Columns" not in ds:
+        return {"rel": rel, "problem": ("read", f"not an image ({sop_name})")}
+    if rest < 8:
+        return {"rel": rel, "problem": ("read", "image without pixel data")}
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and not syntax.is_compressed:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = (
+            int(ds.Rows)
+            * int(ds.Columns)
+            * int(ds.get("SamplesPerPixel", 1))
+            * int(ds.get("BitsAllocated", 16))
+            // 8
+            * frames
+        )
+        if rest - 8 < expected and rest - 12 < expected:
+            return {
+                "rel": rel,
+                "problem": ("read", f"truncated: {rest} bytes of pixel data, expected {expected}"),
+            }
+    if "SeriesInstanceUID" not in ds:
+        return {"rel": rel, "problem": ("read", "no SeriesInstanceUID")}
+    return {"rel": rel, **_header_facts(ds, sop_name)}
+
+
+def _header_facts(ds, sop_name: str) -> dict:
+    def text(keyword):
+        value = ds.get(keyword)
+        return None if value is None or value == "" else str(value).strip()
+
+    def number(keyword):
+        value = ds.get(keyword)
+        try:
+            return None if value is None or value == "" else float(value)
+        except (TypeError, ValueError):
+            return None
+
+    def values(keyword):
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return []
+        if isinstance(value, str | bytes):
+            return [str(value).strip()]
+        return [str(v).strip() for v in value]
+
+    b_value = number("DiffusionBValue")
+    for private in ((0x0019, 0x100C), (0x0043, 0x1039)):  # Siemens, GE
+        if b_value is None and private in ds:
+            try:
+                raw = ds[private].value
+                raw = raw[0] if isinstance(raw, list | tuple | pydicom.multival.MultiValue) else raw
+                b_value = float(raw.decode() if isinstance(raw, bytes) else raw)
+            except (TypeError, ValueError, IndexError, UnicodeDecodeError):
+                pass
+    return {
+        "sop_class": sop_name,
+        "series_uid": str(ds.SeriesInstanceUID),
+        "study_uid": text("StudyInstanceUID"),
+        "patient_id": text("PatientID"),
+        "patient_name": text("PatientName"),
+        "birth_date": text("PatientBirthDate"),
+        "sex": text("PatientSex"),
+        "age": text("PatientAge"),
+        "study_date": text("StudyDate"),
+        "series_date": text("SeriesDate") or text("AcquisitionDate"),
+        "accession": text("AccessionNumber"),
+        "other_phi": [
+            v
+            for k in (
+                "InstitutionName",
+                "InstitutionAddress",
+                "ReferringPhysicianName",
+                "OperatorsName",
+                "PerformingPhysicianName",
+                "StationName",
+                "DeviceSerialNumber",
+                "PatientAddress",
+                "OtherPatientIDs",
+            )
+            if (v := text(k))
+        ],
+        "modality": text("Modality"),
+        "manufacturer": text("Manufacturer"),
+        "model": text("ManufacturerModelName"),
+        "field_strength": number("MagneticFieldStrength"),
+        "description": text("SeriesDescription"),
+        "protocol_name": text("ProtocolName"),
+        "sequence_name": text("SequenceName") or text("PulseSequenceName"),
+        "body_part": text("BodyPartExamined"),
+        "image_type": values("ImageType"),
+        "scanning_sequence": values("ScanningSequence"),
+        "sequence_variant": values("SequenceVariant"),
+        "scan_options": values("ScanOptions"),
+        "mr_acquisition_type": text("MRAcquisitionType"),
+        "te": number("EchoTime"),
+        "tr": number("RepetitionTime"),
+        "ti": number("InversionTime"),
+        "flip": number("FlipAngle"),
+        "b_value": b_value,
+        "contrast_agent": text("ContrastBolusAgent"),
+        "series_number": text("SeriesNumber"),
+        "iop": [round(float(v), 4) for v in ds.ImageOrientationPatient]
+        if "ImageOrientationPatient" in ds
+        else None,
+        "ipp": [float(v) for v in ds.ImagePositionPatient]
+        if "ImagePositionPatient" in ds
+        else None,
+        "size": (int(ds.Rows), int(ds.Columns)),
+        "frames": int(ds.get("NumberOfFrames", 1) or 1),
+    }
+
+
+def _subject_key(h: dict) -> str:
+    """What links a subject's series: the patient ID, else name + birth date, else the study."""
+    if h.get("patient_id"):
+        return "id:" + h["patient_id"]
+    if h.get("patient_name") or h.get("birth_date"):
+        return f"name:{h.get('patient_name')}|{h.get('birth_date')}"
+    return "study:" + str(h.get("study_uid") or h["series_uid"])
+
+
+def _phi_strings(h: dict) -> set[str]:
+    out = {h.get("patient_id"), h.get("birth_date"), h.get("accession"), h.get("study_date")}
+    name = h.get("patient_name") or ""
+    out |= {name, *re.split(r"[\^ ]+", name)}
+    out |= set(h.get("other_phi") or ())
+    return {v for v in out if v and len(v) >= 2}
+
+
+# -- series checks ---------------------------------------------------------------------------
+
+
+def check_series_geometry(files: list[dict]) -> str | None:
+    """Why a series cannot become one volume, or None when it can.
+
+    Checks one image size and one orientation, and that slice positions along the slice
+    normal are evenly spaced with no gap (each position may repeat the same number of times,
+    as multi-echo series do). Multi-frame files are left to dcm2niix.
+    """
+    sizes = {h["size"] for h in files}
+    if len(sizes) > 1:
+        return f"mixed image sizes in one series: {sorted(sizes)}"
+    if any(h["frames"] > 1 for h in files) or len(files) < 3:
+        return None
+    iops = {tuple(np.round(h["iop"], 3)) for h in files if h["iop"]}
+    if len(iops) > 1:
+        return f"mixed orientations: {len(iops)} image planes in one series"
+    if not iops or any(h["ipp"] is None for h in files):
+        return None
+    iop = np.array(next(iter(iops)), float)
+    normal = np.cross(iop[:3], iop[3:])
+    positions = np.round([np.dot(normal, h["ipp"]) for h in files], 2)
+    unique, counts = np.unique(positions, return_counts=True)
+    if len(set(counts.tolist())) > 1:
+        return "unequal number of images per slice position (missing or duplicated files)"
+    if len(unique) < 3:
+        return None
+    steps = np.diff(unique)
+    step = float(np.median(steps))
+    if step <= 0:
+        return None
+    if steps.max() > 1.5 * step:
+        k = int(np.argmax(steps))
+        missing = round(float(steps[k]) / step) - 1
+        return (
+            f"slice gap: {missing} slice(s) missing between {unique[k]:.2f} and "
+            f"{unique[k + 1]:.2f} mm (spacing {step:.2f} mm)"
+        )
+    if steps.max() - steps.min() > 0.1 * step + 0.02:
+        return f"inconsistent slice spacing: {steps.min():.2f} to {steps.max():.2f} mm"
+    return None
+
+
+def _common_folder(rels: list[str]) -> str:
+    folder = os.path.commonpath([os.path.dirname(r) or "." for r in rels])
+    return (folder or ".") + "/" if len(rels) > 1 else rels[0]
+
+
+# -- subjects and studies --------------------------------------------------------------------
+
+
+def _parse_date(text: str | None) -> dt.date | None:
+    if not text:
+        return None
+    try:
+        return dt.datetime.strptime(text[:8], "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def _age_years(h: dict) -> float | None:
+    """Age at the study: the PatientAge tag, else study date minus birth date."""
+    text = (h.get("age") or "").strip().upper()
+    if m := re.fullmatch(r"(\d{1,3})([DWMY])", text):
+        n, unit = int(m.group(1)), m.group(2)
+        return n / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[unit]
+    birth, study = _parse_date(h.get("birth_date")), _parse_date(h.get("study_date"))
+    if birth and study and study >= birth:
+        return round((study - birth).days / 365.25, 2)
+    return None
+
+
+def _subjects_and_studies(by_series, secret, dataset, center, run):
+    now = utcnow()
+    firsts = sorted((files[0] for files in by_series.values()), key=lambda h: h["rel"])
+    per_subject: dict[str, list[dict]] = defaultdict(list)
+    for h in firsts:
+        per_subject[pseudonym(secret, dataset, center, _subject_key(h))].append(h)
+    subjects, studies = {}, {}
+    for sid, heads in per_subject.items():
+        heads.sort(key=lambda h: (h.get("study_date") or "", h["rel"]))
+        shift = dt.timedelta(days=date_shift_days(secret, sid))
+        ages = [a for a in (_age_years(h) for h in heads) if a is not None]
+        sexes = Counter((h.get("sex") or "").upper()[:1] for h in heads)
+        sex = sexes.most_common(1)[0][0]
+        age = cap_age(ages[0]) if ages else None
+        subjects[sid] = {
+            "subject_id": sid,
+            "dataset": dataset,
+            "center": center,
+            "sex": sex if sex in ("F", "M", "O") else "U",
+            "age": age,
+            "age_bin": age_bin(age),
+            "added_at": now,
+            "source": run,
+        }
+        per_study: dict[str, list[dict]] = defaultdict(list)
+        for h in heads:
+            per_study[str(h.get("study_uid") or h["series_uid"])].append(h)
+        for uid, members in per_study.items():
+            stid = pseudonym(secret, "study", uid, prefix="stu")
+            date = _parse_date(members[0].get("study_date"))
+            age = _age_years(members[0])
+            studies[stid] = {
+                "study_id": stid,
+                "subject_id": sid,
+                "dataset": dataset,
+                "center": center,
+                "study_date": date + shift if date else None,
+                "age": cap_age(age),
+                "modalities": sorted({(h.get("modality") or "").upper() for h in members}),
+                "n_series": len(members),
+                "added_at": now,
+                "source": run,
+            }
+    return subjects, studies
+
+
+def _series_facts(h: dict, secret: bytes, subject_id: str, series_hash: str, phi) -> dict:
+    """What the conversion worker needs about a series: no raw identifiers."""
+    date = _parse_date(h.get("series_date") or h.get("study_date"))
+    shifted = date + dt.timedelta(days=date_shift_days(secret, subject_id)) if date else None
+    keep = (
+        "modality manufacturer model field_strength description protocol_name sequence_name "
+        "body_part image_type scanning_sequence sequence_variant scan_options "
+        "mr_acquisition_type te tr ti flip b_value contrast_agent"
+    ).split()
+    facts = {k: h.get(k) for k in keep}
+    facts["description"] = clean_text(h.get("description"), list(phi))
+    facts["protocol_name"] = clean_text(h.get("protocol_name"), list(phi))
+    facts.update(
+        series_uid_hash=series_hash,
+        study_id=pseudonym(
+            secret, "study", str(h.get("study_uid") or h["series_uid"]), prefix="stu"
+        ),
+        acquired_on=shifted.isoformat() if shifted else None,
+    )
+    return facts
+
+
+# -- conversion (worker) ---------------------------------------------------------------------
+
+
+def _convert_series(job: _SeriesJob) -> dict:
+    """Worker: dcm2niix one series, then check, classify, de-identify and store each output."""
+    out: dict = {"scans": [], "problems": []}
+    work = Path(job.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "in").mkdir(parents=True)
+    (work / "out").mkdir()
+    for i, rel in enumerate(job.files):  # neutral names: source names may carry PHI
+        os.symlink(Path(job.root) / rel, work / "in" / f"{i:06d}.dcm")
+    try:
+        proc = subprocess.run(
+            [
+                dcm2niix_path(),
+                "-z",
+                "n",
+                "-b",
+                "y",
+                "-ba",
+                "y",
+                "-f",
+                "x",
+                "-o",
+                str(work / "out"),
+                str(work / "in"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    except subprocess.TimeoutExpired:
+        out["problems"].append((job.label, "convert", "dcm2niix took longer than 600 s"))
+        return out
+    outputs = sorted((work / "out").glob("*.nii"))
+    if proc.returncode != 0 or not outputs:
+        lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if re.search(r"error|unable|unsupported|skip", ln, re.I)]
+        reason = clean_text((errors or lines or ["no output"])[-1], list(job.phi), limit=160)
+        out["problems"].append((job.label, "convert", f"dcm2niix rejected the series: {reason}"))
+        shutil.rmtree(work, ignore_errors=True)
+        return out
+    folder = Path("data") / job.dataset / job.subject_id
+    for nii in outputs:
+        try:
+            volume = read_volume(nii)
+        except IngestError as exc:
+            out["problems"].append((job.label, "convert", f"{nii.name}: {exc}"))
+            continue
+        sidecar_path = nii.with_suffix(".json")
+        sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.exists() else {}
+        facts = dict(job.facts)
+        if sidecar.get("EchoTime") is not None:
+            facts["te"] = round(float(sidecar["EchoTime"]) * 1000.0, 4)
+        if sidecar.get("ImageType"):
+            facts["image_type"] = list(sidecar["ImageType"])
+        if job.override:
+            sequence, rule, confidence, source = job.override, job.override_rule, 1.0, "manual"
+        else:
+            found = classify(facts)
+            sequence, rule, confidence, source = (
+                found.sequence,
+                found.rule,
+                round(found.confidence, 3),
+                "rule",
+            )
+        scan_id = stable_id("scn", job.subject_id, volume.hash)
+        image_uri = (folder / f"{scan_id}.nii.gz").as_posix()
+        sidecar_uri = (folder / f"{scan_id}.json").as_posix()
+        store_volume(volume, Path(job.catalog_root) / image_uri, link=False)
+        cleaned = clean_sidecar(sidecar, list(job.phi))
+        tmp = Path(job.catalog_root) / f"{sidecar_uri}.{os.getpid()}.part"
+        tmp.write_text(json.dumps(cleaned, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, Path(job.catalog_root) / sidecar_uri)
+        modality = (facts.get("modality") or "MR").upper()
+        contrast = True if facts.get("contrast_agent") else None
+        if contrast is None and mentions_contrast(facts.get("description") or ""):
+            contrast = True
+        protocol = {
+            k: "\\".join(v) if isinstance(v, list) else str(v)
+            for k, v in (
+                ("scanning_sequence", facts.get("scanning_sequence")),
+                ("sequence_variant", facts.get("sequence_variant")),
+                ("scan_options", facts.get("scan_options")),
+                ("mr_acquisition_type", facts.get("mr_acquisition_type")),
+                ("sequence_name", facts.get("sequence_name")),
+                ("b_value", facts.get("b_value")),
+                ("echo_number", sidecar.get("EchoNumber")),
+                ("converter", sidecar.get("ConversionSoftwareVersion")),
+            )
+            if v not in (None, "", [])
+        }
+        out["scans"].append(
+            {
+                "scan_id": scan_id,
+                "subject_id": job.subject_id,
+                "study_id": facts["study_id"],
+                "series_uid_hash": facts["series_uid_hash"],
+                "modality": modality,
+                "sequence": sequence,
+                "sequence_source": source,
+                "sequence_rule": rule,
+                "sequence_confidence": confidence,
+                "vendor": facts.get("manufacturer"),
+                "scanner_model": facts.get("model"),
+                "field_strength": facts.get("field_strength"),
+                "spacing": list(volume.spacing),
+                "shape": list(volume.shape),
+                "orientation": volume.orientation,
+                "image_uri": image_uri,
+                "image_hash": volume.hash,
+                "acquired_on": dt.date.fromisoformat(facts["acquired_on"])
+                if facts.get("acquired_on")
+                else None,
+                "series_description": facts.get("description"),
+                "body_part": facts.get("body_part"),
+                "echo_time_ms": facts.get("te"),
+                "repetition_time_ms": facts.get("tr"),
+                "inversion_time_ms": facts.get("ti"),
+                "flip_angle_deg": facts.get("flip"),
+                "contrast": contrast,
+                "image_type": "\\".join(facts.get("image_type") or []) or None,
+                "protocol": protocol,
+                "sidecar_uri": sidecar_uri,
+            }
+        )
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+# -- overrides, resume -----------------------------------------------------------------------
+
+
+def read_overrides(path: str | Path) -> list[tuple[str, str, str, str]]:
+    """Rows of a sequence-override CSV as (column, value, sequence, rule).
+
+    Raises:
+        IngestError: unreadable file, no ``sequence`` column, no key column, or an unknown
+            sequence (the message names the file and line).
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+            columns = set(rows[0]) if rows else set()
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise IngestError(f"{path}: unreadable override file ({exc})") from None
+    keys = [c for c in ("series_uid", "path", "series_description") if c in columns]
+    if "sequence" not in columns or not keys:
+        raise IngestError(
+            f"{path}: needs a 'sequence' column and one of series_uid, path, series_description"
+        )
+    out = []
+    for line, row in enumerate(rows, start=2):
+        sequence = (row.get("sequence") or "").strip().upper()
+        if sequence not in SEQUENCES:
+            raise IngestError(
+                f"{path}:{line}: unknown sequence {row.get('sequence')!r}; known: "
+                f"{', '.join(SEQUENCES)}"
+            )
+        for key in keys:
+            if value := (row.get(key) or "").strip():
+                out.append((key, value, sequence, f"manual:{path.name}:{line}"))
+                break
+        else:
+            raise IngestError(f"{path}:{line}: no series_uid, path or series_description value")
+    return out
+
+
+def _match_override(overrides, uid: str, files: list[dict], first: dict):
+    for column, value, sequence, rule in overrides:
+        if column == "series_uid" and value == uid:
+            return sequence, rule
+    for column, value, sequence, rule in overrides:
+        if column == "path" and any(
+            h["rel"] == value or h["rel"].startswith(value.rstrip("/") + "/") for h in files
+        ):
+            return sequence, rule
+    for column, value, sequence, rule in overrides:
+        if column == "series_description" and value == (first.get("description") or ""):
+            return sequence, rule
+    return None, None
+
+
+def _ingested_series(catalog: Catalog, dataset: str, center: str) -> set[str]:
+    latest = catalog.latest()
+    rows = latest.read(
+        "scans",
+        "dataset = ? AND center = ? AND series_uid_hash IS NOT NULL",
+        [dataset, center],
+    )
+    return set(rows.column("series_uid_hash").to_pylist())
+
+
+def _sweep_workdirs(tmp_root: Path) -> None:
+    """Remove conversion folders left by ingests that died (their process is gone)."""
+    if not tmp_root.is_dir():
+        return
+    for folder in tmp_root.iterdir():
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
