@@ -283,7 +283,7 @@ class Catalog:
         """
         txn = Transaction()
         yield txn
-        if not txn.appends:
+        if not txn.appends and not txn.updates:
             return
         with FileLock(str(self.root / _LOCK)):
             head = _version_rows(self.root)[-1]
@@ -292,11 +292,23 @@ class Catalog:
             tables = {t: txn.pending(t, current) for t in txn.appends}
             tables = {t: data for t, data in tables.items() if data.num_rows}
             txn.written = {t: data.num_rows for t, data in tables.items()}
-            if not tables:
+            if not tables and not txn.updates:
                 self.version, self.table_versions, self._files = current.version, recorded, {}
                 return
-            _restore_orphans(self.root, {t: recorded[t] for t in tables})
+            touched = set(tables) | {u[0] for u in txn.updates}
+            _restore_orphans(self.root, {t: recorded[t] for t in touched})
             versions = dict(recorded)
+            for table, key, values, changes in txn.updates:
+                dt = DeltaTable(str(self.root / table))
+                keys = ", ".join(_literal(v) for v in values)
+                metrics = dt.update(
+                    updates={column: _literal(v) for column, v in changes.items()},
+                    predicate=f"{key} IN ({keys})",
+                    commit_properties=_commit_props(table, operation),
+                    writer_properties=_WRITER_PROPERTIES.get(table),
+                )
+                txn.written[table] = txn.written.get(table, 0) + metrics.get("num_updated_rows", 0)
+                versions[table] = dt.version()
             for table, data in tables.items():
                 write_deltalake(
                     str(self.root / table),
@@ -318,7 +330,21 @@ class Transaction:
     def __init__(self) -> None:
         self.appends: dict[str, list[pa.Table]] = {}
         self.unique: dict[str, tuple[str, ...]] = {}
+        self.updates: list[tuple[str, str, list, dict]] = []
         self.written: dict[str, int] = {}
+
+    def update(self, table: str, key: str, values: Sequence, changes: dict) -> None:
+        """Set ``changes`` (column -> value) where ``key`` is in ``values``, at commit.
+
+        The update lands in the same new catalog version as the appends. Earlier versions
+        keep the old values (time travel), so a correction never erases what was there.
+        """
+        schema = schema_for(table)
+        for column in (key, *changes):
+            if column not in schema.names:
+                raise CatalogError(f"{table}: no column {column!r}")
+        if values:
+            self.updates.append((table, key, list(values), dict(changes)))
 
     def append(
         self, table: str, rows: list[dict] | pa.Table, *, unique_by: Sequence[str] = ()
@@ -361,6 +387,17 @@ class Transaction:
         # Keep the first row of each key within this transaction too.
         _, first = np.unique(np.asarray(_key_column(data, keys)), return_index=True)
         return data.take(pa.array(np.sort(first)))
+
+
+def _literal(value) -> str:
+    """A value as a SQL literal for Delta's update expressions."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _key_column(table: pa.Table, keys: Sequence[str]) -> pa.Array:

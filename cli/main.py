@@ -112,13 +112,41 @@ def cli(ctx: click.Context, catalog: str) -> None:
     help="Probability that a subject lacks a given sequence.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["nifti", "dicom"]),
+    default="nifti",
+    show_default=True,
+    help="nifti: images, label maps and sheets. dicom: DICOM series with vendor tags, fake "
+    "PHI and four folder layouts (flat, DICOMDIR, nested per study, per series).",
+)
+@click.option(
+    "--no-broken",
+    is_flag=True,
+    help="DICOM: leave out the broken files the first center gets (text, report, gaps...).",
+)
 @jobs_option
 @json_option
-def phantoms(out, centers, subjects_per_center, sequences, shape, missing, seed, jobs, as_json):
-    """Write a phantom multi-center MRI world (NIfTI images, labels, sheets).
+def phantoms(
+    out,
+    centers,
+    subjects_per_center,
+    sequences,
+    shape,
+    missing,
+    seed,
+    fmt,
+    no_broken,
+    jobs,
+    as_json,
+):
+    """Write a phantom multi-center MRI world (NIfTI or DICOM).
 
     Each center has its own vendor, field strength, grid, orientation, noise, label
-    convention, folder layout and metadata sheet; world.json describes them.
+    convention, folder layout and metadata sheet; world.json describes them. With
+    --format dicom every series carries its vendor's tags and a fake patient identity, so
+    de-identification can be checked (world.json lists the PHI strings).
     """
     from xds.phantoms import generate_world
 
@@ -131,6 +159,8 @@ def phantoms(out, centers, subjects_per_center, sequences, shape, missing, seed,
         missing=missing,
         seed=seed,
         jobs=_jobs(jobs),
+        format=fmt,
+        broken=not no_broken,
     )
     if as_json:
         emit_json(manifest)
@@ -142,8 +172,8 @@ def phantoms(out, centers, subjects_per_center, sequences, shape, missing, seed,
             "layout": c["layout"],
             "vendor": c["vendor"],
             "tesla": c["field_strength"],
-            "orientation": c["orientation"],
-            "classes": len(c["classes"]),
+            **({"orientation": c["orientation"]} if "orientation" in c else {}),
+            **({"classes": len(c["classes"])} if "classes" in c else {}),
             "scans": c["scans_per_sequence"],
         }
         for c in manifest["centers"]
@@ -250,6 +280,103 @@ def ingest_nifti_cmd(
         summary = report.summary()
         summary.pop("problems")
         print_kv(summary, f"ingest {center}")
+
+
+@ingest.command("dicom")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--center", required=True, help="Center name as stored in the catalog.")
+@click.option("--dataset", help="Dataset name (default: the center name).")
+@click.option(
+    "--sequence-overrides",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CSV: a 'sequence' column and one of series_uid, path, series_description; "
+    "matching series get that sequence (recorded as manual).",
+)
+@click.option(
+    "--commit-every",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Series per catalog commit: an interrupted run loses at most this many.",
+)
+@jobs_option
+@json_option
+@click.pass_obj
+def ingest_dicom_cmd(
+    state, directory, center, dataset, sequence_overrides, commit_every, jobs, as_json
+):
+    """Convert, classify, de-identify and register a center's DICOM export.
+
+    Walks DIRECTORY in any layout (DICOMDIR included), groups files into series, converts
+    each with dcm2niix, classifies it as T1W, T2W, OOP, IP, DWI, ADC, FLAIR, CT, PET or
+    UNKNOWN from its tags (the rule and a confidence are stored; see docs/dicom.md), and
+    stores images and BIDS sidecars without PHI: subject, study and series ids are keyed
+    pseudonyms and dates are shifted per subject. Unreadable files, non-images, broken
+    or inconsistent series are quarantined with their reason; the rest goes on. Re-running
+    (also after a crash) converts only the series not yet in the catalog.
+    """
+    from xds.ingest import ingest_dicom
+
+    report = ingest_dicom(
+        state.catalog(create=True),
+        directory,
+        center=center,
+        dataset=dataset,
+        jobs=_jobs(jobs),
+        sequence_overrides=sequence_overrides,
+        commit_every=commit_every,
+    )
+    for path, error in report.problems:
+        warn(f"quarantined {path}: {error}")
+    summary = report.summary()
+    if as_json:
+        emit_json(summary)
+    else:
+        summary.pop("problems")
+        summary["sequences"] = ", ".join(
+            f"{k} {v}" for k, v in sorted(summary["sequences"].items())
+        )
+        print_kv(summary, f"ingest {center}")
+
+
+@cli.command("set-sequence")
+@click.argument("scan_ids", nargs=-1, required=True)
+@click.option("--sequence", required=True, help="T1W, T2W, OOP, IP, DWI, ADC, FLAIR, CT, PET...")
+@click.option("--reason", default="", help="Why (stored with the change).")
+@json_option
+@click.pass_obj
+def set_sequence_cmd(state, scan_ids, sequence, reason, as_json):
+    """Correct the sequence of scans by hand (wins over the classifier, kept on re-ingest).
+
+    The change is a new catalog version; earlier versions still show the old value.
+    """
+    from xds.ingest import set_sequence
+
+    cat = state.catalog()
+    changed = set_sequence(cat, list(scan_ids), sequence, reason=reason)
+    result = {"changed": changed, "sequence": sequence.upper(), "catalog_version": cat.version}
+    emit_json(result) if as_json else print_kv(result, "set-sequence")
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def migrate(state, as_json):
+    """Bring a catalog written by an older xds up to this version's schema.
+
+    Additive: new tables and columns are added in one new catalog version; every earlier
+    version stays readable.
+    """
+    from xds.catalog import migrate as migrate_catalog
+
+    changes = migrate_catalog(state.catalog_path)
+    if as_json:
+        emit_json({"changes": changes})
+    elif changes:
+        for line in changes:
+            click.echo(line)
+    else:
+        click.echo("catalog is up to date")
 
 
 # -- queries and cohorts -------------------------------------------------------------------------

@@ -816,3 +816,40 @@ def _alive(pid: int) -> bool:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+
+
+def set_sequence(catalog: Catalog, scan_ids: list[str], sequence: str, *, reason: str = "") -> int:
+    """Correct the sequence of scans by hand (``xds set-sequence``); returns scans changed.
+
+    The change is a new catalog version: ``sequence_source`` becomes ``manual`` and
+    ``sequence_rule`` records ``manual:set-sequence`` (and the reason), so the classifier's
+    answer stays visible in earlier versions. Re-ingesting the series does not undo it.
+
+    Raises:
+        IngestError: unknown sequence or scan ids (nothing is changed).
+    """
+    sequence = sequence.strip().upper()
+    if sequence not in SEQUENCES:
+        raise IngestError(f"unknown sequence {sequence!r}; known: {', '.join(SEQUENCES)}")
+    ids = sorted(set(scan_ids))
+    if not ids:
+        raise IngestError("no scan ids given")
+    latest = catalog.latest()
+    found = set(latest.rows_for("scans", ids, ["scan_id"]).column("scan_id").to_pylist())
+    unknown = [s for s in ids if s not in found]
+    if unknown:
+        raise IngestError(f"unknown scan id(s): {', '.join(unknown[:5])}")
+    rule = "manual:set-sequence" + (f" ({reason})" if reason else "")
+    with catalog.transaction(f"set-sequence {sequence} on {len(ids)} scan(s)") as txn:
+        txn.update(
+            "scans",
+            "scan_id",
+            ids,
+            {
+                "sequence": sequence,
+                "sequence_source": "manual",
+                "sequence_rule": rule,
+                "sequence_confidence": 1.0,
+            },
+        )
+    return txn.written.get("scans", 0)
