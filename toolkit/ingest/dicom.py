@@ -33,6 +33,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,8 @@ class DicomIngestReport(IngestReport):
 
     series_found: int = 0
     series_skipped: int = 0  # already in the catalog
+    files_in_scans: int = 0  # files of series that are (now or already) catalog scans
+    files_quarantined: int = 0
     studies_added: int = 0
     sequences: dict[str, int] = field(default_factory=dict)
 
@@ -140,11 +143,7 @@ def ingest_dicom(
     overrides = read_overrides(sequence_overrides) if sequence_overrides else []
     dcm2niix_path()
     run = f"ingest-{utcnow():%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
-    relpaths = sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    relpaths = walk_files(root)
     report = DicomIngestReport(dataset, center, run, "dicom", files_found=len(relpaths))
     secret = catalog.secret()
 
@@ -182,7 +181,8 @@ def ingest_dicom(
 
     quarantine: list[dict] = []
 
-    def reject(rel: str, stage: str, error: str) -> None:
+    def reject(rel: str, stage: str, error: str, files: int = 1) -> None:
+        report.files_quarantined += files
         report.problems.append((str(root / rel.split(" [")[0]), error))
         quarantine.append(
             {
@@ -215,13 +215,15 @@ def ingest_dicom(
         label = f"{_common_folder([h['rel'] for h in files])} [series {series_hash}]"
         if series_hash in existing:
             report.series_skipped += 1
+            report.files_in_scans += len(files)
             continue
         modality = (files[0].get("modality") or "").upper()
         if modality not in _MODALITIES:
-            reject(label, "series", f"modality {modality or 'missing'} is not MR, CT or PT")
+            error = f"modality {modality or 'missing'} is not MR, CT or PT"
+            reject(label, "series", error, len(files))
             continue
         if error := check_series_geometry(files):
-            reject(label, "geometry", error)
+            reject(label, "geometry", error, len(files))
             continue
         first = files[0]
         subject_id = subject_of[first["rel"]]
@@ -249,12 +251,16 @@ def ingest_dicom(
     done_studies: set[str] = set()
 
     def commit() -> None:
-        rows, problems = [], []
-        for _job, result in pending:
+        rows = []
+        for job, result in pending:
             rows.extend(result["scans"])
-            problems.extend(result["problems"])
-        for rel, stage, error in problems:
-            reject(rel, stage, error)
+            if result["scans"]:
+                report.files_in_scans += len(job.files)
+                for rel, stage, error in result["problems"]:
+                    reject(rel, stage, error, 0)
+            else:
+                for n, (rel, stage, error) in enumerate(result["problems"]):
+                    reject(rel, stage, error, len(job.files) if n == 0 else 0)
         now = utcnow()
         for row in rows:
             row.update(dataset=dataset, center=center, added_at=now, source=run, status="ok")
@@ -294,9 +300,30 @@ def ingest_dicom(
 # -- headers ---------------------------------------------------------------------------------
 
 
+def walk_files(root: Path) -> list[str]:
+    """Every non-hidden file under ``root`` (relative, sorted), following linked folders once."""
+    out, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = Path(folder).relative_to(root)
+        out.extend(
+            (rel / f).as_posix()
+            for f in files
+            if not f.startswith(".") and os.path.isfile(os.path.join(folder, f))
+        )
+    return sorted(out)
+
+
 def _read_headers(args: tuple[str, list[str]]) -> list[dict]:
     root, rels = args
-    return [read_header(Path(root), rel) for rel in rels]
+    with warnings.catch_warnings():  # pydicom warns on every odd value; problems are returned
+        warnings.simplefilter("ignore")
+        return [read_header(Path(root), rel) for rel in rels]
 
 
 def read_header(root: Path, rel: str) -> dict:
@@ -305,6 +332,13 @@ def read_header(root: Path, rel: str) -> dict:
     Pixel data is not read: the file position after the header tells whether it is there
     and, for uncompressed transfer syntaxes, whether the file holds all of it.
     """
+    try:
+        return _read_header(root, rel)
+    except Exception as exc:  # a value pydicom read but cannot be interpreted
+        return {"rel": rel, "problem": ("read", f"malformed header ({_short(exc)})")}
+
+
+def _read_header(root: Path, rel: str) -> dict:
     path = root / rel
     try:
         size = path.stat().st_size
@@ -329,6 +363,11 @@ def read_header(root: Path, rel: str) -> dict:
         }
     sop_name = pydicom.uid.UID(sop).name if sop else "unknown SOP class"
     if "Rows" not in ds or "Columns" not in ds:
+        if "Image" in sop_name:
+            return {
+                "rel": rel,
+                "problem": ("read", f"image header without Rows/Columns ({sop_name})"),
+            }
         return {"rel": rel, "problem": ("read", f"not an image ({sop_name})")}
     if rest < 8:
         return {"rel": rel, "problem": ("read", "image without pixel data")}
