@@ -50,6 +50,9 @@ def progress_imap(
         # forkserver, not fork: the parent may hold DuckDB and Delta (tokio) threads, and a
         # forked child inherits their locks in whatever state they were.
         context = multiprocessing.get_context("forkserver")
+        # The server imports fn's module once and every worker forks from it, instead of
+        # each worker importing xds (about 0.6 s) again. Only the first pool sets this.
+        context.set_forkserver_preload([fn.__module__])
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
             for result in pool.map(fn, items, chunksize=max(1, len(items) // (jobs * 8))):
                 bar.advance(task)

@@ -159,14 +159,18 @@ def ingest_dicom(
         for h in chunk
     ]
 
+    by_series: dict[str, list[dict]] = defaultdict(list)
+    for h in headers:
+        if not h.get("problem"):
+            by_series[h["series_uid"]].append(h)
+    # The series-level facts: the first header of each series read in full.
+    head_of = {uid: next(h for h in files if "modality" in h) for uid, files in by_series.items()}
     # Everything that identifies a person, to scrub from paths and descriptions.
     subject_of: dict[str, str] = {}
     phi_of: dict[str, set[str]] = defaultdict(set)
-    for h in headers:
-        if h.get("series_uid"):
-            key = _subject_key(h)
-            subject_of[h["rel"]] = pseudonym(secret, dataset, center, key)
-            phi_of[subject_of[h["rel"]]].update(_phi_strings(h))
+    for uid, head in head_of.items():
+        subject_of[uid] = pseudonym(secret, dataset, center, _subject_key(head))
+        phi_of[subject_of[uid]].update(_phi_strings(head))
     replacements = sorted(
         ((p, sid) for sid, values in phi_of.items() for p in values if len(p) >= 3),
         key=lambda item: len(item[0]),
@@ -196,16 +200,13 @@ def ingest_dicom(
             }
         )
 
-    by_series: dict[str, list[dict]] = defaultdict(list)
     for h in headers:
         if h.get("problem"):
             reject(h["rel"], *h["problem"])
-        else:
-            by_series[h["series_uid"]].append(h)
     report.series_found = len(by_series)
 
     existing = _ingested_series(catalog, dataset, center)
-    subjects, studies = _subjects_and_studies(by_series, secret, dataset, center, run)
+    subjects, studies = _subjects_and_studies(head_of, subject_of, dataset, center, run, secret)
     work: list[_SeriesJob] = []
     workroot = catalog.root / _TMP / f"{run}-{os.getpid()}"
     _sweep_workdirs(catalog.root / _TMP)
@@ -217,7 +218,8 @@ def ingest_dicom(
             report.series_skipped += 1
             report.files_in_scans += len(files)
             continue
-        modality = (files[0].get("modality") or "").upper()
+        first = head_of[uid]
+        modality = (first.get("modality") or "").upper()
         if modality not in _MODALITIES:
             error = f"modality {modality or 'missing'} is not MR, CT or PT"
             reject(label, "series", error, len(files))
@@ -225,8 +227,7 @@ def ingest_dicom(
         if error := check_series_geometry(files):
             reject(label, "geometry", error, len(files))
             continue
-        first = files[0]
-        subject_id = subject_of[first["rel"]]
+        subject_id = subject_of[uid]
         phi = tuple(sorted(phi_of[subject_id]))
         override, rule = _match_override(overrides, uid, files, first)
         facts = _series_facts(first, secret, subject_id, series_hash, phi)
@@ -321,24 +322,28 @@ def walk_files(root: Path) -> list[str]:
 
 def _read_headers(args: tuple[str, list[str]]) -> list[dict]:
     root, rels = args
+    seen: set[str] = set()
     with warnings.catch_warnings():  # pydicom warns on every odd value; problems are returned
         warnings.simplefilter("ignore")
-        return [read_header(Path(root), rel) for rel in rels]
+        return [read_header(Path(root), rel, seen) for rel in rels]
 
 
-def read_header(root: Path, rel: str) -> dict:
+def read_header(root: Path, rel: str, seen: set[str] | None = None) -> dict:
     """The facts of one file's header, or ``{"rel", "problem": (stage, reason)}``.
 
     Pixel data is not read: the file position after the header tells whether it is there
-    and, for uncompressed transfer syntaxes, whether the file holds all of it.
+    and, for uncompressed transfer syntaxes, whether the file holds all of it. When
+    ``seen`` holds the file's series UID, only the per-slice geometry is extracted (the
+    series-level facts come from the first file of the series; converting every value of
+    every header was two thirds of the header time).
     """
     try:
-        return _read_header(root, rel)
+        return _read_header(root, rel, seen if seen is not None else set())
     except Exception as exc:  # a value pydicom read but cannot be interpreted
         return {"rel": rel, "problem": ("read", f"malformed header ({_short(exc)})")}
 
 
-def _read_header(root: Path, rel: str) -> dict:
+def _read_header(root: Path, rel: str, seen: set[str]) -> dict:
     path = root / rel
     try:
         size = path.stat().st_size
@@ -370,7 +375,7 @@ def _read_header(root: Path, rel: str) -> dict:
             }
         return {"rel": rel, "problem": ("read", f"not an image ({sop_name})")}
     if rest < 8:
-        return {"rel": rel, "problem": ("read", "image without pixel data")}
+        return {"rel": rel, "problem": ("read", "no pixel data (an image header only)")}
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is not None and not syntax.is_compressed:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -389,7 +394,22 @@ def _read_header(root: Path, rel: str) -> dict:
             }
     if "SeriesInstanceUID" not in ds:
         return {"rel": rel, "problem": ("read", "no SeriesInstanceUID")}
-    return {"rel": rel, **_header_facts(ds, sop_name)}
+    series_uid = str(ds.SeriesInstanceUID)
+    geometry = {
+        "series_uid": series_uid,
+        "iop": [round(float(v), 4) for v in ds.ImageOrientationPatient]
+        if "ImageOrientationPatient" in ds
+        else None,
+        "ipp": [float(v) for v in ds.ImagePositionPatient]
+        if "ImagePositionPatient" in ds
+        else None,
+        "size": (int(ds.Rows), int(ds.Columns)),
+        "frames": int(ds.get("NumberOfFrames", 1) or 1),
+    }
+    if series_uid in seen:
+        return {"rel": rel, **geometry}
+    seen.add(series_uid)
+    return {"rel": rel, **geometry, **_header_facts(ds, sop_name)}
 
 
 def _header_facts(ds, sop_name: str) -> dict:
@@ -423,7 +443,6 @@ def _header_facts(ds, sop_name: str) -> dict:
                 pass
     return {
         "sop_class": sop_name,
-        "series_uid": str(ds.SeriesInstanceUID),
         "study_uid": text("StudyInstanceUID"),
         "patient_id": text("PatientID"),
         "patient_name": text("PatientName"),
@@ -468,14 +487,6 @@ def _header_facts(ds, sop_name: str) -> dict:
         "b_value": b_value,
         "contrast_agent": text("ContrastBolusAgent"),
         "series_number": text("SeriesNumber"),
-        "iop": [round(float(v), 4) for v in ds.ImageOrientationPatient]
-        if "ImageOrientationPatient" in ds
-        else None,
-        "ipp": [float(v) for v in ds.ImagePositionPatient]
-        if "ImagePositionPatient" in ds
-        else None,
-        "size": (int(ds.Rows), int(ds.Columns)),
-        "frames": int(ds.get("NumberOfFrames", 1) or 1),
     }
 
 
@@ -569,12 +580,11 @@ def _age_years(h: dict) -> float | None:
     return None
 
 
-def _subjects_and_studies(by_series, secret, dataset, center, run):
+def _subjects_and_studies(head_of, subject_of, dataset, center, run, secret):
     now = utcnow()
-    firsts = sorted((files[0] for files in by_series.values()), key=lambda h: h["rel"])
     per_subject: dict[str, list[dict]] = defaultdict(list)
-    for h in firsts:
-        per_subject[pseudonym(secret, dataset, center, _subject_key(h))].append(h)
+    for uid, h in sorted(head_of.items(), key=lambda kv: kv[1]["rel"]):
+        per_subject[subject_of[uid]].append(h)
     subjects, studies = {}, {}
     for sid, heads in per_subject.items():
         heads.sort(key=lambda h: (h.get("study_date") or "", h["rel"]))
