@@ -100,9 +100,17 @@ def make_chunk(start: int, n: int, rng: np.random.Generator) -> dict[str, pa.Tab
         "source": pa.array(np.full(n, "bench")),
     }
     return {
-        name: pa.table(cols).cast(schema_for(name))
+        name: _complete(pa.table(cols), schema_for(name))
         for name, cols in (("scans", scans), ("subjects", subjects), ("labels", labels))
     }
+
+
+def _complete(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The table with the schema's other (nullable) columns added as nulls."""
+    for f in schema:
+        if f.name not in table.column_names:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table.select(schema.names).cast(schema)
 
 
 def build(root: Path, n_scans: int, chunk: int = 250_000) -> Catalog:
