@@ -92,3 +92,53 @@ def test_demo_runs_end_to_end_within_five_minutes(tmp_path):
         ],
     )
     assert again.exit_code == 0, again.output
+
+
+def test_dicom_commands(tmp_path):
+    import json
+
+    world, catalog = tmp_path / "w", tmp_path / "c"
+    result = CliRunner().invoke(
+        cli,
+        ["phantoms", "--out", str(world), "--format", "dicom", "--centers", "1",
+         "--subjects-per-center", "2", "--shape", "16,16,8", "--sequences", "T1W,T2W", "-j", "1",
+         "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.output)
+    assert manifest["format"] == "dicom"
+    center = manifest["centers"][0]
+    base = ["--catalog", str(catalog)]
+    result = CliRunner().invoke(
+        cli,
+        [
+            *base,
+            "ingest",
+            "dicom",
+            str(world / center["path"]),
+            "--center",
+            "A",
+            "-j",
+            "1",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert report["scans_added"] == len(center["series"])
+    assert report["files_in_scans"] + report["files_quarantined"] == report["files_found"]
+    assert any("not a DICOM file" in p["error"] for p in report["problems"])
+    scan = json.loads(
+        CliRunner()
+        .invoke(cli, [*base, "sql", "SELECT scan_id FROM scans LIMIT 1", "--json"])
+        .output
+    )[0]["scan_id"]
+    result = CliRunner().invoke(cli, [*base, "set-sequence", scan, "--sequence", "flair", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["changed"] == 1
+    result = CliRunner().invoke(cli, [*base, "set-sequence", "scn-x", "--sequence", "T2W"])
+    assert result.exit_code == 1
+    assert "unknown scan id" in result.output
+    result = CliRunner().invoke(cli, [*base, "migrate"])
+    assert result.exit_code == 0
+    assert "up to date" in result.output
