@@ -30,7 +30,6 @@ import datetime as dt
 import json
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import warnings
@@ -47,7 +46,7 @@ from xds.deid import age_bin, cap_age, clean_sidecar, clean_text, date_shift_day
 from xds.executors import progress_imap, progress_map
 from xds.imageio import read_volume, store_volume
 from xds.ingest.classify import classify, mentions_contrast
-from xds.ingest.nifti import _NAME, IngestReport
+from xds.ingest.common import IngestReport, check_source, quarantine_row, run_id
 from xds.schemas.errors import IngestError
 from xds.schemas.ids import stable_id
 from xds.schemas.tables import SEQUENCES
@@ -131,18 +130,12 @@ def ingest_dicom(
     Raises:
         IngestError: the folder, names or override file are unusable as a whole.
     """
-    root = Path(root).resolve()
-    dataset = dataset or center
-    for what, value in (("center", center), ("dataset", dataset)):
-        if not _NAME.match(value):
-            raise IngestError(f"invalid {what} name {value!r}: use letters, digits, '.', '_', '-'")
-    if not root.is_dir():
-        raise IngestError(f"{root}: not a directory")
+    root, dataset = check_source(root, center, dataset)
     if commit_every < 1:
         raise IngestError("commit_every must be at least 1")
     overrides = read_overrides(sequence_overrides) if sequence_overrides else []
     dcm2niix_path()
-    run = f"ingest-{utcnow():%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+    run = run_id()
     relpaths = walk_files(root)
     report = DicomIngestReport(dataset, center, run, "dicom", files_found=len(relpaths))
     secret = catalog.secret()
@@ -188,17 +181,7 @@ def ingest_dicom(
     def reject(rel: str, stage: str, error: str, files: int = 1) -> None:
         report.files_quarantined += files
         report.problems.append((str(root / rel.split(" [")[0]), error))
-        quarantine.append(
-            {
-                "uri": shown(rel),
-                "dataset": dataset,
-                "center": center,
-                "stage": stage,
-                "error": error,
-                "at": utcnow(),
-                "source": run,
-            }
-        )
+        quarantine.append(quarantine_row(shown(rel), dataset, center, stage, error, run))
 
     for h in headers:
         if h.get("problem"):

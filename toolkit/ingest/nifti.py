@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,38 +21,13 @@ from xds.catalog import Catalog, utcnow
 from xds.deid import pseudonym
 from xds.executors import progress_map
 from xds.imageio import read_volume, store_volume
+from xds.ingest.common import IngestReport, check_source, quarantine_row, run_id
 from xds.ingest.layouts import Layout, detect_layout, parse_layout
 from xds.ingest.sequences import sequence_from_name
 from xds.ingest.sheets import read_label_map, read_sheet
 from xds.schemas.errors import IngestError
 from xds.schemas.ids import stable_id
 from xds.schemas.tables import SEQUENCES
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-@dataclass
-class IngestReport:
-    """What one ingest run did. ``problems`` holds (source path, one-line reason)."""
-
-    dataset: str
-    center: str
-    source: str
-    layout: str
-    catalog_version: int = 0
-    files_found: int = 0
-    subjects_added: int = 0
-    scans_added: int = 0
-    labels_added: int = 0
-    already_present: int = 0
-    quarantined: int = 0
-    problems: list[tuple[str, str]] = field(default_factory=list)
-
-    def summary(self) -> dict:
-        """JSON-ready counts (problems as ``{"file", "error"}``)."""
-        out = {k: v for k, v in self.__dict__.items() if k != "problems"}
-        out["problems"] = [{"file": f, "error": e} for f, e in self.problems]
-        return out
 
 
 @dataclass(frozen=True)
@@ -109,13 +82,7 @@ def ingest_nifti(
     Raises:
         IngestError: the folder, names, sheet, label map or layout are unusable as a whole.
     """
-    root = Path(root).resolve()
-    dataset = dataset or center
-    for what, value in (("center", center), ("dataset", dataset)):
-        if not _NAME.match(value):
-            raise IngestError(f"invalid {what} name {value!r}: use letters, digits, '.', '_', '-'")
-    if not root.is_dir():
-        raise IngestError(f"{root}: not a directory")
+    root, dataset = check_source(root, center, dataset)
     if sequence is not None and sequence not in SEQUENCES:
         raise IngestError(f"unknown sequence {sequence!r}; known: {', '.join(SEQUENCES)}")
     relpaths = sorted(
@@ -124,7 +91,7 @@ def ingest_nifti(
         if p.is_file() and p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith(".")
     )
     chosen: Layout = parse_layout(layout, label_layout) or detect_layout(relpaths)
-    run = f"ingest-{utcnow():%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+    run = run_id()
     report = IngestReport(dataset, center, run, chosen.name, files_found=len(relpaths))
     sheet = read_sheet(metadata) if metadata else {}
     mapping = read_label_map(label_map) if label_map else None
@@ -144,17 +111,7 @@ def ingest_nifti(
 
     def reject(rel: str, stage: str, error: str) -> None:
         report.problems.append((str(root / rel), error))
-        quarantine.append(
-            {
-                "uri": shown(rel),
-                "dataset": dataset,
-                "center": center,
-                "stage": stage,
-                "error": error,
-                "at": utcnow(),
-                "source": run,
-            }
-        )
+        quarantine.append(quarantine_row(shown(rel), dataset, center, stage, error, run))
 
     for rel in stray:
         reject(rel, "layout", f"does not match the {chosen.name} layout ({chosen.image})")
