@@ -39,7 +39,20 @@ def run_dcm2niix(center: Path, work: Path) -> tuple[float, int]:
     out.mkdir()
     start = time.perf_counter()
     subprocess.run(
-        [dcm2niix_path(), "-z", "y", "-b", "y", "-ba", "y", "-f", "%s_%d", "-o", str(out), str(center)],
+        [
+            dcm2niix_path(),
+            "-z",
+            "y",
+            "-b",
+            "y",
+            "-ba",
+            "y",
+            "-f",
+            "%s_%d",
+            "-o",
+            str(out),
+            str(center),
+        ],
         check=True,
         capture_output=True,
     )
