@@ -1,7 +1,8 @@
 """Views every catalog connection has, on top of one view per table.
 
 ``scan_view`` is what ``--where`` filters: one row per usable scan (status ok) with its
-subject's demographics and its label availability, so
+subject's demographics and its label availability (``classes``: classes with voxels in some
+label; ``annotated_classes``: classes some label map annotates, present or not), so
 ``--where "sequence='T2W' AND sex='F' AND list_contains(classes, 'pancreas')"`` needs no
 join by hand.
 """
@@ -12,7 +13,9 @@ WITH label_summary AS (
     SELECT scan_id,
            count(*) AS n_labels,
            list_sort(list_distinct(flatten(list(classes_present)))) AS classes,
-           list_sort(list_distinct(list(origin))) AS label_origins
+           list_sort(list_distinct(list(origin))) AS label_origins,
+           list_sort(list_distinct(flatten(list(coalesce(classes_annotated, []::VARCHAR[])))))
+               AS annotated_classes
     FROM labels
     GROUP BY scan_id
 )
@@ -26,7 +29,8 @@ SELECT s.scan_id, s.subject_id, s.study_id, s.dataset, s.center, s.modality, s.s
        coalesce(l.n_labels, 0) > 0 AS has_label,
        coalesce(l.n_labels, 0) AS n_labels,
        coalesce(l.classes, []::VARCHAR[]) AS classes,
-       coalesce(l.label_origins, []::VARCHAR[]) AS label_origins
+       coalesce(l.label_origins, []::VARCHAR[]) AS label_origins,
+       coalesce(l.annotated_classes, []::VARCHAR[]) AS annotated_classes
 FROM scans s
 LEFT JOIN subjects p USING (subject_id)
 LEFT JOIN label_summary l USING (scan_id)

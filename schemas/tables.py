@@ -17,7 +17,8 @@ from xds.schemas.errors import SchemaError
 
 SCHEMA_VERSION = "2"
 """Bumped whenever a table's columns change. Version 2 added the DICOM acquisition columns
-of ``scans`` and the ``studies`` table; ``xds migrate`` brings a version-1 catalog up to date."""
+of ``scans``, the ``studies`` table and the harmonization columns of ``labels``;
+``xds migrate`` brings a version-1 catalog up to date."""
 
 _TS = pa.timestamp("us", tz="UTC")
 _STR = pa.string()
@@ -106,6 +107,10 @@ _FIELDS: dict[str, list[pa.Field]] = {
         pa.field("quality", pa.map_(_STR, pa.float64())),
         pa.field("created_at", _TS, nullable=False),
         pa.field("source", _STR, nullable=False),
+        # Added in schema version 2 (harmonization).
+        pa.field("classes_annotated", pa.list_(_STR)),  # classes the map labels (may be absent)
+        pa.field("derived_from", _STR),  # label_id this one was harmonized from
+        pa.field("class_set", _STR),  # the shared class set it was harmonized to
     ],
     "label_maps": [
         pa.field("label_map_id", _STR, nullable=False),

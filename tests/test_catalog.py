@@ -132,16 +132,19 @@ def _downgrade_to_v1(root) -> None:
 
     v2_only = {"sequence_rule", "sequence_confidence", "series_description", "body_part",
                "echo_time_ms", "repetition_time_ms", "inversion_time_ms", "flip_angle_deg",
-               "contrast", "image_type", "protocol", "sidecar_uri"}  # fmt: skip
+               "contrast", "image_type", "protocol", "sidecar_uri", "classes_annotated",
+               "derived_from", "class_set"}  # fmt: skip
     shutil.rmtree(root / "studies")
-    scans = DeltaTable(str(root / "scans")).to_pyarrow_table()
-    old = scans.select([n for n in scans.schema.names if n not in v2_only])
-    write_deltalake(str(root / "scans"), old, mode="overwrite", schema_mode="overwrite")
+    for name in ("scans", "labels"):
+        data = DeltaTable(str(root / name)).to_pyarrow_table()
+        old = data.select([n for n in data.schema.names if n not in v2_only])
+        write_deltalake(str(root / name), old, mode="overwrite", schema_mode="overwrite")
     versions = DeltaTable(str(root / VERSIONS_TABLE)).to_pyarrow_table().to_pylist()
     for row in versions:
         tv = json.loads(row["table_versions"])
         tv.pop("studies")
         tv["scans"] = DeltaTable(str(root / "scans")).version()
+        tv["labels"] = DeltaTable(str(root / "labels")).version()
         row["table_versions"] = json.dumps(tv)
     table = _VERSIONS_SCHEMA.empty_table().from_pylist(versions, schema=_VERSIONS_SCHEMA)
     write_deltalake(str(root / VERSIONS_TABLE), table, mode="overwrite")
@@ -160,6 +163,7 @@ def test_migrate_a_version_1_catalog_keeps_rows_and_history(catalog):
     changes = migrate(catalog.root)
     assert "created table studies" in changes
     assert any(c.startswith("scans: added sequence_rule") for c in changes)
+    assert "labels: added classes_annotated, derived_from, class_set" in changes
     assert migrate(catalog.root) == []  # idempotent
     cat = Catalog.open(catalog.root)
     assert cat.version == version + 1

@@ -30,10 +30,9 @@ import numpy as np
 from xds.catalog import Catalog, get_cohort
 from xds.catalog.cohorts import cohort_scans
 from xds.executors import progress_map
+from xds.labels import best_labels
 from xds.schemas.errors import ExportError
 from xds.splits import get_split
-
-_ORIGIN_PRIORITY = {"manual": 0, "revised": 1, "pseudo": 2, "synthetic": 3, "prediction": 4}
 
 
 @dataclass
@@ -60,17 +59,6 @@ class _CaseJob:
     label_dst: str | None
     lut: tuple[int, ...] | None
     link: bool
-
-
-def best_labels(catalog: Catalog, scan_ids: list[str]) -> dict[str, dict]:
-    """The label row to use per scan: manual > revised > pseudo, newest first within one."""
-    best: dict[str, dict] = {}
-    for row in catalog.rows_for("labels", scan_ids).to_pylist():
-        key = (_ORIGIN_PRIORITY.get(row["origin"], 9), -row["created_at"].timestamp())
-        current = best.get(row["scan_id"])
-        if current is None or key < current["_key"]:
-            best[row["scan_id"]] = {**row, "_key": key}
-    return best
 
 
 def export_nnunet(
@@ -129,7 +117,7 @@ def export_nnunet(
             f"cohort mixes modalities {sorted(modalities)}; nnU-Net normalizes "
             "one channel one way: export them as separate datasets"
         )
-    labels = best_labels(catalog, list(scans))
+    labels = best_labels(catalog, list(scans), derived=False)
     train_ids = roles.get("train", []) + roles.get("val", [])
     missing = [s for s in train_ids if s not in labels]
     if missing:

@@ -24,7 +24,7 @@ from xds.imageio import read_volume, store_volume
 from xds.ingest.common import IngestReport, check_source, quarantine_row, run_id
 from xds.ingest.layouts import Layout, detect_layout, parse_layout
 from xds.ingest.sequences import sequence_from_name
-from xds.ingest.sheets import read_label_map, read_sheet
+from xds.ingest.sheets import canonical_label_map, read_sheet
 from xds.schemas.errors import IngestError
 from xds.schemas.ids import stable_id
 from xds.schemas.tables import SEQUENCES
@@ -94,7 +94,7 @@ def ingest_nifti(
     run = run_id()
     report = IngestReport(dataset, center, run, chosen.name, files_found=len(relpaths))
     sheet = read_sheet(metadata) if metadata else {}
-    mapping = read_label_map(label_map) if label_map else None
+    mapping = canonical_label_map(label_map) if label_map else None
     map_id = _label_map_id(dataset, mapping)
 
     images, labels, stray = _sort_files(relpaths, chosen)
@@ -280,6 +280,9 @@ def _ingest_one(job: _Job) -> dict:
         "uri": uri,
         "hash": label.hash,
         "classes_present": classes,
+        "classes_annotated": sorted(set(job.label_map.values()) - {"background"})
+        if job.label_map
+        else None,
     }
     return out
 

@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 
 from xds.deid import age_bin, cap_age, is_phi_column
-from xds.schemas.errors import IngestError
+from xds.schemas.errors import IngestError, SchemaError
+from xds.schemas.vocabulary import canonical_map
 
 _SUBJECT = (
     "subject",
@@ -129,7 +130,7 @@ def read_label_map(path: str | Path) -> dict[int, str]:
     try:
         text = path.read_text(encoding="utf-8-sig")
         if path.suffix.lower() == ".json":
-            doc = json.loads(text)
+            doc = json.loads(text, object_pairs_hook=_no_duplicate_keys)
             doc = doc.get("labels", doc) if isinstance(doc, dict) else doc
             pairs = [(v, k) if isinstance(v, int) else (k, v) for k, v in doc.items()]
         else:
@@ -141,15 +142,43 @@ def read_label_map(path: str | Path) -> dict[int, str]:
             if not idx or not name:
                 raise IngestError(f"{path}: label-map CSV needs 'index' and 'name' columns")
             pairs = [(r[idx], r[name]) for r in reader]
-        mapping = {int(i): str(n).strip() for i, n in pairs}
-    except IngestError:
-        raise
+        mapping: dict[int, str] = {}
+        for i, n in pairs:
+            if int(i) in mapping:
+                raise IngestError(f"{path}: duplicate label index {int(i)}")
+            mapping[int(i)] = str(n).strip()
+    except IngestError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise IngestError(f"{path}: {exc}") from None
     except (OSError, ValueError, AttributeError, TypeError) as exc:
         raise IngestError(f"{path}: not a label map ({_first(exc)})") from None
     if any(i < 0 for i in mapping):
         raise IngestError(f"{path}: label indices must be >= 0")
     mapping.setdefault(0, "background")
     return dict(sorted(mapping.items()))
+
+
+def canonical_label_map(path: str | Path) -> dict[int, str]:
+    """:func:`read_label_map` with every name resolved to the vocabulary's canonical class.
+
+    Raises:
+        IngestError: the file is unusable, names a class the vocabulary does not know, or
+            gives one index or one class twice (the message names the file and the value).
+    """
+    mapping = read_label_map(path)
+    try:
+        return {0: "background", **canonical_map(mapping, str(path))}
+    except SchemaError as exc:
+        raise IngestError(str(exc)) from None
+
+
+def _no_duplicate_keys(pairs: list[tuple]) -> dict:
+    keys = [k for k, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise IngestError(f"duplicate entry {key!r}")
+    return dict(pairs)
 
 
 def _first(exc: BaseException) -> str:

@@ -1,0 +1,30 @@
+"""Which label of a scan to use when it has several."""
+
+from __future__ import annotations
+
+from xds.catalog import Catalog
+
+ORIGIN_PRIORITY = {"manual": 0, "revised": 1, "pseudo": 2, "synthetic": 3, "prediction": 4}
+"""Merge rule of DESIGN §3: manual > revised > pseudo (then synthetic, prediction)."""
+
+
+def best_labels(
+    catalog: Catalog, scan_ids: list[str], *, derived: bool | None = None
+) -> dict[str, dict]:
+    """The label row to use per scan: manual > revised > pseudo, newest first within one.
+
+    Args:
+        catalog: the catalog version to read.
+        scan_ids: the scans.
+        derived: None for any label; False for source labels only (not harmonized ones);
+            True for harmonized labels only.
+    """
+    best: dict[str, dict] = {}
+    for row in catalog.rows_for("labels", scan_ids).to_pylist():
+        if derived is not None and (row.get("derived_from") is not None) != derived:
+            continue
+        key = (ORIGIN_PRIORITY.get(row["origin"], 9), -row["created_at"].timestamp())
+        current = best.get(row["scan_id"])
+        if current is None or key < current["_key"]:
+            best[row["scan_id"]] = {**row, "_key": key}
+    return best
