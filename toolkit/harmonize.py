@@ -79,17 +79,17 @@ def lookup_table(
     lut = np.full(size, fill, dtype=np.uint8)
     lut[0] = 0
     target_leaves = {t: vocab.leaves(t) for t in targets}
-    covered: set[str] = set()
+    covered: dict[str, set[str]] = {t: set() for t in targets}
     for index, name in source.items():
         if index == 0 or name == "background":
             continue
         leaves = vocab.leaves(name)
-        covered |= leaves
         for t_index, target in enumerate(targets, start=1):
             if leaves <= target_leaves[target]:
                 lut[index] = t_index
+                covered[target] |= leaves
                 break
-    annotated = [t for t in targets if target_leaves[t] <= covered]
+    annotated = [t for t in targets if target_leaves[t] <= covered[t]]
     # A source class coarser than its set class (combined adrenals for adrenal_gland_left)
     # cannot be split: its voxels stay unmapped, and that set class is not annotated.
     return lut, annotated
