@@ -34,7 +34,9 @@ import shutil
 import subprocess
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,7 @@ from xds.executors import progress_imap, progress_map
 from xds.imageio import read_volume, store_volume
 from xds.ingest.classify import classify, mentions_contrast
 from xds.ingest.common import IngestReport, check_source, quarantine_row, run_id
+from xds.ingest.sheets import parse_age
 from xds.schemas.errors import IngestError
 from xds.schemas.ids import stable_id
 from xds.schemas.tables import SEQUENCES
@@ -113,6 +116,8 @@ def ingest_dicom(
     jobs: int = 1,
     sequence_overrides: str | Path | None = None,
     commit_every: int = 64,
+    exclude: tuple[str, ...] = (),
+    subject_of_path: Callable[[str], str | None] | None = None,
 ) -> DicomIngestReport:
     """Convert, classify, de-identify and register a center's DICOM series.
 
@@ -126,6 +131,11 @@ def ingest_dicom(
             ``path`` (a file or folder under ``root``) or ``series_description``; a match
             wins over the classifier and is recorded as ``manual``.
         commit_every: series per catalog transaction (a crash loses at most this many).
+        exclude: glob patterns (``*.png``, ``*/Ground/*``) of files that are not DICOM and
+            should be left alone rather than quarantined.
+        subject_of_path: for datasets whose headers do not identify the patient (anonymized
+            public sets): the subject key of a series from its first file's path, or None
+            to use the headers.
 
     Raises:
         IngestError: the folder, names or override file are unusable as a whole.
@@ -136,7 +146,7 @@ def ingest_dicom(
     overrides = read_overrides(sequence_overrides) if sequence_overrides else []
     dcm2niix_path()
     run = run_id()
-    relpaths = walk_files(root)
+    relpaths = [r for r in walk_files(root) if not any(fnmatch(r, p) for p in exclude)]
     report = DicomIngestReport(dataset, center, run, "dicom", files_found=len(relpaths))
     secret = catalog.secret()
 
@@ -162,7 +172,8 @@ def ingest_dicom(
     subject_of: dict[str, str] = {}
     phi_of: dict[str, set[str]] = defaultdict(set)
     for uid, head in head_of.items():
-        subject_of[uid] = pseudonym(secret, dataset, center, _subject_key(head))
+        key = (subject_of_path(head["rel"]) if subject_of_path else None) or _subject_key(head)
+        subject_of[uid] = pseudonym(secret, dataset, center, key)
         phi_of[subject_of[uid]].update(_phi_strings(head))
     replacements = sorted(
         ((p, sid) for sid, values in phi_of.items() for p in values if len(p) >= 3),
@@ -553,10 +564,12 @@ def _parse_date(text: str | None) -> dt.date | None:
 
 def _age_years(h: dict) -> float | None:
     """Age at the study: the PatientAge tag, else study date minus birth date."""
-    text = (h.get("age") or "").strip().upper()
-    if m := re.fullmatch(r"(\d{1,3})([DWMY])", text):
-        n, unit = int(m.group(1)), m.group(2)
-        return n / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[unit]
+    try:
+        age = parse_age(h.get("age"))
+    except ValueError:
+        age = None
+    if age is not None:
+        return age
     birth, study = _parse_date(h.get("birth_date")), _parse_date(h.get("study_date"))
     if birth and study and study >= birth:
         return round((study - birth).days / 365.25, 2)

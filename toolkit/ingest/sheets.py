@@ -28,10 +28,12 @@ _SUBJECT = (
     "case_id",
     "caseid",
     "pid",
+    "amos_id",  # AMOS labeled_data_meta_0000_0599.csv
+    "image_id",  # TotalSegmentator meta.csv
 )
 _FIELDS = {
-    "sex": ("sex", "gender"),
-    "age": ("age", "age_years", "ageyears", "age_at_scan", "patientage"),
+    "sex": ("sex", "gender", "patient_s_sex", "patientsex"),
+    "age": ("age", "age_years", "ageyears", "age_at_scan", "patientage", "patient_s_age"),
     "diagnosis": ("diagnosis", "dx", "indication", "condition"),
     "race": ("race",),
     "ethnicity": ("ethnicity",),
@@ -70,7 +72,10 @@ def read_sheet(path: str | Path) -> dict[str, dict]:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise IngestError(f"{path}: cannot read sheet ({exc})") from None
-    delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in text.splitlines()[0] else ","
+    header = text.splitlines()[0] if text.strip() else ""
+    delimiter = next((d for d in ("\t", ";") if d in header), ",")
+    if path.suffix.lower() == ".tsv":
+        delimiter = "\t"
     rows = list(csv.DictReader(text.splitlines(), delimiter=delimiter))
     if not rows:
         return {}
@@ -95,7 +100,7 @@ def read_sheet(path: str | Path) -> dict[str, dict]:
             raise IngestError(f"{path}:{i}: unknown sex {record['sex']!r}")
         record["sex"] = _SEX[sex]
         try:
-            age = float(record["age"]) if record["age"] else None
+            age = parse_age(record["age"])
         except ValueError:
             raise IngestError(f"{path}:{i}: age {record['age']!r} is not a number") from None
         record["age"] = cap_age(age)
@@ -110,6 +115,20 @@ def read_sheet(path: str | Path) -> dict[str, dict]:
         for alias in _aliases(key):
             out[alias] = record
     return out
+
+
+def parse_age(text: str | None) -> float | None:
+    """Years from ``"54"``, ``"54.5"`` or a DICOM age string (``"054Y"``, ``"018M"``).
+
+    Raises:
+        ValueError: anything else.
+    """
+    if text is None or str(text).strip() in ("", "nan", "NaN"):
+        return None
+    value = str(text).strip().upper()
+    if m := re.fullmatch(r"(\d{1,3})([DWMY])", value):
+        return int(m.group(1)) / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[m.group(2)]
+    return float(value)
 
 
 def _aliases(key: str) -> list[str]:
