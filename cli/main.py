@@ -339,6 +339,47 @@ def ingest_dicom_cmd(
         print_kv(summary, f"ingest {center}")
 
 
+@ingest.command("dataset")
+@click.argument(
+    "name",
+    type=click.Choice(
+        ["amos", "flare22", "word", "totalsegmentator", "btcv", "chaos", "msd", "crosspan"]
+    ),
+)
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--dataset", help="Dataset name in the catalog (default: NAME).")
+@jobs_option
+@json_option
+@click.pass_obj
+def ingest_dataset_cmd(state, name, directory, dataset, jobs, as_json):
+    """Ingest a downloaded public dataset: its layout, split, sheet and label map are known.
+
+    \b
+    amos              images{Tr,Va,Ts}/amos_NNNN.nii.gz (<=0500 CT, 0501-0600 MR) + meta CSV
+    flare22           FLARE22_Tr_NNNN_0000.nii.gz + labels/FLARE22_Tr_NNNN.nii.gz
+    word              images{Tr,Val,Ts}/word_NNNN.nii.gz + labels{Tr,Val,Ts}
+    totalsegmentator  sNNNN/ct.nii.gz|mri.nii.gz + segmentations/<class>.nii.gz + meta.csv
+    btcv              {Training,Testing}/img/imgNNNN.nii.gz + label/labelNNNN.nii.gz
+    chaos             {CT,MR}/<id>/.../DICOM_anon (DICOM) + Ground/*.png
+    msd               Task07_Pancreas images{Tr,Ts}/pancreas_NNN.nii.gz + labelsTr
+    crosspan          <center>/<T1W|T2W|OOP>/{images,labels}/<case>.nii.gz
+    """
+    from xds.ingest.adapters import ingest_dataset
+
+    report = ingest_dataset(
+        state.catalog(create=True), name, directory, dataset=dataset, jobs=_jobs(jobs)
+    )
+    for path, error in report.problems:
+        warn(f"quarantined {path}: {error}")
+    summary = report.summary()
+    if as_json:
+        emit_json(summary)
+    else:
+        summary.pop("problems")
+        summary.pop("sequences", None)
+        print_kv(summary, f"ingest {name}")
+
+
 @cli.command("set-sequence")
 @click.argument("scan_ids", nargs=-1, required=True)
 @click.option("--sequence", required=True, help="T1W, T2W, OOP, IP, DWI, ADC, FLAIR, CT, PET...")
