@@ -27,8 +27,19 @@ def pseudonym(secret: bytes, *parts: str, prefix: str = "sub") -> str:
     return f"{prefix}-{digest[:16]}"
 
 
+# Technical columns whose names would otherwise match (AMOS's "Manufacturer's Model Name").
+_TECHNICAL_COLUMN = re.compile(
+    r"^(manufacturer|vendor|scanner|model|modality|kvp|study_type|split)|"
+    r"(manufacturer|scanner)_?s?_?model_?name$",
+    re.IGNORECASE,
+)
+
+
 def is_phi_column(name: str) -> bool:
     """True for a spreadsheet column that may hold a direct identifier or a date."""
+    key = re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+    if _TECHNICAL_COLUMN.search(key) and not re.search(r"date|birth|id$", key):
+        return False
     return bool(_PHI_COLUMN.search(name.strip()))
 
 
