@@ -245,3 +245,28 @@ def test_normalize_and_sets():
     assert normalize(" Inferior Vena-Cava ") == "inferior_vena_cava"
     assert class_set("touchstone9")[-1] == "pancreas"
     assert class_set("liver, postcava") == ("liver", "inferior_vena_cava")
+
+
+def test_labels_and_harmonize_commands(tmp_path):
+    result = CliRunner().invoke(cli, ["labels", "show", "amos", "--json"])
+    assert result.exit_code == 0
+    shown = json.loads(result.output)
+    assert shown["labels"][8] == {"index": 9, "name": "postcava", "class": "inferior_vena_cava"}
+    result = CliRunner().invoke(cli, ["labels", "resolve", "IVC", "--json"])
+    assert json.loads(result.output)[0]["class"] == "inferior_vena_cava"
+    assert CliRunner().invoke(cli, ["labels", "shared", "amos", "nosuchmap"]).exit_code == 1
+    conventions = _same_subject_four_conventions(tmp_path / "src")
+    cat = Catalog.create(tmp_path / "catalog")
+    for c in conventions[:2]:
+        ingest_nifti(cat, c["folder"], center=c["style"], label_map=c["map"], layout="folders")
+    build_cohort(cat, "has_label", "two")
+    base = ["--catalog", str(cat.root)]
+    result = CliRunner().invoke(
+        cli, [*base, "harmonize", "two", "--classes", "liver,kidney", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert (report["labels_added"], report["classes"]) == (2, ["liver", "kidney"])
+    result = CliRunner().invoke(cli, [*base, "harmonize", "two", "--classes", "livr"])
+    assert result.exit_code == 1
+    assert "did you mean liver" in result.output
