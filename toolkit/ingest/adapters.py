@@ -35,7 +35,7 @@ import json
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -85,21 +85,15 @@ def _split_of(folder: str) -> str | None:
 
 def _amos(root: Path) -> list[Case]:
     cases = []
-    for image in _files(root, "amos_*.nii.gz"):
-        if not image.parent.name.lower().startswith("images"):
-            continue
-        number = int(re.search(r"amos_(\d+)", image.name).group(1))
-        label = image.parent.parent / image.parent.name.replace("images", "labels") / image.name
-        mr = number > 500
+    for case in _paired(root, "amos_*.nii.gz", "amos"):
+        number = int(re.search(r"amos_(\d+)", case.key).group(1))
+        mr = number > 500  # AMOS: cases up to 0500 are CT, 0501-0600 MR
         cases.append(
-            Case(
+            replace(
+                case,
                 key=f"amos_{number:04d}",
-                image=image.relative_to(root).as_posix(),
-                label=label.relative_to(root).as_posix() if label.exists() else None,
-                label_map="amos",
                 modality="MR" if mr else "CT",
                 sequence="UNKNOWN" if mr else "CT",  # AMOS does not say which MR sequence
-                split=_split_of(image.parent.name),
             )
         )
     return cases
@@ -122,9 +116,10 @@ def _flare22(root: Path) -> list[Case]:
     return cases
 
 
-def _word(root: Path) -> list[Case]:
+def _paired(root: Path, pattern: str, label_map: str, **facts) -> list[Case]:
+    """Cases of an nnU-Net-like layout: ``images<Split>/<case>`` + ``labels<Split>/<case>``."""
     cases = []
-    for image in _files(root, "word_*.nii.gz"):
+    for image in _files(root, pattern):
         if not image.parent.name.lower().startswith("images"):
             continue
         label = image.parent.parent / image.parent.name.replace("images", "labels") / image.name
@@ -133,11 +128,16 @@ def _word(root: Path) -> list[Case]:
                 key=image.name.split(".")[0],
                 image=image.relative_to(root).as_posix(),
                 label=label.relative_to(root).as_posix() if label.exists() else None,
-                label_map="word",
+                label_map=label_map,
                 split=_split_of(image.parent.name),
+                **facts,
             )
         )
     return cases
+
+
+def _word(root: Path) -> list[Case]:
+    return _paired(root, "word_*.nii.gz", "word")
 
 
 def _btcv(root: Path) -> list[Case]:
@@ -166,21 +166,7 @@ def _msd(root: Path) -> list[Case]:
         given = {k: v for k, v in doc.get("labels", {}).items() if k != "0"}
         if given and given != expected:
             raise IngestError(f"{doc_path}: labels {given} are not Task07 Pancreas's {expected}")
-    cases = []
-    for image in _files(root, "pancreas_*.nii.gz"):
-        if not image.parent.name.startswith("images"):
-            continue
-        label = image.parent.parent / image.parent.name.replace("images", "labels") / image.name
-        cases.append(
-            Case(
-                key=image.name.split(".")[0],
-                image=image.relative_to(root).as_posix(),
-                label=label.relative_to(root).as_posix() if label.exists() else None,
-                label_map="msd_pancreas",
-                split=_split_of(image.parent.name),
-            )
-        )
-    return cases
+    return _paired(root, "pancreas_*.nii.gz", "msd_pancreas")
 
 
 def _totalsegmentator(root: Path) -> list[Case]:
@@ -407,12 +393,7 @@ def ingest_dataset(
         )
         txn.append("labels", list(labels.values()), unique_by=["label_id"])
         txn.append("quarantine", quarantine, unique_by=["uri", "error"])
-    report.catalog_version = catalog.version
-    report.subjects_added = txn.written.get("subjects", 0)
-    report.scans_added = txn.written.get("scans", 0)
-    report.labels_added = txn.written.get("labels", 0)
-    report.already_present = len(scans) - report.scans_added
-    report.quarantined = len(report.problems)
+    report.record(txn, catalog.version, len(scans))
     return report
 
 

@@ -30,6 +30,15 @@ class IngestReport:
     quarantined: int = 0
     problems: list[tuple[str, str]] = field(default_factory=list)
 
+    def record(self, txn, version: int, candidates: int) -> None:
+        """Counts from a committed ingest transaction (``candidates``: scans offered)."""
+        self.catalog_version = version
+        self.subjects_added = txn.written.get("subjects", 0)
+        self.scans_added = txn.written.get("scans", 0)
+        self.labels_added = txn.written.get("labels", 0)
+        self.already_present = candidates - self.scans_added
+        self.quarantined = len(self.problems)
+
     def summary(self) -> dict:
         """JSON-ready counts (problems as ``{"file", "error"}``)."""
         out = {k: v for k, v in self.__dict__.items() if k != "problems"}

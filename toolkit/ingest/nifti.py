@@ -206,12 +206,7 @@ def ingest_nifti(
             txn.append("label_maps", [map_row], unique_by=["label_map_id"])
         txn.append("labels", list(label_rows.values()), unique_by=["label_id"])
         txn.append("quarantine", quarantine, unique_by=["uri", "error"])
-    report.catalog_version = catalog.version
-    report.subjects_added = txn.written.get("subjects", 0)
-    report.scans_added = txn.written.get("scans", 0)
-    report.labels_added = txn.written.get("labels", 0)
-    report.already_present = len(scans) - report.scans_added
-    report.quarantined = len(report.problems)
+    report.record(txn, catalog.version, len(scans))
     return report
 
 
