@@ -261,3 +261,17 @@ def test_kill_9_midway_then_rerun_gives_the_same_catalog(dicom_world, tmp_path):
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _snapshot(Catalog.open(killed)) == _snapshot(Catalog.open(reference.root))
     assert not any((killed / ".xds-tmp").iterdir())
+
+
+def test_half_written_files_of_dead_writers_are_swept(tmp_path):
+    from xds.imageio import sweep_partials
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"scn-1.{dead.pid}-abcd.part.nii.gz"
+    live = tmp_path / f"scn-2.{os.getpid()}-abcd.part.nii.gz"
+    stale.write_bytes(b"half")
+    live.write_bytes(b"in progress")
+    assert sweep_partials(tmp_path) == 1
+    assert not stale.exists()
+    assert live.exists()

@@ -101,6 +101,7 @@ def store_volume(volume: Volume, dest: Path, *, link: bool = True) -> None:
     if not dest.name.endswith(".nii.gz"):
         raise ValueError(f"{dest}: managed volumes are .nii.gz")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    sweep_partials(dest.parent)
     # A name of its own per writer: two ingests of one file may store it at the same time.
     stem = dest.name[: -len(".nii.gz")]
     tmp = dest.with_name(f"{stem}.{os.getpid()}-{secrets.token_hex(4)}.part.nii.gz")
@@ -119,6 +120,33 @@ def store_volume(volume: Volume, dest: Path, *, link: bool = True) -> None:
         image.header.extensions.clear()
         nib.save(image, tmp)
     os.replace(tmp, dest)  # readers never see a half-written file
+
+
+def sweep_partials(folder: Path) -> int:
+    """Remove half-written files (``*.<pid>-<hex>.part.nii.gz``) whose writer is dead.
+
+    A writer killed between writing and renaming (``kill -9``) leaves its temp file; the next
+    store into the same folder removes it. Files of live writers are left alone.
+    """
+    removed = 0
+    for path in folder.glob("*.part.nii.gz"):
+        tag = path.name[: -len(".part.nii.gz")].rsplit(".", 1)[-1]
+        pid = tag.split("-", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """True while a process with this id exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _short(exc: BaseException) -> str:

@@ -46,7 +46,7 @@ from pydicom.errors import InvalidDicomError
 from xds.catalog import Catalog, utcnow
 from xds.deid import age_bin, cap_age, clean_sidecar, clean_text, date_shift_days, pseudonym
 from xds.executors import progress_imap, progress_map
-from xds.imageio import read_volume, store_volume
+from xds.imageio import process_alive, read_volume, store_volume
 from xds.ingest.classify import classify, mentions_contrast
 from xds.ingest.common import IngestReport, check_source, quarantine_row, run_id
 from xds.ingest.sheets import parse_age
@@ -175,17 +175,18 @@ def ingest_dicom(
         key = (subject_of_path(head["rel"]) if subject_of_path else None) or _subject_key(head)
         subject_of[uid] = pseudonym(secret, dataset, center, key)
         phi_of[subject_of[uid]].update(_phi_strings(head))
-    replacements = sorted(
-        ((p, sid) for sid, values in phi_of.items() for p in values if len(p) >= 3),
-        key=lambda item: len(item[0]),
-        reverse=True,
+    # One pass of one regex (longest strings first) however many subjects the center has.
+    sid_of = {p.lower(): sid for sid, values in phi_of.items() for p in values if len(p) >= 3}
+    phi_pattern = (
+        re.compile("|".join(re.escape(p) for p in sorted(sid_of, key=len, reverse=True)), re.I)
+        if sid_of
+        else None
     )
 
     def shown(rel: str) -> str:
-        for value, sid in replacements:
-            if value.lower() in rel.lower():
-                rel = re.sub(re.escape(value), sid, rel, flags=re.IGNORECASE)
-        return rel
+        if phi_pattern is None:
+            return rel
+        return phi_pattern.sub(lambda m: sid_of[m.group(0).lower()], rel)
 
     quarantine: list[dict] = []
 
@@ -844,18 +845,8 @@ def _sweep_workdirs(tmp_root: Path) -> None:
         return
     for folder in tmp_root.iterdir():
         pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _short(exc: BaseException) -> str:
