@@ -272,14 +272,7 @@ def ingest_nifti_cmd(
         jobs=_jobs(jobs),
         link=not copy,
     )
-    for path, error in report.problems:
-        warn(f"quarantined {path}: {error}")
-    if as_json:
-        emit_json(report.summary())
-    else:
-        summary = report.summary()
-        summary.pop("problems")
-        print_kv(summary, f"ingest {center}")
+    _print_ingest(report, f"ingest {center}", as_json)
 
 
 @ingest.command("dicom")
@@ -326,17 +319,7 @@ def ingest_dicom_cmd(
         sequence_overrides=sequence_overrides,
         commit_every=commit_every,
     )
-    for path, error in report.problems:
-        warn(f"quarantined {path}: {error}")
-    summary = report.summary()
-    if as_json:
-        emit_json(summary)
-    else:
-        summary.pop("problems")
-        summary["sequences"] = ", ".join(
-            f"{k} {v}" for k, v in sorted(summary["sequences"].items())
-        )
-        print_kv(summary, f"ingest {center}")
+    _print_ingest(report, f"ingest {center}", as_json)
 
 
 @ingest.command("dataset")
@@ -369,15 +352,23 @@ def ingest_dataset_cmd(state, name, directory, dataset, jobs, as_json):
     report = ingest_dataset(
         state.catalog(create=True), name, directory, dataset=dataset, jobs=_jobs(jobs)
     )
+    _print_ingest(report, f"ingest {name}", as_json)
+
+
+def _print_ingest(report, title: str, as_json: bool) -> None:
+    """Each quarantined file on stderr, then the report as JSON or a table."""
     for path, error in report.problems:
         warn(f"quarantined {path}: {error}")
     summary = report.summary()
     if as_json:
         emit_json(summary)
-    else:
-        summary.pop("problems")
-        summary.pop("sequences", None)
-        print_kv(summary, f"ingest {name}")
+        return
+    summary.pop("problems")
+    if "sequences" in summary:
+        summary["sequences"] = ", ".join(
+            f"{k} {v}" for k, v in sorted(summary["sequences"].items())
+        )
+    print_kv(summary, title)
 
 
 @cli.command("set-sequence")

@@ -37,7 +37,7 @@ from xds.imageio import read_volume, voxel_hash
 from xds.labels import best_labels
 from xds.schemas.errors import CohortError, IngestError, SchemaError
 from xds.schemas.ids import stable_id
-from xds.schemas.vocabulary import class_set, normalize, vocabulary
+from xds.schemas.vocabulary import canonical_map, class_set, normalize, vocabulary
 
 IGNORE = 255
 UNMAPPED = ("background", "ignore")
@@ -186,7 +186,7 @@ def harmonize(
             raise CohortError(
                 f"label {row['label_id']}: its label map {row['label_map']} is missing"
             )
-        canonical = _canonical(source_map, row["label_map"])
+        canonical = canonical_map(source_map, f"label map {row['label_map']}")
         lut, annotated = lookup_table(canonical, targets, unmapped)
         annotated_of[scan_id] = annotated
         src = catalog.resolve(row["uri"])
@@ -243,16 +243,3 @@ def harmonize(
     report.labels_added = txn.written.get("labels", 0)
     report.already_present = len(rows) - report.labels_added
     return report
-
-
-def _canonical(source_map: dict[int, str], map_id: str) -> dict[int, str]:
-    vocab = vocabulary()
-    out = {}
-    for index, name in source_map.items():
-        if index == 0:
-            continue
-        try:
-            out[index] = vocab.resolve(name)
-        except SchemaError as exc:
-            raise SchemaError(f"label map {map_id}: index {index}: {exc}") from None
-    return out

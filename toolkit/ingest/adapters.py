@@ -268,8 +268,7 @@ def _ingest_case(job: _CaseJob) -> dict:
     with tempfile.TemporaryDirectory(dir=Path(job.job.catalog_root)) as tmp:
         path = Path(tmp) / "combined.nii.gz"
         nib.save(nib.Nifti1Image(combined, image.affine), path)
-        label_job = _Job(**{**job.job.__dict__, "label": str(path), "link": False})
-        return _ingest_one(label_job)
+        return _ingest_one(replace(job.job, label=str(path), link=False))
 
 
 def ingest_dataset(

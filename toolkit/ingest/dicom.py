@@ -85,6 +85,7 @@ class _SeriesJob:
     override: str | None
     override_rule: str | None
     label: str  # how problems name the series (scrubbed of PHI before it is stored)
+    dcm2niix: str  # the converter, found once by the parent
 
 
 def dcm2niix_path() -> str:
@@ -144,7 +145,7 @@ def ingest_dicom(
     if commit_every < 1:
         raise IngestError("commit_every must be at least 1")
     overrides = read_overrides(sequence_overrides) if sequence_overrides else []
-    dcm2niix_path()
+    binary = dcm2niix_path()
     run = run_id()
     relpaths = [r for r in walk_files(root) if not any(fnmatch(r, p) for p in exclude)]
     report = DicomIngestReport(dataset, center, run, "dicom", files_found=len(relpaths))
@@ -239,6 +240,7 @@ def ingest_dicom(
                 override,
                 rule,
                 label,
+                binary,
             )
         )
 
@@ -659,7 +661,7 @@ def _convert_series(job: _SeriesJob) -> dict:
     try:
         proc = subprocess.run(
             [
-                dcm2niix_path(),
+                job.dcm2niix,
                 "-z",
                 "n",
                 "-b",
