@@ -48,3 +48,7 @@ class LeakageError(XdsError, ValueError):
 
 class ExportError(XdsError, ValueError):
     """A cohort cannot be exported to the requested format."""
+
+
+class EvaluationError(XdsError, ValueError):
+    """Predictions and references cannot be compared (geometry, labels, missing cases)."""
