@@ -4,7 +4,8 @@
 subject's demographics and its label availability (``classes``: classes with voxels in some
 label; ``annotated_classes``: classes some label map annotates, present or not), so
 ``--where "sequence='T2W' AND sex='F' AND list_contains(classes, 'pancreas')"`` needs no
-join by hand.
+join by hand. ``metric_view`` is one row per evaluated case x class with the evaluation's
+name and every ``scan_view`` column: what ``xds report`` groups by.
 """
 
 SCAN_VIEW = """
@@ -37,8 +38,18 @@ LEFT JOIN label_summary l USING (scan_id)
 WHERE s.status = 'ok'
 """
 
+METRIC_VIEW = """
+CREATE VIEW metric_view AS
+SELECT e.name AS evaluation, e.trained_on, e.tau_mm, e.surface,
+       m.* EXCLUDE (eval_id), s.* EXCLUDE (scan_id)
+FROM metrics m
+JOIN evaluations e USING (eval_id)
+LEFT JOIN scan_view s USING (scan_id)
+"""
+
 VIEWS: dict[str, tuple[tuple[str, ...], str]] = {
     "scan_view": (("scans", "subjects", "labels"), SCAN_VIEW),
+    "metric_view": (("metrics", "evaluations", "scans", "subjects", "labels"), METRIC_VIEW),
 }
 """View name -> (tables it reads, CREATE statement), created on every connection that has
 those tables."""

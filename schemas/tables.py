@@ -15,10 +15,11 @@ import pyarrow as pa
 
 from xds.schemas.errors import SchemaError
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 """Bumped whenever a table's columns change. Version 2 added the DICOM acquisition columns
-of ``scans``, the ``studies`` table and the harmonization columns of ``labels``;
-``xds migrate`` brings a version-1 catalog up to date."""
+of ``scans``, the ``studies`` table and the harmonization columns of ``labels``; version 3
+the ``evaluations``, ``metrics`` and ``set_metrics`` tables. ``xds migrate`` brings an
+older catalog up to date."""
 
 _TS = pa.timestamp("us", tz="UTC")
 _STR = pa.string()
@@ -142,6 +143,52 @@ _FIELDS: dict[str, list[pa.Field]] = {
         pa.field("fold", pa.int32(), nullable=False),
         pa.field("role", _STR, nullable=False),
         pa.field("created_at", _TS, nullable=False),
+    ],
+    "evaluations": [
+        pa.field("eval_id", _STR, nullable=False),
+        pa.field("name", _STR, nullable=False),  # what `xds report NAME` asks for
+        pa.field("predictions", _STR, nullable=False),  # folder (or run) evaluated
+        pa.field("cohort_id", _STR, nullable=False),
+        pa.field("split_id", _STR),
+        pa.field("role", _STR),
+        pa.field("fold", pa.int32()),
+        pa.field("classes", pa.list_(_STR), nullable=False),
+        pa.field("tau_mm", pa.float64(), nullable=False),
+        pa.field("surface", _STR, nullable=False),  # surfel | voxel
+        pa.field("hd", _STR, nullable=False),  # max | pooled
+        pa.field("both_empty", _STR, nullable=False),
+        pa.field("missing_distance", _STR, nullable=False),
+        pa.field("trained_on", _STR),  # the training set, for cross-dataset matrices
+        pa.field("catalog_version", pa.int64(), nullable=False),  # references read here
+        pa.field("n_cases", pa.int64(), nullable=False),
+        pa.field("errors", pa.list_(_STR)),  # cases that could not be scored, and why
+        pa.field("created_at", _TS, nullable=False),
+    ],
+    "metrics": [  # one row per case x class
+        pa.field("eval_id", _STR, nullable=False),
+        pa.field("scan_id", _STR, nullable=False),
+        pa.field("class_name", _STR, nullable=False),
+        pa.field("annotated", pa.bool_(), nullable=False),  # the reference labels this class
+        pa.field("dice", pa.float64()),
+        pa.field("nsd", pa.float64()),
+        pa.field("hd95_mm", pa.float64()),
+        pa.field("assd_mm", pa.float64()),
+        pa.field("vol_pred_ml", pa.float64()),
+        pa.field("vol_ref_ml", pa.float64()),
+        pa.field("vol_diff_ml", pa.float64()),
+        pa.field("empty_pred", pa.bool_()),
+        pa.field("empty_ref", pa.bool_()),
+        pa.field("label_id", _STR),  # the reference label
+        pa.field("prediction_hash", _STR),  # sha256 of the prediction's decoded voxels
+    ],
+    "set_metrics": [  # Set Dice (seed 002) per set x class
+        pa.field("eval_id", _STR, nullable=False),
+        pa.field("set_by", _STR, nullable=False),  # the scan_view column that forms sets
+        pa.field("set_value", _STR, nullable=False),
+        pa.field("class_name", _STR, nullable=False),
+        pa.field("set_dice", pa.float64()),
+        pa.field("best_label", pa.int32()),  # the prediction label that matches best
+        pa.field("n_images", pa.int32(), nullable=False),
     ],
     "quarantine": [
         pa.field("uri", _STR, nullable=False),  # path relative to the ingest root, pseudonymized

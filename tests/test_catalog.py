@@ -134,7 +134,9 @@ def _downgrade_to_v1(root) -> None:
                "echo_time_ms", "repetition_time_ms", "inversion_time_ms", "flip_angle_deg",
                "contrast", "image_type", "protocol", "sidecar_uri", "classes_annotated",
                "derived_from", "class_set"}  # fmt: skip
-    shutil.rmtree(root / "studies")
+    newer_tables = ("studies", "evaluations", "metrics", "set_metrics")
+    for name in newer_tables:
+        shutil.rmtree(root / name)
     for name in ("scans", "labels"):
         data = DeltaTable(str(root / name)).to_pyarrow_table()
         old = data.select([n for n in data.schema.names if n not in v2_only])
@@ -142,7 +144,8 @@ def _downgrade_to_v1(root) -> None:
     versions = DeltaTable(str(root / VERSIONS_TABLE)).to_pyarrow_table().to_pylist()
     for row in versions:
         tv = json.loads(row["table_versions"])
-        tv.pop("studies")
+        for name in newer_tables:
+            tv.pop(name)
         tv["scans"] = DeltaTable(str(root / "scans")).version()
         tv["labels"] = DeltaTable(str(root / "labels")).version()
         row["table_versions"] = json.dumps(tv)
@@ -162,6 +165,7 @@ def test_migrate_a_version_1_catalog_keeps_rows_and_history(catalog):
         Catalog.open(catalog.root)
     changes = migrate(catalog.root)
     assert "created table studies" in changes
+    assert "created table metrics" in changes
     assert any(c.startswith("scans: added sequence_rule") for c in changes)
     assert "labels: added classes_annotated, derived_from, class_set" in changes
     assert migrate(catalog.root) == []  # idempotent
