@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
-from functools import wraps
 
 import click
 
+from xds.cli import evaluation
+from xds.cli.options import State, jobs_option, json_option
+from xds.cli.options import resolve_jobs as _jobs
 from xds.cli.output import emit_json, print_kv, print_table, warn
 from xds.schemas.errors import XdsError
 
@@ -29,47 +31,6 @@ class XdsGroup(click.Group):
             raise click.ClickException(str(exc)) from None
         except FileExistsError as exc:
             raise click.ClickException(str(exc)) from None
-
-
-class State:
-    """What the global options set: the catalog location."""
-
-    def __init__(self, catalog: str):
-        self.catalog_path = catalog
-
-    def catalog(self, *, create: bool = False, version: int | None = None):
-        """Open the catalog (creating it on first ingest)."""
-        from xds.catalog import Catalog
-
-        return Catalog.open(self.catalog_path, version, create=create)
-
-
-def json_option(fn):
-    """Add ``--json`` (machine-readable output) to a command."""
-
-    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        return fn(*args, **kwargs)
-
-    return wrapper
-
-
-def jobs_option(fn):
-    """Add ``--jobs`` (worker processes) to a command."""
-    return click.option(
-        "--jobs",
-        "-j",
-        type=click.IntRange(1),
-        default=None,
-        help="Worker processes (default: all usable CPUs).",
-    )(fn)
-
-
-def _jobs(jobs: int | None) -> int:
-    from xds.executors import default_jobs
-
-    return jobs or default_jobs()
 
 
 @click.group(cls=XdsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -796,6 +757,13 @@ def demo(out, centers, subjects_per_center, seed, force, jobs, as_json):
         },
         "xds demo",
     )
+
+
+# -- evaluation (its own module: cli/evaluation.py) ---------------------------------------------
+
+cli.add_command(evaluation.evaluate_cmd)
+cli.add_command(evaluation.evaluations_cmd)
+cli.add_command(evaluation.report_cmd)
 
 
 def main() -> None:

@@ -87,7 +87,8 @@ def test_empty_cases_are_explicit_and_never_a_best_score():
     diagonal = math.dist((0, 0, 0), (10, 24, 24))
     both = compare_masks(empty, empty, spacing)
     assert all(math.isnan(both[k]) for k in ("dice", "nsd", "hd95_mm", "assd_mm"))
-    assert both["empty_pred"] and both["empty_ref"]
+    assert both["empty_pred"]
+    assert both["empty_ref"]
     perfect = compare_masks(empty, empty, spacing, both_empty="perfect")
     assert (perfect["dice"], perfect["nsd"], perfect["hd95_mm"]) == (1.0, 1.0, 0.0)
     for pred, ref in ((empty, some), (some, empty)):
@@ -117,7 +118,8 @@ def test_label_maps_score_each_class_in_its_own_box():
     assert got[2]["hd95_mm"] == pytest.approx(2.0)
     full = compare_masks(pred == 2, ref == 2, spacing)
     assert got[2] == pytest.approx(full)
-    assert got[3]["dice"] == 0.0 and got[3]["empty_ref"]
+    assert got[3]["dice"] == 0.0
+    assert got[3]["empty_ref"]
     assert got[3]["hd95_mm"] == pytest.approx(math.dist((0, 0, 0), (48, 40, 48)))
     assert math.isnan(got[4]["dice"])
 

@@ -227,8 +227,15 @@ def evaluate(
         ref_lut, ref_has = lookup_table(source, targets)
         annotated[scan_id] = set(ref_has)
         cases.append(
-            _Case(scan_id, str(files[scan_id]), str(catalog.resolve(ref["uri"])),
-                  ref_lut.tobytes(), pred_lut.tobytes(), len(targets), options)  # fmt: skip
+            _Case(
+                scan_id,
+                str(files[scan_id]),
+                str(catalog.resolve(ref["uri"])),
+                ref_lut.tobytes(),
+                pred_lut.tobytes(),
+                len(targets),
+                options,
+            )  # fmt: skip
         )
     results = progress_map(_score, cases, jobs=jobs, description=f"evaluate {name}")
 
@@ -331,7 +338,7 @@ def _score(case: _Case) -> dict:
                          f"{pred.shape}, its reference {ref.shape}"}  # fmt: skip
     if not np.allclose(pred_affine, ref_affine, atol=1e-3):
         return {"error": f"case {case.scan_id}: prediction {case.pred} is not on its "
-                         "reference's grid (affines differ: spacing, origin or orientation)"}  # fmt: skip
+                         "reference's grid (spacing, origin or orientation differ)"}  # fmt: skip
     if pred.dtype.kind == "f":
         if not np.array_equal(pred, np.round(pred)) or pred.min() < 0:
             return {"error": f"case {case.scan_id}: prediction {case.pred} holds "
@@ -375,15 +382,23 @@ def _set_dice(catalog, cohort, cases, column, targets, eval_id, jobs) -> list[di
     table = cohort_scans(catalog, cohort)
     if column not in table.column_names:
         raise EvaluationError(f"--set-by {column!r} is not a scan_view column")
-    value_of = dict(zip(table.column("scan_id").to_pylist(), table.column(column).to_pylist()))
+    ids, values = table.column("scan_id").to_pylist(), table.column(column).to_pylist()
+    value_of = dict(zip(ids, values, strict=True))
     groups: dict[str, list[_Case]] = defaultdict(list)
     for case in cases:
         groups[str(value_of.get(case.scan_id))].append(case)
     jobs_list = [_SetJob(k, tuple(v)) for k, v in sorted(groups.items())]
     results = progress_map(_score_set, jobs_list, jobs=jobs, description="set dice")
     return [
-        {"eval_id": eval_id, "set_by": column, "set_value": job.key, "class_name": targets[k - 1],
-         "set_dice": value, "best_label": label, "n_images": len(job.cases)}  # fmt: skip
+        {
+            "eval_id": eval_id,
+            "set_by": column,
+            "set_value": job.key,
+            "class_name": targets[k - 1],
+            "set_dice": value,
+            "best_label": label,
+            "n_images": len(job.cases),
+        }  # fmt: skip
         for job, per_class in zip(jobs_list, results, strict=True)
         for k, (value, label) in per_class.items()
     ]

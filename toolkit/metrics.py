@@ -328,9 +328,7 @@ def compare_masks(
     (d_ref, w_ref), (d_pred, w_pred) = _surface_distances(
         pred, ref, (box_p, box_r), spacing, surface_kind
     )
-    distances = surface_metrics(
-        d_ref, w_ref, d_pred, w_pred, tau=tau, kind=surface_kind, hd=hd
-    )
+    distances = surface_metrics(d_ref, w_ref, d_pred, w_pred, tau=tau, kind=surface_kind, hd=hd)
     return {**row, **distances}
 
 
@@ -425,7 +423,9 @@ def set_dice(
     """
     if not predictions or len(predictions) != len(references):
         raise EvaluationError("set_dice needs one prediction per reference, at least one")
-    stacks = [p if p.ndim == r.ndim + 1 else p[None] for p, r in zip(predictions, references, strict=True)]
+    stacks = [
+        p if p.ndim == r.ndim + 1 else p[None] for p, r in zip(predictions, references, strict=True)
+    ]
     n_maps = {s.shape[0] for s in stacks}
     if len(n_maps) != 1:
         raise EvaluationError(f"every image needs the same number of maps, got {sorted(n_maps)}")
@@ -433,7 +433,9 @@ def set_dice(
     scores = np.zeros((len(stacks), n_maps.pop(), top))
     for i, (stack, ref) in enumerate(zip(stacks, references, strict=True)):
         if stack.shape[1:] != ref.shape:
-            raise EvaluationError(f"image {i}: prediction {stack.shape[1:]} != reference {ref.shape}")
+            raise EvaluationError(
+                f"image {i}: prediction {stack.shape[1:]} != reference {ref.shape}"
+            )
         ref = ref.astype(bool)
         n_ref = np.count_nonzero(ref)
         for m, labels in enumerate(stack):

@@ -1,0 +1,49 @@
+"""Options and state shared by the CLI's command modules."""
+
+from __future__ import annotations
+
+from functools import wraps
+
+import click
+
+
+class State:
+    """What the global options set: the catalog location."""
+
+    def __init__(self, catalog: str):
+        self.catalog_path = catalog
+
+    def catalog(self, *, create: bool = False, version: int | None = None):
+        """Open the catalog (creating it on first ingest)."""
+        from xds.catalog import Catalog
+
+        return Catalog.open(self.catalog_path, version, create=create)
+
+
+def json_option(fn):
+    """Add ``--json`` (machine-readable output) to a command."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def jobs_option(fn):
+    """Add ``--jobs`` (worker processes) to a command."""
+    return click.option(
+        "--jobs",
+        "-j",
+        type=click.IntRange(1),
+        default=None,
+        help="Worker processes (default: all usable CPUs).",
+    )(fn)
+
+
+def resolve_jobs(jobs: int | None) -> int:
+    """The worker count to use: the option's, or every usable CPU."""
+    from xds.executors import default_jobs
+
+    return jobs or default_jobs()
