@@ -94,7 +94,7 @@ def surfel_areas(spacing: tuple[float, float, float]) -> np.ndarray:
 
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The smallest slices holding every True voxel of a 3D ``mask``; None when empty."""
+    """The smallest slices holding every nonzero voxel of a 3D array; None when all zero."""
     plane = mask.any(axis=2)  # one pass over the volume, then over the box only
     rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
     if len(rows) == 0:
@@ -374,11 +374,20 @@ def compare_label_maps(
 
 
 def _boxes(labels: np.ndarray, top: int) -> list[tuple[slice, ...] | None]:
+    """Bounding box of each label 1..top (None when absent).
+
+    ``find_objects`` visits every voxel (about 6 ns each here); it runs only inside the
+    foreground's box, found first by cheap projections.
+    """
     if top == 0:
         return []
-    arr = labels if labels.dtype.kind in "iu" else labels.astype(np.int64)
+    fg = bounding_box(labels)
+    if fg is None:
+        return [None] * top
+    arr = labels[fg] if labels.dtype.kind in "iu" else labels[fg].astype(np.int64)
     found = ndimage.find_objects(arr, max_label=top)
-    return list(found) + [None] * (top - len(found))
+    found = [None if b is None else _shift(b, fg, sign=-1) for b in found]
+    return found + [None] * (top - len(found))
 
 
 def _union_box(a, b) -> tuple[slice, ...] | None:
@@ -389,11 +398,13 @@ def _union_box(a, b) -> tuple[slice, ...] | None:
     )
 
 
-def _shift(box, within) -> tuple[slice, ...] | None:
+def _shift(box, within, sign: int = 1) -> tuple[slice, ...] | None:
+    """``box`` relative to ``within``'s start (sign -1: from relative back to absolute)."""
     if box is None:
         return None
     return tuple(
-        slice(s.start - w.start, s.stop - w.start) for s, w in zip(box, within, strict=True)
+        slice(s.start - sign * w.start, s.stop - sign * w.start)
+        for s, w in zip(box, within, strict=True)
     )
 
 
