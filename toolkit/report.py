@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from xds import plots, stats
+import xds.plots as plots
+import xds.stats as stats
 from xds.catalog import Catalog
 from xds.schemas.errors import EvaluationError
 
