@@ -8,7 +8,8 @@ from xds.audit import audit_split
 from xds.catalog import build_cohort
 from xds.cli.main import cli
 from xds.schemas import SplitError
-from xds.splits import get_split, holdout_assign, list_splits, parse_ratios, split_cohort
+from xds.split_strategies import Scans, holdout
+from xds.splits import get_split, list_splits, parse_ratios, split_cohort
 
 RATIOS = {"train": 0.7, "val": 0.1, "test": 0.2}
 
@@ -56,18 +57,19 @@ def test_same_seed_same_split(catalog, cohort):
 
 def test_assignment_holds_on_many_uneven_subjects():
     rng = np.random.default_rng(0)
-    cells = {}
+    units, strata = [], []
     for i in range(3000):
-        center = f"c{rng.integers(6)}"
-        seqs = [s for s in ("T1W", "T2W", "OOP") if rng.random() < 0.6] or ["T2W"]
-        cells[f"s{i}"] = [(center, s) for s in seqs]
-    assignment = holdout_assign(cells, (0.7, 0.1, 0.2), seed=0)
-    n, got = Counter(), Counter()
-    for subject, subject_cells in cells.items():
-        for cell in subject_cells:
-            n[cell] += 1
-            got[(cell, assignment[subject])] += 1
-    worst = max(abs(got[(c, r)] - f * n[c]) for c in n for r, f in RATIOS.items())
+        center = int(rng.integers(6))
+        seqs = [s for s in range(3) if rng.random() < 0.6] or [1]
+        units += [i] * len(seqs)
+        strata += [center * 3 + s for s in seqs]
+    scans = Scans(unit=np.array(units), stratum=np.array(strata))
+    ((idx, roles),) = holdout(scans, (0.7, 0.1, 0.2), np.random.default_rng(0)).folds
+    assert len(idx) == len(units)
+    n = np.bincount(scans.stratum)
+    got = np.zeros((len(n), 3))
+    np.add.at(got, (scans.stratum[idx], roles), 1)
+    worst = np.abs(got - n[:, None] * np.array([0.7, 0.1, 0.2])).max()
     assert worst <= 1 + 1e-9
 
 
@@ -75,7 +77,7 @@ def test_ratios_and_errors(catalog, cohort):
     assert parse_ratios("80,20") == (0.8, 0.0, 0.2)
     with pytest.raises(SplitError):
         parse_ratios("70,x,20")
-    with pytest.raises(SplitError, match="unknown --stratify"):
+    with pytest.raises(SplitError, match="unknown column"):
         split_cohort(catalog, "all", stratify=("scanner_colour",))
     split_cohort(catalog, "all", name="once")
     with pytest.raises(SplitError, match="already exists"):

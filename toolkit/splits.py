@@ -1,11 +1,12 @@
 """Patient-level splits of a cohort, stored in the catalog's ``splits`` table.
 
-The holdout protocol follows CrossPan (seed 000, Appendix C): within every stratum
-(by default center x sequence) subjects are divided 70/10/20 into train/val/test, then the
-strata are pooled. A subject is one unit everywhere, so its scans never sit in two roles
-even when it appears in several strata (one scan per sequence): subjects are placed one at a
-time into the role their strata need most, which keeps every stratum within one subject of
-its target in practice.
+:func:`make_split` reads the cohort's scans, hands integer codes to a protocol of
+:mod:`xds.split_strategies` (holdout, k-fold, leave-one-out, single-source, cross-dataset,
+semi-supervised) and stores one row per (scan, fold) with its role. The holdout protocol
+follows CrossPan (seed 000, Appendix C): within every stratum (by default center x sequence)
+subjects are divided 70/10/20 into train/val/test, then the strata are pooled; a subject is
+one unit everywhere, so its scans never sit in two roles even when it appears in several
+strata (one scan per sequence), and every stratum ends within one subject of its target.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from xds.catalog import Catalog, get_cohort, utcnow
 from xds.catalog.cohorts import cohort_scans
@@ -81,147 +83,111 @@ def parse_ratios(text: str | tuple) -> tuple[float, float, float]:
     return tuple(v / total for v in values)
 
 
-def holdout_assign(
-    subject_cells: dict[str, list[tuple]],
-    ratios: tuple[float, float, float],
-    seed: int,
-) -> dict[str, str]:
-    """Assign each subject one role so every cell's subjects follow ``ratios``.
+def make_split(
+    catalog: Catalog,
+    cohort: str,
+    strategy: str = "holdout",
+    *,
+    ratios: str | tuple = (70, 10, 20),
+    stratify: tuple[str, ...] = ("center", "sequence"),
+    column: str | None = None,
+    group: str | None = None,
+    k: int = 5,
+    test_share: float = 0.0,
+    fractions: tuple[float, ...] = (5, 10, 20, 40),
+    external: str | None = None,
+    external_fraction: float = 0.0,
+    seed: int = 0,
+    name: str | None = None,
+) -> Split:
+    """Make and store a split of a cohort by one of the seeds' protocols.
+
+    Every protocol assigns whole subjects (or whole ``group`` units: subjects sharing a
+    group value, and groups sharing a subject, form one unit), so no subject is ever in
+    two roles of one fold. Same seed, same split.
 
     Args:
-        subject_cells: subject id -> the strata (cells) it has scans in.
-        ratios: train, val, test fractions.
-        seed: the same seed gives the same assignment.
+        catalog: the catalog.
+        cohort: cohort name.
+        strategy: ``holdout``, ``kfold``, ``leave-one-out``, ``single-source``,
+            ``cross-dataset`` or ``semi-supervised`` (see :mod:`xds.split_strategies`).
+        ratios: train, val, test proportions ("70,10,20"); in leave-one-out and
+            single-source, the test share decides the side of a subject with scans on both.
+        stratify: ``scan_view`` columns whose combinations are the strata.
+        column: the column a leave-one-out / single-source / cross-dataset protocol varies
+            (default: ``sequence``, ``sequence``, ``dataset``).
+        group: a ``scan_view`` column coarser than the subject to keep together.
+        k: folds of ``kfold``.
+        test_share: ``kfold``: share of units held out as a fixed test set.
+        fractions: ``semi-supervised``: labelled percentages of the train role (nested).
+        external: a ``scan_view`` clause selecting a fixed external test set, held out of
+            every fold's training (e.g. ``"center = 'Delta'"``).
+        external_fraction: or that share of units, drawn stratified.
+        seed: the random seed.
+        name: split name (default ``<cohort>-<strategy>-s<seed>``).
+
+    Raises:
+        SplitError: unknown strategy or column, bad ratios or fractions, or a taken name.
     """
-    cell_subjects: dict[tuple, int] = defaultdict(int)
-    for cells in subject_cells.values():
-        for cell in set(cells):
-            cell_subjects[cell] += 1
-    target = {cell: _largest_remainder(n, ratios) for cell, n in cell_subjects.items()}
-    count = {cell: np.zeros(3) for cell in target}
-    total_target = np.sum(list(target.values()), axis=0)
-    total = np.zeros(3)
+    from xds import split_strategies as st
+
+    if strategy not in st.STRATEGIES:
+        raise SplitError(f"unknown strategy {strategy!r}; choose from: {', '.join(st.STRATEGIES)}")
+    shares = parse_ratios(ratios)
+    found = get_cohort(catalog, cohort)
+    name = name or f"{found.name}-{strategy}-s{seed}"
+    if name in {s["name"] for s in list_splits(catalog)}:
+        raise SplitError(f"split {name!r} already exists; choose another --name")
+    default_column = {"cross-dataset": "dataset"}.get(strategy, "sequence")
+    column = column or default_column
+    uses_column = strategy in ("leave-one-out", "single-source", "cross-dataset")
+    scans = cohort_scans(catalog, found)
+    wanted = [*stratify, *([column] if uses_column else []), *([group] if group else [])]
+    missing = [c for c in wanted if c not in scans.column_names]
+    if missing:
+        raise SplitError(
+            f"unknown column(s) {missing}; choose from: {', '.join(scans.column_names)}"
+        )
+    strata_columns = list(stratify) + ([column] if strategy == "cross-dataset" else [])
+    table = _scans_for(scans, strata_columns, column if uses_column else None, group)
     rng = np.random.default_rng(seed)
-    order = sorted(subject_cells)
-    order = [order[i] for i in rng.permutation(len(order))]
-    # Most constrained first: subjects spanning many strata, then those in small strata.
-    # Single-stratum subjects come last, when they can fill exactly what each stratum lacks.
-    order.sort(
-        key=lambda s: (-len(set(subject_cells[s])), min(cell_subjects[c] for c in subject_cells[s]))
-    )
-    assignment = {}
-    for subject in order:
-        cells = sorted(set(subject_cells[subject]))
-        need = np.array([(target[c] - count[c]) / max(cell_subjects[c], 1) for c in cells])
-        # Score each role by the stratum that needs it least, so a subject spanning strata
-        # does not overfill one of them to please the others (summing the needs would).
-        demand = need.min(0) + 1e-3 * need.sum(0)
-        # Break ties toward the role furthest below its overall target, then at random.
-        overall = (total_target - total) / max(total_target.sum(), 1)
-        score = demand * 1e6 + overall * 1e3 + rng.random(3)
-        score[np.array(ratios) == 0] = -np.inf
-        role = int(np.argmax(score))
-        assignment[subject] = ROLE_ORDER[role]
-        for c in cells:
-            count[c][role] += 1
-        total[role] += 1
-    return _repair(assignment, subject_cells, ratios)
-
-
-def _repair(
-    assignment: dict[str, str], subject_cells: dict[str, list[tuple]], ratios, max_passes: int = 200
-) -> dict[str, str]:
-    """Move or swap subjects until every cell is within one subject of its exact share.
-
-    Greedy placement can leave a cell 1.2 subjects off when subjects span cells with
-    competing needs; a short local search removes that. A change (one subject to another
-    role, or two subjects of two roles swapped) is taken when it lowers the excess over one
-    subject, then the squared error; only the touched cells are re-scored.
-    """
-    subjects = sorted(assignment)
-    cells = sorted({c for s in subjects for c in subject_cells[s]})
-    cell_index = {c: i for i, c in enumerate(cells)}
-    member = [np.array(sorted({cell_index[c] for c in subject_cells[s]})) for s in subjects]
-    role = np.array([ROLE_ORDER.index(assignment[s]) for s in subjects])
-    counts = np.zeros((len(cells), 3))
-    for i, idx in enumerate(member):
-        counts[idx, role[i]] += 1
-    exact = counts.sum(1, keepdims=True) * np.asarray(ratios)[None, :]
-    allowed = [int(b) for b in np.flatnonzero(np.asarray(ratios) > 0)]
-    in_cell = [[] for _ in cells]
-    for i, idx in enumerate(member):
-        for k in idx:
-            in_cell[k].append(i)
-
-    def cost(rows: np.ndarray) -> float:
-        dev = np.abs(counts[rows] - exact[rows])
-        return float(1e3 * np.maximum(dev - 1 - 1e-9, 0).sum() + (dev**2).sum())
-
-    def apply(moves) -> None:
-        for i, b in moves:
-            counts[member[i], role[i]] -= 1
-            counts[member[i], b] += 1
-            role[i] = b
-
-    def try_moves(moves, rows) -> bool:
-        undo = [(i, int(role[i])) for i, _ in moves]
-        before = cost(rows)
-        apply(moves)
-        if cost(rows) < before - 1e-9:
-            return True
-        apply(reversed([(i, a) for (i, _), (_, a) in zip(moves, undo, strict=True)]))
-        return False
-
-    # First the cheap, always-good move: a subject in only this stratum, from the role the
-    # stratum has too many of to the one it lacks most. Subjects spanning strata come after.
-    single = [[i for i in members if len(member[i]) == 1] for members in in_cell]
-    for k in range(len(cells)):
-        while True:
-            dev = counts[k] - exact[k]
-            a = int(np.argmax(dev))
-            b = allowed[int(np.argmin(dev[allowed]))]
-            if max(dev[a], -dev[b]) <= 1 + 1e-9 or dev[a] - dev[b] <= 1 + 1e-9:
-                break
-            mover = next((i for i in single[k] if role[i] == a), None)
-            if mover is None:
-                break
-            apply([(mover, b)])
-
-    for _ in range(max_passes):
-        bad = np.flatnonzero((np.abs(counts - exact) > 1 + 1e-9).any(1))
-        if bad.size == 0:
-            break
-        improved = False
-        for i in sorted({i for k in bad for i in in_cell[k]}):
-            for b in allowed:
-                a = int(role[i])
-                if b == a:
-                    continue
-                if try_moves([(i, b)], member[i]):
-                    improved = True
-                    break
-                partners = {j for k in member[i] for j in in_cell[k] if role[j] == b}
-                for j in sorted(partners):
-                    rows = np.union1d(member[i], member[j])
-                    if try_moves([(i, b), (j, a)], rows):
-                        improved = True
-                        break
-                if improved:
-                    break
-            if improved:
-                break
-        if not improved:
-            break
-    return {s: ROLE_ORDER[r] for s, r in zip(subjects, role, strict=True)}
-
-
-def _largest_remainder(n: int, ratios) -> np.ndarray:
-    exact = np.asarray(ratios) * n
-    base = np.floor(exact)
-    rest = int(n - base.sum())
-    order = np.argsort(-(exact - base), kind="stable")
-    base[order[:rest]] += 1
-    return base
+    ext = _external_mask(catalog, scans, table, external, external_fraction, rng)
+    if strategy == "holdout":
+        result = st.holdout(table, shares, rng, ext)
+    elif strategy == "kfold":
+        if k < 2:
+            raise SplitError(f"--k {k}: k-fold needs at least 2 folds")
+        result = st.kfold(table, k, rng, test_share, ext)
+    elif strategy in ("leave-one-out", "single-source"):
+        if len(table.column_names) < 2:
+            raise SplitError(f"{strategy} needs two or more values of {column!r}")
+        result = st.leave_one_out(
+            table, shares, rng, ext, single_source=strategy != "leave-one-out"
+        )
+    elif strategy == "cross-dataset":
+        result = st.cross_dataset(table, shares, rng, ext)
+    else:
+        levels = sorted(float(f) / 100 if float(f) > 1 else float(f) for f in fractions)
+        if not levels or levels[0] <= 0 or levels[-1] > 1:
+            raise SplitError(f"--fractions {fractions}: percentages in (0, 100]")
+        result = st.semi_supervised(table, shares, levels, rng, ext)
+    params = {
+        "ratios": [round(f, 6) for f in shares], "stratify": list(stratify),
+        "group": group, "external": external, "external_fraction": external_fraction,
+        "folds": result.fold_info,
+    }  # fmt: skip
+    if uses_column:
+        params["column"] = column
+    if strategy == "kfold":
+        params.update(k=k, test_share=test_share)
+    ids = scans.column("scan_id").to_numpy(zero_copy_only=False)
+    subjects = scans.column("subject_id").to_numpy(zero_copy_only=False)
+    assignments = [
+        (ids[i], subjects[i], info["fold"], st.ROLES[r])
+        for (idx, roles), info in zip(result.folds, result.fold_info, strict=True)
+        for i, r in zip(idx.tolist(), roles.tolist(), strict=True)
+    ]
+    return _store(catalog, name, found.cohort_id, strategy, params, seed, assignments)
 
 
 def split_cohort(
@@ -233,45 +199,71 @@ def split_cohort(
     seed: int = 0,
     name: str | None = None,
 ) -> Split:
-    """Make and store a patient-level stratified holdout split of a cohort.
+    """Make and store a patient-level stratified holdout split (CrossPan's protocol).
 
-    Args:
-        catalog: the catalog.
-        cohort: cohort name.
-        ratios: train, val, test proportions ("70,10,20").
-        stratify: ``scan_view`` columns whose combinations are the strata.
-        seed: the same seed gives the same split.
-        name: split name (default ``<cohort>-holdout-s<seed>``).
-
-    Raises:
-        SplitError: unknown stratify column, bad ratios, or a taken name.
+    The same as ``make_split(catalog, cohort, "holdout", ...)``, named
+    ``<cohort>-holdout-s<seed>`` by default.
     """
-    fractions = parse_ratios(ratios)
-    found = get_cohort(catalog, cohort)
-    name = name or f"{found.name}-holdout-s{seed}"
-    scans = cohort_scans(catalog, found)
-    missing = [c for c in stratify if c not in scans.column_names]
-    if missing:
-        raise SplitError(
-            f"unknown --stratify column(s) {missing}; choose from: {', '.join(scans.column_names)}"
-        )
-    if name in {s["name"] for s in list_splits(catalog)}:
-        raise SplitError(f"split {name!r} already exists; choose another --name")
-    rows = scans.select(["scan_id", "subject_id", *stratify]).to_pylist()
-    subject_cells: dict[str, list[tuple]] = defaultdict(list)
-    for r in rows:
-        subject_cells[r["subject_id"]].append(tuple(str(r[c]) for c in stratify))
-    assignment = holdout_assign(subject_cells, fractions, seed)
-    params = {"ratios": [round(f, 6) for f in fractions], "stratify": list(stratify)}
-    return _store(
-        catalog,
-        name,
-        found.cohort_id,
-        "holdout",
-        params,
-        seed,
-        [(r["scan_id"], r["subject_id"], 0, assignment[r["subject_id"]]) for r in rows],
+    return make_split(
+        catalog, cohort, "holdout", ratios=ratios, stratify=stratify, seed=seed, name=name
     )
+
+
+def _codes(table: pa.Table, columns: list[str]) -> np.ndarray:
+    """One integer code per row for the combination of ``columns`` (0 when none)."""
+    if not columns:
+        return np.zeros(table.num_rows, np.int64)
+    parts = [pc.cast(table.column(c), pa.string()).fill_null("\x00") for c in columns]
+    joined = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "\x1f")
+    encoded = pc.dictionary_encode(joined).combine_chunks()
+    return encoded.indices.to_numpy().astype(np.int64)
+
+
+def _scans_for(scans: pa.Table, strata: list[str], column: str | None, group: str | None):
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from xds.split_strategies import Scans
+
+    subject = _codes(scans, ["subject_id"])
+    if group is None:
+        unit = subject
+    else:
+        # subjects and group values as one graph: its components are the units
+        grp = _codes(scans, [group]) + subject.max() + 1
+        n = int(grp.max()) + 1
+        graph = coo_matrix((np.ones(len(subject)), (subject, grp)), shape=(n, n))
+        _, labels = connected_components(graph, directed=False)
+        _, unit = np.unique(labels[subject], return_inverse=True)
+    names: tuple[str, ...] = ()
+    codes = None
+    if column is not None:
+        values = pc.cast(scans.column(column), pa.string()).fill_null("null")
+        names = tuple(sorted(set(values.to_pylist())))
+        codes = np.searchsorted(
+            np.array(names, dtype=object), values.to_numpy(zero_copy_only=False)
+        )
+    return Scans(unit=unit, stratum=_codes(scans, strata), column=codes, column_names=names)
+
+
+def _external_mask(catalog, scans, table, where, fraction, rng) -> np.ndarray | None:
+    from xds.catalog.cohorts import select_scans
+    from xds.split_strategies import allocate, unit_signatures
+
+    if where and fraction:
+        raise SplitError("give --external or --external-fraction, not both")
+    if where:
+        chosen = select_scans(catalog, where).column("scan_id")
+        mask = pc.is_in(scans.column("scan_id"), chosen).to_numpy(zero_copy_only=False)
+        if not mask.any():
+            raise SplitError(f"--external {where!r} selects no scan of the cohort")
+        return mask
+    if fraction:
+        if not 0 < fraction < 1:
+            raise SplitError(f"--external-fraction {fraction}: expected a share in (0, 1)")
+        held = allocate(unit_signatures(table), [1 - fraction, fraction], rng) == 1
+        return held[table.unit]
+    return None
 
 
 def _store(catalog, name, cohort_id, strategy, params, seed, assignments) -> Split:
