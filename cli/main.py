@@ -443,6 +443,12 @@ def versions(state, as_json):
 
 @cli.command()
 @click.argument("cohort")
+@click.option(
+    "--strategy",
+    type=click.Choice(["holdout", "kfold", "leave-one-out", "single-source", "cross-dataset",
+                       "semi-supervised"]),
+    default="holdout", show_default=True, help="The split protocol (listed above).",
+)  # fmt: skip
 @click.option("--ratios", default="70,10,20", show_default=True, help="train,val,test.")
 @click.option(
     "--stratify",
@@ -450,27 +456,55 @@ def versions(state, as_json):
     show_default=True,
     help="scan_view columns whose combinations are the strata ('' for none).",
 )
+@click.option("--column", help="Column a leave-one-out/single-source/cross-dataset split "
+              "varies (default: sequence, sequence, dataset).")  # fmt: skip
+@click.option("--group", help="scan_view column coarser than the subject to keep together.")
+@click.option("--k", "k", type=int, default=5, show_default=True, help="kfold: folds.")
+@click.option("--test-share", type=float, default=0.0, show_default=True,
+              help="kfold: share of subjects held out as a fixed test set.")  # fmt: skip
+@click.option("--fractions", default="5,10,20,40", show_default=True,
+              help="semi-supervised: labelled percentages of train (nested).")  # fmt: skip
+@click.option("--external", help="scan_view clause: a fixed external test set, e.g. "
+              "\"center = 'Delta'\".")  # fmt: skip
+@click.option("--external-fraction", type=float, default=0.0,
+              help="Or this share of subjects as the external test set.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--name", help="Split name (default: <cohort>-holdout-s<seed>).")
+@click.option("--name", help="Split name (default: <cohort>-<strategy>-s<seed>).")
 @json_option
 @click.pass_obj
-def split(state, cohort, ratios, stratify, seed, name, as_json):
-    """Split a cohort by subject into train/val/test, stratified per stratum then pooled.
+def split(state, cohort, strategy, ratios, stratify, column, group, k, test_share, fractions,
+          external, external_fraction, seed, name, as_json):  # fmt: skip
+    """Split a cohort by subject with one of the seeds' protocols; store it.
 
-    A subject's scans always share one role. Same seed, same split.
+    \b
+    holdout          train/val/test by --ratios per stratum (CrossPan 70/10/20)
+    kfold            stratified group k-fold (train/val per fold), --test-share fixed test
+    leave-one-out    one fold per value of --column, tested on it, trained on the rest
+                     (leave-one-center-out; CrossPan's leave-one-sequence-out)
+    single-source    one fold per value: trained on it, tested on the rest
+    cross-dataset    one fold per dataset: trained on it, tested on every dataset's test
+                     part (A-Eval's matrix)
+    semi-supervised  a holdout whose train role is labelled at nested --fractions, the
+                     rest 'unlabeled' (one fold per fraction)
+
+    A subject's scans (or a --group's) always share one role within a fold; --external
+    units are test in every fold. Same seed, same split.
     """
-    from xds.splits import split_cohort
+    from xds.splits import make_split
 
     columns = tuple(c.strip() for c in stratify.split(",") if c.strip())
-    result = split_cohort(
-        state.catalog(), cohort, ratios=ratios, stratify=columns, seed=seed, name=name
-    )
+    result = make_split(
+        state.catalog(), cohort, strategy, ratios=ratios, stratify=columns, column=column,
+        group=group, k=k, test_share=test_share,
+        fractions=tuple(float(f) for f in fractions.split(",") if f.strip()),
+        external=external, external_fraction=external_fraction, seed=seed, name=name,
+    )  # fmt: skip
     summary = result.summary()
     if as_json:
         emit_json(summary)
     else:
         rows = [{"role": r, **c} for r, c in sorted(summary["roles"].items())]
-        print_table(rows, f"split {summary['name']}")
+        print_table(rows, f"split {summary['name']} ({strategy}, {len(summary['folds'])} folds)")
 
 
 @cli.command()

@@ -105,3 +105,37 @@ def test_audit_finds_a_subject_in_two_roles(catalog, cohort):
     assert result.exit_code == 1
     ok = CliRunner().invoke(cli, ["--catalog", str(catalog.root), "audit", split.name])
     assert ok.exit_code == 0
+
+
+def test_every_protocol_on_the_catalog(catalog, cohort):
+    from xds.splits import make_split
+
+    seqs = sorted({r["sequence"] for r in catalog.read("scan_view").to_pylist()})
+    loso = make_split(catalog, "all", "leave-one-out", column="sequence", seed=3)
+    assert [f["held_out"] for f in loso.params["folds"]] == seqs
+    loco = make_split(catalog, "all", "leave-one-out", column="center", external="center='Delta'")
+    held = [f["held_out"] for f in loco.params["folds"]]
+    assert held == ["Aurora", "Boreal", "Cedar", "Delta"]
+    meta = {r["scan_id"]: r for r in catalog.read("scan_view").to_pylist()}
+    for fold, name in enumerate(held):
+        roles = loco.roles(fold)
+        assert {meta[s]["center"] for s in roles["test"]} >= {name, "Delta"}
+        assert "Delta" not in {meta[s]["center"] for s in roles["train"] + roles.get("val", [])}
+    kf = make_split(catalog, "all", "kfold", k=4, test_share=0.2, stratify=("center",))
+    assert len(kf.params["folds"]) == 4
+    ssl = make_split(catalog, "all", "semi-supervised", fractions=(10, 40))
+    small, large = ssl.roles(0), ssl.roles(1)
+    assert set(small["train"]) < set(large["train"])
+    assert set(small["train"]) | set(small["unlabeled"]) == set(large["train"]) | set(
+        large["unlabeled"]
+    )
+    xd = make_split(catalog, "all", "cross-dataset", column="center")
+    tests = [set(xd.roles(f)["test"]) for f in range(4)]
+    assert all(t == tests[0] for t in tests)  # one test part per dataset, shared by all folds
+    assert audit_split(catalog, loso.name).clean
+    listing = {s["name"]: s for s in list_splits(catalog)}
+    assert listing[loso.name]["n_folds"] == len(seqs)
+    with pytest.raises(SplitError, match="unknown strategy"):
+        make_split(catalog, "all", "bootstrap")
+    with pytest.raises(SplitError, match="selects no scan"):
+        make_split(catalog, "all", external="center='Nowhere'", name="x")

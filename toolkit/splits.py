@@ -61,6 +61,7 @@ class Split:
             "params": self.params,
             "seed": self.seed,
             "roles": {role: {k: len(v) for k, v in c.items()} for role, c in counts.items()},
+            "folds": self.params.get("folds", [{"fold": 0}]),
         }
 
 
