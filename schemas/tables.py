@@ -82,6 +82,9 @@ _FIELDS: dict[str, list[pa.Field]] = {
         pa.field("image_type", _STR),  # DICOM ImageType values joined by backslashes
         pa.field("protocol", pa.map_(_STR, _STR)),  # other acquisition facts
         pa.field("sidecar_uri", _STR),  # de-identified BIDS sidecar beside the image
+        # Added in schema version 3 (leakage audit).
+        pa.field("fingerprint", pa.binary()),  # world-grid cell means (xds.fingerprint)
+        pa.field("acquisition_time_s", pa.int32()),  # seconds after midnight (a time, no date)
     ],
     "studies": [
         pa.field("study_id", _STR, nullable=False),  # keyed pseudonym of the study UID

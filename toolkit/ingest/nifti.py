@@ -256,6 +256,7 @@ def _ingest_one(job: _Job) -> dict:
         "orientation": volume.orientation,
         "image_uri": image_uri,
         "image_hash": volume.hash,
+        "fingerprint": volume.fingerprint(),
         "acquired_on": None,
     }
     if job.label is None:
