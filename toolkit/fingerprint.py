@@ -37,9 +37,11 @@ def fingerprint(data: np.ndarray, affine: np.ndarray) -> bytes:
     if np.any(n < 2):
         return _encode(np.zeros(3, int), np.zeros((0, 0, 0), np.uint8))
     trimmed = np.asarray(data[: n[0] * factor[0], : n[1] * factor[1], : n[2] * factor[2]])
-    small = trimmed.astype(np.float32).reshape(
-        n[0], factor[0], n[1], factor[1], n[2], factor[2]
-    ).mean(axis=(1, 3, 5))
+    small = (
+        trimmed.astype(np.float32)
+        .reshape(n[0], factor[0], n[1], factor[1], n[2], factor[2])
+        .mean(axis=(1, 3, 5))
+    )
     # small voxel i is the centre of original voxels i*f .. i*f+f-1
     to_small = np.diag([*factor.astype(float), 1.0])
     to_small[:3, 3] = (factor - 1) / 2
@@ -83,18 +85,28 @@ def decode(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
     return start, grid
 
 
-def similarity(a: bytes, b: bytes) -> tuple[float, int]:
-    """Pearson correlation of two fingerprints over the cells both cover, and that count.
+def prepare(blob: bytes | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """A fingerprint decoded for comparison: (first cell, local detail); None when empty."""
+    if not blob:
+        return None
+    start, grid = decode(blob)
+    if grid.size == 0:
+        return None
+    return start, local_detail(grid)
+
+
+def correlate(a: tuple, b: tuple) -> tuple[float, int]:
+    """Correlation of two prepared fingerprints over the cells both cover, and that count.
 
     Fewer than :data:`MIN_OVERLAP` shared cells, or a flat overlap, gives NaN.
     """
-    (sa, ga), (sb, gb) = decode(a), decode(b)
+    (sa, ga), (sb, gb) = a, b
     lo = np.maximum(sa, sb)
     hi = np.minimum(sa + ga.shape, sb + gb.shape)
     if np.any(hi <= lo):
         return float("nan"), 0
-    xa = _detail(ga)[tuple(slice(l - s, h - s) for l, h, s in zip(lo, hi, sa, strict=True))]
-    xb = _detail(gb)[tuple(slice(l - s, h - s) for l, h, s in zip(lo, hi, sb, strict=True))]
+    xa = ga[tuple(slice(low - s, h - s) for low, h, s in zip(lo, hi, sa, strict=True))]
+    xb = gb[tuple(slice(low - s, h - s) for low, h, s in zip(lo, hi, sb, strict=True))]
     both = ~np.isnan(xa) & ~np.isnan(xb)
     count = int(both.sum())
     if count < MIN_OVERLAP:
@@ -105,7 +117,15 @@ def similarity(a: bytes, b: bytes) -> tuple[float, int]:
     return float(np.corrcoef(x, y)[0, 1]), count
 
 
-def _detail(grid: np.ndarray) -> np.ndarray:
+def similarity(a: bytes, b: bytes) -> tuple[float, int]:
+    """Correlation of two fingerprints (see :func:`correlate`); NaN when not comparable."""
+    pa_, pb = prepare(a), prepare(b)
+    if pa_ is None or pb is None:
+        return float("nan"), 0
+    return correlate(pa_, pb)
+
+
+def local_detail(grid: np.ndarray) -> np.ndarray:
     """Each cell minus the mean of its 3x3x3 neighbourhood (NaN unless all are covered).
 
     The body outline and the broad intensity layout are alike in every subject and would
