@@ -524,21 +524,48 @@ def splits(state, as_json):
 
 @cli.command()
 @click.argument("split_name", metavar="SPLIT")
+@click.option("--cohort", "is_cohort", is_flag=True,
+              help="SPLIT names a cohort: find duplicates across its subjects.")  # fmt: skip
+@click.option("--no-images", is_flag=True, help="Metadata checks only (skip fingerprints).")
+@click.option("--threshold", type=float, default=None,
+              help="Fingerprint correlation from which two scans are one (0.85).")  # fmt: skip
+@click.option("--fix", "show_fix", is_flag=True, help="Print the moves that remove the leaks.")
+@click.option("--save-as", help="With --fix: store the fixed split under this name.")
 @json_option
 @click.pass_obj
-def audit(state, split_name, as_json):
-    """Check a split for leaks: a subject, or identical voxels, in two roles. Exit 1 on leaks."""
-    from xds.audit import audit_split
+def audit(state, split_name, is_cohort, no_images, threshold, show_fix, save_as, as_json):
+    """Check a split for leaks; exit 1 when there are any.
 
-    report = audit_split(state.catalog(), split_name)
+    \b
+    (a) a subject in two roles
+    (b) identical decoded voxels in two roles, under any subject id
+    (c) near-duplicates in two roles: the same scan resampled, cropped, re-quantized
+        or noisy, by its fingerprint
+    (d) one study under two subject ids (study UID, or scanner + acquisition time +
+        fingerprint)
+    (e) a pseudo-label teacher trained on a scan that is now a test case
+    """
+    from xds.audit import THRESHOLD, apply_fix, audit_cohort, audit_split
+
+    run = audit_cohort if is_cohort else audit_split
+    catalog = state.catalog()
+    report = run(catalog, split_name, images=not no_images, threshold=threshold or THRESHOLD)
+    saved = None
+    if save_as:
+        if is_cohort or not show_fix:
+            raise click.UsageError("--save-as needs --fix on a split")
+        saved = apply_fix(catalog, split_name, report.fix, save_as).name if report.fix else None
     if as_json:
-        emit_json(report.summary())
+        emit_json({**report.summary(), "saved_as": saved})
     else:
         for leak in report.leaks:
-            warn(f"leak: {leak}")
+            detail = {k: v for k, v in leak.items() if k != "kind"}
+            warn(f"leak {leak['kind']}: {detail}")
+        if show_fix and report.fix:
+            print_table(report.fix, "proposed fix", ["fold", "scan_id", "from", "to"])
         click.echo(
             f"{split_name}: {report.n_scans} scans, {report.n_subjects} subjects, "
-            f"{len(report.leaks)} leak(s)"
+            f"{len(report.leaks)} leak(s)" + (f"; fixed split saved as {saved}" if saved else "")
         )
     if not report.clean:
         sys.exit(1)

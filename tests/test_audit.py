@@ -128,8 +128,13 @@ def test_planted_leaks_across_roles_are_found_and_fixed(planted):
     assert report.fix
     fixed = apply_fix(cat, leaky.name, report.fix, "fixed")
     assert audit_split(cat, fixed.name).clean
-    result = CliRunner().invoke(cli, ["--catalog", str(cat.root), "audit", "leaky", "--json"])
+    base_args = ["--catalog", str(cat.root), "audit"]
+    result = CliRunner().invoke(cli, [*base_args, "leaky", "--fix", "--save-as", "fixed-cli"])
     assert result.exit_code == 1
+    assert "saved as fixed-cli" in result.output
+    assert CliRunner().invoke(cli, [*base_args, "fixed-cli"]).exit_code == 0
+    cohort = CliRunner().invoke(cli, [*base_args, "all-scans", "--cohort", "--json"])
+    assert cohort.exit_code == 1
 
 
 def _roles_hold(leak, cat, a, b):

@@ -35,6 +35,8 @@ import pyarrow as pa
 from xds.catalog import Catalog, get_cohort
 from xds.catalog.cohorts import cohort_scans
 from xds.fingerprint import THRESHOLD, correlate, prepare
+
+__all__ = ["THRESHOLD", "apply_fix", "audit_cohort", "audit_split", "propose_fix"]
 from xds.splits import get_split
 
 KINDS = (
