@@ -134,15 +134,50 @@ def make_split(
 
     if strategy not in st.STRATEGIES:
         raise SplitError(f"unknown strategy {strategy!r}; choose from: {', '.join(st.STRATEGIES)}")
-    shares = parse_ratios(ratios)
     found = get_cohort(catalog, cohort)
     name = name or f"{found.name}-{strategy}-s{seed}"
     if name in {s["name"] for s in list_splits(catalog)}:
         raise SplitError(f"split {name!r} already exists; choose another --name")
-    default_column = {"cross-dataset": "dataset"}.get(strategy, "sequence")
-    column = column or default_column
-    uses_column = strategy in ("leave-one-out", "single-source", "cross-dataset")
     scans = cohort_scans(catalog, found)
+    if external and external_fraction:
+        raise SplitError("give --external or --external-fraction, not both")
+    mask = _external_where(catalog, scans, external) if external else None
+    result, params = plan_split(
+        scans, strategy, ratios=ratios, stratify=stratify, column=column, group=group, k=k,
+        test_share=test_share, fractions=fractions, external_mask=mask,
+        external_fraction=external_fraction, seed=seed,
+    )  # fmt: skip
+    params["external"] = external
+    return _store(catalog, name, found.cohort_id, strategy, params, seed, _rows(scans, result))
+
+
+def plan_split(
+    scans: pa.Table,
+    strategy: str = "holdout",
+    *,
+    ratios: str | tuple = (70, 10, 20),
+    stratify: tuple[str, ...] = ("center", "sequence"),
+    column: str | None = None,
+    group: str | None = None,
+    k: int = 5,
+    test_share: float = 0.0,
+    fractions: tuple[float, ...] = (5, 10, 20, 40),
+    external_mask: np.ndarray | None = None,
+    external_fraction: float = 0.0,
+    seed: int = 0,
+):
+    """The assignment of :func:`make_split` for a table of scans, without a catalog.
+
+    ``scans`` needs ``scan_id``, ``subject_id`` and the columns the protocol uses.
+    Returns the :class:`xds.split_strategies.Assignment` and the split's params.
+    """
+    from xds import split_strategies as st
+
+    if strategy not in st.STRATEGIES:
+        raise SplitError(f"unknown strategy {strategy!r}; choose from: {', '.join(st.STRATEGIES)}")
+    shares = parse_ratios(ratios)
+    column = column or {"cross-dataset": "dataset"}.get(strategy, "sequence")
+    uses_column = strategy in ("leave-one-out", "single-source", "cross-dataset")
     wanted = [*stratify, *([column] if uses_column else []), *([group] if group else [])]
     missing = [c for c in wanted if c not in scans.column_names]
     if missing:
@@ -152,7 +187,9 @@ def make_split(
     strata_columns = list(stratify) + ([column] if strategy == "cross-dataset" else [])
     table = _scans_for(scans, strata_columns, column if uses_column else None, group)
     rng = np.random.default_rng(seed)
-    ext = _external_mask(catalog, scans, table, external, external_fraction, rng)
+    ext = external_mask
+    if external_fraction:
+        ext = _external_share(table, external_fraction, rng)
     if strategy == "holdout":
         result = st.holdout(table, shares, rng, ext)
     elif strategy == "kfold":
@@ -162,9 +199,8 @@ def make_split(
     elif strategy in ("leave-one-out", "single-source"):
         if len(table.column_names) < 2:
             raise SplitError(f"{strategy} needs two or more values of {column!r}")
-        result = st.leave_one_out(
-            table, shares, rng, ext, single_source=strategy != "leave-one-out"
-        )
+        single = strategy == "single-source"
+        result = st.leave_one_out(table, shares, rng, ext, single_source=single)
     elif strategy == "cross-dataset":
         result = st.cross_dataset(table, shares, rng, ext)
     else:
@@ -173,22 +209,27 @@ def make_split(
             raise SplitError(f"--fractions {fractions}: percentages in (0, 100]")
         result = st.semi_supervised(table, shares, levels, rng, ext)
     params = {
-        "ratios": [round(f, 6) for f in shares], "stratify": list(stratify),
-        "group": group, "external": external, "external_fraction": external_fraction,
-        "folds": result.fold_info,
+        "ratios": [round(f, 6) for f in shares], "stratify": list(stratify), "group": group,
+        "external_fraction": external_fraction, "folds": result.fold_info,
     }  # fmt: skip
     if uses_column:
         params["column"] = column
     if strategy == "kfold":
         params.update(k=k, test_share=test_share)
-    ids = scans.column("scan_id").to_numpy(zero_copy_only=False)
-    subjects = scans.column("subject_id").to_numpy(zero_copy_only=False)
-    assignments = [
-        (ids[i], subjects[i], info["fold"], st.ROLES[r])
-        for (idx, roles), info in zip(result.folds, result.fold_info, strict=True)
-        for i, r in zip(idx.tolist(), roles.tolist(), strict=True)
-    ]
-    return _store(catalog, name, found.cohort_id, strategy, params, seed, assignments)
+    return result, params
+
+
+def _rows(scans: pa.Table, result) -> pa.Table:
+    """scan_id, subject_id, fold, role columns of every fold, as one Arrow table."""
+    from xds.split_strategies import ROLES
+
+    parts = []
+    for (idx, roles), info in zip(result.folds, result.fold_info, strict=True):
+        taken = scans.select(["scan_id", "subject_id"]).take(pa.array(idx))
+        fold = pa.array(np.full(len(idx), info["fold"]), pa.int32())
+        role = pa.array(np.asarray(ROLES, object)[roles], pa.string())
+        parts.append(taken.append_column("fold", fold).append_column("role", role))
+    return pa.concat_tables(parts)
 
 
 def split_cohort(
@@ -247,52 +288,52 @@ def _scans_for(scans: pa.Table, strata: list[str], column: str | None, group: st
     return Scans(unit=unit, stratum=_codes(scans, strata), column=codes, column_names=names)
 
 
-def _external_mask(catalog, scans, table, where, fraction, rng) -> np.ndarray | None:
+def _external_where(catalog, scans: pa.Table, where: str) -> np.ndarray:
     from xds.catalog.cohorts import select_scans
+
+    chosen = select_scans(catalog, where).column("scan_id")
+    mask = pc.is_in(scans.column("scan_id"), chosen).to_numpy(zero_copy_only=False)
+    if not mask.any():
+        raise SplitError(f"--external {where!r} selects no scan of the cohort")
+    return mask
+
+
+def _external_share(table, fraction: float, rng) -> np.ndarray:
     from xds.split_strategies import allocate, unit_signatures
 
-    if where and fraction:
-        raise SplitError("give --external or --external-fraction, not both")
-    if where:
-        chosen = select_scans(catalog, where).column("scan_id")
-        mask = pc.is_in(scans.column("scan_id"), chosen).to_numpy(zero_copy_only=False)
-        if not mask.any():
-            raise SplitError(f"--external {where!r} selects no scan of the cohort")
-        return mask
-    if fraction:
-        if not 0 < fraction < 1:
-            raise SplitError(f"--external-fraction {fraction}: expected a share in (0, 1)")
-        held = allocate(unit_signatures(table), [1 - fraction, fraction], rng) == 1
-        return held[table.unit]
-    return None
+    if not 0 < fraction < 1:
+        raise SplitError(f"--external-fraction {fraction}: expected a share in (0, 1)")
+    held = allocate(unit_signatures(table), [1 - fraction, fraction], rng) == 1
+    return held[table.unit]
 
 
 def _store(catalog, name, cohort_id, strategy, params, seed, assignments) -> Split:
+    """Append a split's rows in one transaction.
+
+    ``assignments`` is an Arrow table (scan_id, subject_id, fold, role) or a list of
+    (scan, subject, fold, role) tuples.
+    """
+    if not isinstance(assignments, pa.Table):
+        scan, subject, fold, role = zip(*assignments, strict=True) if assignments else ([],) * 4
+        assignments = pa.table({"scan_id": pa.array(scan, pa.string()),
+                                "subject_id": pa.array(subject, pa.string()),
+                                "fold": pa.array(fold, pa.int32()),
+                                "role": pa.array(role, pa.string())})  # fmt: skip
     text = json.dumps(params, sort_keys=True)
     split_id = stable_id("spl", name, cohort_id, strategy, text, seed)
-    now = utcnow()
-    rows = [
-        {
-            "split_id": split_id,
-            "name": name,
-            "cohort_id": cohort_id,
-            "strategy": strategy,
-            "params": text,
-            "seed": seed,
-            "scan_id": scan,
-            "subject_id": subject,
-            "fold": fold,
-            "role": role,
-            "created_at": now,
-        }
-        for scan, subject, fold, role in assignments
-    ]
+    n = assignments.num_rows
+    constant = {"split_id": split_id, "name": name, "cohort_id": cohort_id,
+                "strategy": strategy, "params": text}  # fmt: skip
+    table = pa.table({
+        **{k: pa.array([v] * n, pa.string()) for k, v in constant.items()},
+        "seed": pa.array(np.full(n, seed), pa.int64()),
+        **{k: assignments.column(k) for k in ("scan_id", "subject_id", "fold", "role")},
+        "created_at": pa.array([utcnow()] * n, pa.timestamp("us", tz="UTC")),
+    })  # fmt: skip
     with catalog.transaction(f"split {name}") as txn:
-        txn.append("splits", rows)
-    table = pa.Table.from_pylist(
-        [{k: r[k] for k in ("scan_id", "subject_id", "fold", "role")} for r in rows]
-    )
-    return Split(split_id, name, cohort_id, strategy, params, seed, table)
+        txn.append("splits", table)
+    rows = assignments.select(["scan_id", "subject_id", "fold", "role"])
+    return Split(split_id, name, cohort_id, strategy, params, seed, rows)
 
 
 def list_splits(catalog: Catalog) -> list[dict]:
