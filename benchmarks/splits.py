@@ -1,0 +1,114 @@
+"""Split and metadata-level leakage audit at 1,000,000 scans / 100,000 subjects.
+
+Both are timed against a straightforward pandas implementation in the same run, on the same
+synthetic scan table (8 centers, 3 sequences, about 10 scans per subject, planted leaks):
+
+- split: xds's ``plan_split`` (stratified by center x sequence, every stratum within one
+  subject of 70/10/20) vs pandas: one row per subject, shuffled, cut 70/10/20 within each
+  center, merged back onto the scans (stratified by center only: the straightforward way);
+- audit: xds's ``metadata_leaks`` (subjects, identical images and studies in two roles,
+  per fold) vs pandas ``groupby(...).nunique()`` for the same three checks.
+
+Goals on 2 cores: split <= 2 s, audit <= 5 s. Times are the best of --repeat runs.
+
+    python benchmarks/splits.py [--scans 1000000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from xds.audit import metadata_leaks
+from xds.splits import plan_split
+
+CENTERS = np.array(["NYU", "MCF", "MCA", "NU", "AHN", "IU", "EMC", "IH"])
+SEQUENCES = np.array(["T1W", "T2W", "OOP"])
+
+
+def make_scans(n_scans: int, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    n_subjects = n_scans // 10
+    per_subject = rng.multinomial(n_scans - n_subjects, np.ones(n_subjects) / n_subjects) + 1
+    subject = np.repeat(np.arange(n_subjects), per_subject)
+    center = CENTERS[subject % len(CENTERS)]
+    sequence = SEQUENCES[rng.integers(0, 3, n_scans)]
+    image = np.arange(n_scans)
+    image[rng.choice(n_scans, 200, replace=False)] = rng.choice(n_scans, 200)  # planted copies
+    study = subject * 2 + rng.integers(0, 2, n_scans)
+    return pa.table({
+        "scan_id": np.char.add("scn-", np.arange(n_scans).astype(str)),
+        "subject_id": np.char.add("sub-", subject.astype(str)),
+        "center": center, "sequence": sequence,
+        "image_hash": np.char.add("h", image.astype(str)),
+        "study_id": np.char.add("stu-", study.astype(str)),
+    })  # fmt: skip
+
+
+def xds_split(scans: pa.Table) -> pa.Table:
+    result, _ = plan_split(scans, "holdout", stratify=("center", "sequence"), seed=0)
+    idx, roles = result.folds[0]
+    return pa.table({"fold": np.zeros(len(idx), np.int32), "role": roles}).append_column(
+        "scan", pa.array(idx)
+    )
+
+
+def pandas_split(frame: pd.DataFrame) -> pd.DataFrame:
+    subjects = frame[["subject_id", "center"]].drop_duplicates("subject_id")
+    subjects = subjects.sample(frac=1.0, random_state=0)
+    rank = subjects.groupby("center").cumcount()
+    size = subjects.groupby("center")["subject_id"].transform("size")
+    share = rank / size
+    subjects["role"] = np.where(share < 0.7, "train", np.where(share < 0.8, "val", "test"))
+    return frame.merge(subjects[["subject_id", "role"]], on="subject_id")
+
+
+def pandas_audit(frame: pd.DataFrame) -> int:
+    found = 0
+    for key in ("subject_id", "image_hash", "study_id"):
+        roles = frame.groupby(["fold", key])["role"].nunique()
+        found += int((roles > 1).sum())
+    return found
+
+
+def best_of(fn, repeat):
+    times, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scans", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    scans = make_scans(args.scans)
+    frame = scans.to_pandas()
+    print(f"{scans.num_rows:,} scans, {frame.subject_id.nunique():,} subjects")
+
+    t_xds, split = best_of(lambda: xds_split(scans), args.repeat)
+    t_pd, split_pd = best_of(lambda: pandas_split(frame), args.repeat)
+    print(f"split  xds {t_xds:6.2f} s (goal <= 2 s)   pandas {t_pd:6.2f} s   "
+          f"xds / pandas {t_xds / t_pd:5.2f}")  # fmt: skip
+
+    roles = np.asarray(["train", "val", "test", "unlabeled"], object)[split.column("role")]
+    audited = scans.take(split.column("scan")).append_column("fold", split.column("fold"))
+    audited = audited.append_column("role", pa.array(roles, pa.string()))
+    audited_pd = audited.to_pandas()
+    t_audit, leaks = best_of(lambda: metadata_leaks(audited), args.repeat)
+    t_audit_pd, found_pd = best_of(lambda: pandas_audit(audited_pd), args.repeat)
+    ratio = t_audit / t_audit_pd
+    print(f"audit  xds {t_audit:6.2f} s (goal <= 5 s)   pandas {t_audit_pd:6.2f} s   "
+          f"xds / pandas {ratio:5.2f}   leaks {len(leaks)} (pandas {found_pd})")  # fmt: skip
+    assert len(leaks) == found_pd, "the two audits disagree"
+
+
+if __name__ == "__main__":
+    main()
