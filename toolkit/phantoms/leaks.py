@@ -9,7 +9,7 @@ each under a new subject name:
 - ``resampled``: resampled to another grid with trilinear interpolation, the affine moved
   with it;
 - ``cropped``: a sub-volume, the affine's origin moved to it;
-- ``noisy``: Gaussian noise of 5 % of the intensity range added;
+- ``noisy``: Gaussian noise of 2 % of the intensity range added;
 - ``requantized``: rescaled to 8 bits.
 
 ``copy_dicom_study`` re-exports a DICOM series under another patient (same study UID, or a
@@ -47,7 +47,7 @@ def _perturb(kind: str, data: np.ndarray, affine: np.ndarray, rng):
         return data[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], moved
     if kind == "noisy":
         span = float(data.max() - data.min()) or 1.0
-        return data + rng.normal(0, 0.05 * span, data.shape).astype(np.float32), affine
+        return data + rng.normal(0, 0.02 * span, data.shape).astype(np.float32), affine
     if kind == "requantized":
         low, high = float(data.min()), float(data.max())
         return np.round((data - low) / ((high - low) or 1.0) * 255).astype(np.uint8), affine
