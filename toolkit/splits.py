@@ -130,7 +130,7 @@ def make_split(
     Raises:
         SplitError: unknown strategy or column, bad ratios or fractions, or a taken name.
     """
-    from xds import split_strategies as st
+    import xds.split_strategies as st
 
     if strategy not in st.STRATEGIES:
         raise SplitError(f"unknown strategy {strategy!r}; choose from: {', '.join(st.STRATEGIES)}")
@@ -171,7 +171,7 @@ def plan_split(
     ``scans`` needs ``scan_id``, ``subject_id`` and the columns the protocol uses.
     Returns the :class:`xds.split_strategies.Assignment` and the split's params.
     """
-    from xds import split_strategies as st
+    import xds.split_strategies as st
 
     if strategy not in st.STRATEGIES:
         raise SplitError(f"unknown strategy {strategy!r}; choose from: {', '.join(st.STRATEGIES)}")
