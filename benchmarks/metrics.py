@@ -20,10 +20,10 @@ Times are the best of --repeat runs of each, measured alternately in this one pr
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 from scipy import ndimage
+from timing import best_of  # benchmarks/timing.py, beside this script
 
 from xds.metrics import bounding_box, compare_label_maps
 
@@ -90,15 +90,6 @@ def deepmind(pred, ref):
 def cropped_edt(pred, ref):
     box = bounding_box((pred > 0) | (ref > 0))
     return ndimage.distance_transform_edt(ref[box] == 0, sampling=SPACING)
-
-
-def best_of(fn, repeat):
-    times, result = [], None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def max_difference(a, b):

@@ -17,11 +17,11 @@ Goals on 2 cores: split <= 2 s, audit <= 5 s. Times are the best of --repeat run
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from timing import best_of  # benchmarks/timing.py, beside this script
 
 from xds.audit import metadata_leaks
 from xds.splits import plan_split
@@ -73,15 +73,6 @@ def pandas_audit(frame: pd.DataFrame) -> int:
         roles = frame.groupby(["fold", key])["role"].nunique()
         found += int((roles > 1).sum())
     return found
-
-
-def best_of(fn, repeat):
-    times, result = [], None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def main() -> None:

@@ -72,10 +72,7 @@ def box_strip(frame: pd.DataFrame, by: str, metric: str, path: Path, seed: int =
         ax.grid(axis="y", alpha=0.3)
     if len(evaluations) > 1:
         axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def forest(summary: pd.DataFrame, by: str, metric: str, path: Path) -> Path:
@@ -103,10 +100,7 @@ def forest(summary: pd.DataFrame, by: str, metric: str, path: Path) -> Path:
         ax.grid(axis="x", alpha=0.3)
     if len(evaluations) > 1:
         axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def heatmap(matrix: pd.DataFrame, metric: str, path: Path) -> Path:
@@ -128,6 +122,10 @@ def heatmap(matrix: pd.DataFrame, metric: str, path: Path) -> Path:
     ax.set_xlabel("tested on")
     ax.set_ylabel("trained on")
     fig.colorbar(im, ax=ax, label=LABELS.get(metric, metric))
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
