@@ -88,3 +88,23 @@ def test_export_refuses_bad_requests(exported, tmp_path):
         catalog, "all", split=split.name, dataset_id=501, out=tmp_path / "raw", force=True
     )
     assert again.path == result.path
+
+
+def test_kfold_split_exports_every_fold(catalog, tmp_path):
+    import json
+
+    from xds.catalog import build_cohort
+    from xds.export import export_nnunet
+    from xds.splits import make_split
+
+    build_cohort(catalog, "has_label", "kf")
+    split = make_split(catalog, "kf", "kfold", k=3, test_share=0.2, stratify=("center",))
+    result = export_nnunet(catalog, "kf", split=split.name, dataset_id=42, out=tmp_path)
+    folds = json.loads((tmp_path / result.path / "splits_final.json").read_text())
+    assert len(folds) == 3
+    pool = set(folds[0]["train"]) | set(folds[0]["val"])
+    for f, fold in enumerate(folds):
+        assert set(fold["train"]) | set(fold["val"]) == pool
+        assert not set(fold["train"]) & set(fold["val"])
+        assert set(fold["val"]) == set(split.roles(f)["val"])
+    assert set().union(*(set(f["val"]) for f in folds)) == pool

@@ -6,6 +6,7 @@ Layout written under ``OUT/Dataset{ID:03d}_{NAME}/``::
     imagesTs/{case}_0000.nii.gz   labelsTs/{case}.nii.gz     test role (labels when known)
     dataset.json                  channel_names, consecutive labels, numTraining, file_ending
     splits_final.json             our patient-level folds: [{"train": [...], "val": [...]}]
+                                  (all k folds of a kfold split, else the exported fold)
     xds_cases.csv                 case -> scan_id, subject_id, role, center, sequence, label_id
 
 nnU-Net reads ``splits_final.json`` from ``$nnUNet_preprocessed/Dataset.../``: copy it there
@@ -177,6 +178,13 @@ def export_nnunet(
     }
     (target / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
     folds = [{"train": sorted(roles.get("train", [])), "val": sorted(roles.get("val", []))}]
+    if the_split.strategy == "kfold":
+        # every fold trains on the same pool (all but the fixed test set): nnU-Net's
+        # folds 0..k-1 become our patient-level folds
+        folds = [
+            {"train": sorted(r.get("train", [])), "val": sorted(r.get("val", []))}
+            for r in (the_split.roles(f["fold"]) for f in the_split.params["folds"])
+        ]
     (target / "splits_final.json").write_text(json.dumps(folds, indent=2) + "\n")
     with open(target / "xds_cases.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(table[0]) if table else ["case"])
