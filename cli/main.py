@@ -531,9 +531,10 @@ def splits(state, as_json):
               help="Fingerprint correlation from which two scans are one (0.85).")  # fmt: skip
 @click.option("--fix", "show_fix", is_flag=True, help="Print the moves that remove the leaks.")
 @click.option("--save-as", help="With --fix: store the fixed split under this name.")
+@jobs_option
 @json_option
 @click.pass_obj
-def audit(state, split_name, is_cohort, no_images, threshold, show_fix, save_as, as_json):
+def audit(state, split_name, is_cohort, no_images, threshold, show_fix, save_as, jobs, as_json):
     """Check a split for leaks; exit 1 when there are any.
 
     \b
@@ -549,7 +550,8 @@ def audit(state, split_name, is_cohort, no_images, threshold, show_fix, save_as,
 
     run = audit_cohort if is_cohort else audit_split
     catalog = state.catalog()
-    report = run(catalog, split_name, images=not no_images, threshold=threshold or THRESHOLD)
+    report = run(catalog, split_name, images=not no_images, threshold=threshold or THRESHOLD,
+                 jobs=_jobs(jobs))  # fmt: skip
     saved = None
     if save_as:
         if is_cohort or not show_fix:

@@ -181,3 +181,22 @@ def test_teacher_trained_on_a_test_case_is_reported(catalog):
     assert leaks[0]["roles"]["test"] == seen
     moved = {m["scan_id"] for m in report.fix if m["to"] == "train"}
     assert set(seen) <= moved
+
+
+def test_fingerprints_an_older_catalog_lacks_are_computed_for_the_audit(catalog):
+    stored = {
+        r["scan_id"]: r["fingerprint"]
+        for r in catalog.sql("SELECT scan_id, fingerprint FROM scans").to_pylist()
+    }
+    with catalog.transaction("forget fingerprints (as a migrated catalog)") as txn:
+        txn.update("scans", "scan_id", sorted(stored), {"fingerprint": None})
+    assert catalog.sql("SELECT count(fingerprint) AS n FROM scans").to_pylist() == [{"n": 0}]
+    build_cohort(catalog, "true", "old")
+    report = audit_cohort(catalog, "old", jobs=2)
+    assert report.checks["fingerprints_computed_now"] == len(stored)
+    assert report.clean
+    from xds.audit import fill_fingerprints
+
+    meta = catalog.rows_for("scans", sorted(stored), ["scan_id", "image_uri"]).to_pylist()
+    fill_fingerprints(catalog, meta)
+    assert all(m["fingerprint"] == stored[m["scan_id"]] for m in meta)

@@ -44,7 +44,7 @@ KINDS = (
     "study_under_two_subjects", "teacher_trained_on_test",
 )  # fmt: skip
 _META = ["scan_id", "subject_id", "image_hash", "study_id", "modality", "vendor",
-         "scanner_model", "field_strength", "acquisition_time_s"]  # fmt: skip
+         "scanner_model", "field_strength", "acquisition_time_s", "image_uri"]  # fmt: skip
 
 
 @dataclass
@@ -139,6 +139,31 @@ def duplicate_pairs(
     return pairs
 
 
+def fill_fingerprints(catalog: Catalog, meta: list[dict], jobs: int = 1) -> int:
+    """Compute the fingerprints a scan row lacks (scans ingested before schema 3).
+
+    They are used for this audit and not stored (an audit only reads); returns how many.
+    """
+    from xds.executors import progress_map
+
+    missing = [m for m in meta if not m.get("fingerprint")]
+    paths = [str(catalog.resolve(m["image_uri"])) for m in missing]
+    for m, blob in zip(missing, progress_map(_fingerprint_file, paths, jobs=jobs,
+                                             description="fingerprints"), strict=True):  # fmt: skip
+        m["fingerprint"] = blob
+    return len(missing)
+
+
+def _fingerprint_file(path: str) -> bytes | None:
+    from xds.imageio import read_volume
+    from xds.schemas.errors import IngestError
+
+    try:
+        return read_volume(path).fingerprint()
+    except (IngestError, OSError):
+        return None
+
+
 def _pair_kind(a: dict, b: dict) -> str:
     same_scanner = all(
         a.get(k) is not None and a.get(k) == b.get(k)
@@ -192,7 +217,12 @@ def _teacher_training_scans(catalog: Catalog, run: str) -> set[str]:
 
 
 def audit_split(
-    catalog: Catalog, name: str, *, images: bool = True, threshold: float = THRESHOLD
+    catalog: Catalog,
+    name: str,
+    *,
+    images: bool = True,
+    threshold: float = THRESHOLD,
+    jobs: int = 1,
 ) -> AuditReport:
     """Every leak (a)-(e) of a stored split, per fold, with a proposed fix.
 
@@ -201,6 +231,7 @@ def audit_split(
         name: the split.
         images: also compare fingerprints (c, and d without study ids).
         threshold: fingerprint correlation from which two scans are one image.
+        jobs: worker processes for fingerprints older catalogs lack.
     """
     split = get_split(catalog, name)
     rows = split.rows.to_pylist()
@@ -215,6 +246,7 @@ def audit_split(
     report.leaks = metadata_leaks(table)
     if images:
         order = [meta[s] for s in scan_ids if s in meta]
+        report.checks["fingerprints_computed_now"] = fill_fingerprints(catalog, order, jobs)
         pairs = duplicate_pairs(order, threshold)
         report.checks["fingerprints_compared"] = sum(1 for m in order if m.get("fingerprint"))
         report.leaks += _pair_leaks(pairs, order, rows)
@@ -241,7 +273,12 @@ def _pair_leaks(pairs, order, rows) -> list[dict]:
 
 
 def audit_cohort(
-    catalog: Catalog, cohort: str, *, images: bool = True, threshold: float = THRESHOLD
+    catalog: Catalog,
+    cohort: str,
+    *,
+    images: bool = True,
+    threshold: float = THRESHOLD,
+    jobs: int = 1,
 ) -> AuditReport:
     """Duplicates inside a cohort, before any split.
 
@@ -263,6 +300,7 @@ def audit_cohort(
         if leak["kind"] != "subject_in_two_roles"
     ]  # fmt: skip
     if images:
+        report.checks["fingerprints_computed_now"] = fill_fingerprints(catalog, meta, jobs)
         for i, j, kind, r in duplicate_pairs(meta, threshold):
             report.leaks.append({
                 "kind": kind.replace("_in_two_roles", "_under_two_subjects"),

@@ -148,6 +148,17 @@ class Study:
     accession: str
     sequences: tuple[str, ...]
 
+    @property
+    def start_seconds(self) -> int:
+        """When the visit began, seconds after midnight (07:00-17:00, fixed by the UID)."""
+        return 7 * 3600 + int(hashlib.sha256(self.uid.encode()).hexdigest(), 16) % (10 * 3600)
+
+
+def _tm(seconds: int) -> str:
+    """Seconds after midnight as a DICOM TM value (HHMMSS)."""
+    seconds %= 24 * 3600
+    return f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}"
+
 
 def make_person(rng: np.random.Generator, age: int, sex: str, study_year: int) -> Person:
     """A fake identity whose birth date agrees with ``age`` at a study in ``study_year``."""
@@ -277,8 +288,9 @@ def series_datasets(
         ds.StudyInstanceUID = study.uid
         ds.SeriesInstanceUID = series_uid
         ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study.date
-        ds.StudyTime = "083000"
-        ds.SeriesTime = ds.AcquisitionTime = f"{8 + series_number // 6:02d}{series_number:02d}00"
+        ds.StudyTime = _tm(study.start_seconds)
+        # each series some minutes after the last, so visits differ in time of day too
+        ds.SeriesTime = ds.AcquisitionTime = _tm(study.start_seconds + 240 * series_number)
         ds.AccessionNumber = study.accession
         ds.StudyID = study.accession[-4:]
         ds.StudyDescription = "MR ABDOMEN PANCREAS" if not ct else "CT ABDOMEN"
