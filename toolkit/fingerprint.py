@@ -118,14 +118,6 @@ def correlate(a: tuple, b: tuple) -> tuple[float, int]:
     return float(np.corrcoef(x, y)[0, 1]), count
 
 
-def similarity(a: bytes, b: bytes) -> tuple[float, int]:
-    """Correlation of two fingerprints (see :func:`correlate`); NaN when not comparable."""
-    pa_, pb = prepare(a), prepare(b)
-    if pa_ is None or pb is None:
-        return float("nan"), 0
-    return correlate(pa_, pb)
-
-
 def local_detail(grid: np.ndarray) -> np.ndarray:
     """Each cell minus the mean of its 3x3x3 neighbourhood (NaN unless all are covered).
 

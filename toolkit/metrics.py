@@ -46,15 +46,6 @@ METRIC_COLUMNS = (
 )  # fmt: skip
 
 _OFFSETS = tuple(np.ndindex(2, 2, 2))  # corner o of a 2x2x2 cube has bit 4*o0 + 2*o1 + o2
-_CROSS = ndimage.generate_binary_structure(3, 1)
-
-
-@dataclass(frozen=True)
-class Surface:
-    """A mask's surface: point coordinates (mm, N x 3) and their weights (areas or 1)."""
-
-    points: np.ndarray
-    weights: np.ndarray
 
 
 @lru_cache(maxsize=1)
@@ -107,9 +98,9 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
 def _borders(padded: np.ndarray, kind: str, spacing: np.ndarray):
     """Surface elements of a mask padded by one False voxel on every side.
 
-    Returns (border, weights, shift): a boolean grid of surface elements, their weights
-    on that grid (None for ``voxel``: all 1), and the index shift from grid to volume
-    voxel coordinates relative to the unpadded crop's start.
+    Returns (border, weights): a boolean grid of surface elements and their weights on
+    that grid (None for ``voxel``: all 1). Grid index i is crop voxel i (``voxel``), or the
+    corner before it (``surfel``), so both kinds map to the volume by the crop's start.
     """
     if kind == "voxel":
         core = padded[1:-1, 1:-1, 1:-1]
@@ -119,7 +110,7 @@ def _borders(padded: np.ndarray, kind: str, spacing: np.ndarray):
                 sl = [slice(1, -1)] * 3
                 sl[axis] = slice(lo, lo + core.shape[axis])
                 interior &= padded[tuple(sl)]
-        return core & ~interior, None, 0
+        return core & ~interior, None
     if kind != "surfel":
         raise EvaluationError(f"surface must be one of {SURFACES}, not {kind!r}")
     n = np.array(padded.shape) - 1
@@ -128,42 +119,7 @@ def _borders(padded: np.ndarray, kind: str, spacing: np.ndarray):
         code |= padded[a : a + n[0], b : b + n[1], c : c + n[2]].view(np.uint8) << (7 - bit)
     border = (code != 0) & (code != 255)
     # grid index i spans padded voxels i..i+1: the corner before crop voxel i
-    return border, surfel_areas(tuple(float(s) for s in spacing))[code], 0
-
-
-def surface(
-    mask: np.ndarray,
-    spacing: Sequence[float],
-    kind: str = "surfel",
-    box: tuple[slice, ...] | None = None,
-) -> Surface:
-    """The surface points of a 3D mask, in mm, on the grid of ``kind``.
-
-    Args:
-        mask: boolean 3D array.
-        spacing: voxel size along the array's axes (mm).
-        kind: ``surfel`` (voxel-corner grid, area weights) or ``voxel`` (boundary voxel
-            centres, weight 1).
-        box: ``mask``'s bounding box when already known (saves one pass).
-    """
-    box = bounding_box(mask) if box is None else box
-    if box is None:
-        return Surface(np.empty((0, 3)), np.empty(0))
-    sp = np.asarray(spacing, np.float64)
-    border, weights, _ = _borders(np.pad(mask[box], 1), kind, sp)
-    idx = np.argwhere(border)
-    start = np.array([s.start for s in box])
-    w = np.ones(len(idx)) if weights is None else weights[border]
-    return Surface((idx + start) * sp, w)
-
-
-def _directed(src: Surface, dst: Surface) -> np.ndarray:
-    """Distance (mm) from each point of ``src`` to the nearest point of ``dst``."""
-    if len(dst.points) == 0:
-        return np.full(len(src.points), np.inf)
-    if len(src.points) == 0:
-        return np.empty(0)
-    return _nearest(dst.points, src.points)
+    return border, surfel_areas(tuple(float(s) for s in spacing))[code]
 
 
 def _nearest(targets: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -190,7 +146,7 @@ def _surface_distances(pred, ref, boxes, spacing: np.ndarray, kind: str):
     """
     grids = []
     for mask, box in ((ref, boxes[1]), (pred, boxes[0])):
-        border, weights, _ = _borders(np.pad(mask[box], 1), kind, spacing)
+        border, weights = _borders(np.pad(mask[box], 1), kind, spacing)
         idx = np.argwhere(border)
         w = np.ones(len(idx)) if weights is None else weights[border]
         start = np.array([s.start for s in box])
