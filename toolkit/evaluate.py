@@ -28,7 +28,7 @@ from xds.catalog.cohorts import cohort_scans
 from xds.executors import progress_map
 from xds.harmonize import lookup_table
 from xds.imageio import voxel_hash
-from xds.labels import best_labels
+from xds.labels import best_labels, label_maps
 from xds.metrics import (
     BOTH_EMPTY,
     HD_MODES,
@@ -295,10 +295,6 @@ def _check_options(surface, hd, both_empty, missing_distance, tau) -> None:
         raise EvaluationError(f"--tau must be >= 0 mm, not {tau}")
 
 
-def _escape(text: str) -> str:
-    return text.replace("'", "''")
-
-
 def _prediction_files(folder: Path) -> dict[str, Path]:
     out = {}
     for path in sorted(folder.iterdir()):
@@ -309,12 +305,7 @@ def _prediction_files(folder: Path) -> dict[str, Path]:
 
 
 def _label_maps(catalog: Catalog, ids: set[str]) -> dict[str, dict[int, str]]:
-    rows = catalog.read("label_maps").to_pylist()
-    found = {
-        r["label_map_id"]: dict(zip(r["indices"], r["names"], strict=True))
-        for r in rows
-        if r["label_map_id"] in ids
-    }
+    found = label_maps(catalog, ids)
     missing = ids - set(found)
     if missing:
         raise EvaluationError(f"label map(s) {sorted(missing)} are missing from the catalog")

@@ -34,7 +34,7 @@ import numpy as np
 from xds.catalog import Catalog, get_cohort, utcnow
 from xds.executors import progress_map
 from xds.imageio import read_volume, voxel_hash
-from xds.labels import best_labels
+from xds.labels import best_labels, label_maps
 from xds.schemas.errors import CohortError, IngestError, SchemaError
 from xds.schemas.ids import stable_id
 from xds.schemas.vocabulary import canonical_map, class_set, normalize, vocabulary
@@ -170,12 +170,7 @@ def harmonize(
     found = get_cohort(catalog, cohort)
     scan_ids = list(found.scan_ids)
     sources = best_labels(catalog, scan_ids, derived=False)
-    map_ids = sorted({row["label_map"] for row in sources.values()})
-    maps = {
-        r["label_map_id"]: dict(zip(r["indices"], r["names"], strict=True))
-        for r in catalog.read("label_maps").to_pylist()
-        if r["label_map_id"] in map_ids
-    }
+    maps = label_maps(catalog, {row["label_map"] for row in sources.values()})
     set_map_id = f"xds:{set_name}:{unmapped}"
     report = HarmonizeReport(cohort, set_name, list(targets), unmapped, set_map_id)
     report.scans_without_label = len(scan_ids) - len(sources)

@@ -28,3 +28,15 @@ def best_labels(
         if current is None or key < current["_key"]:
             best[row["scan_id"]] = {**row, "_key": key}
     return best
+
+
+def label_maps(catalog: Catalog, ids) -> dict[str, dict[int, str]]:
+    """Index -> class name of each stored label map whose id is in ``ids``.
+
+    Ids the catalog does not hold are left out; the caller says what that means.
+    """
+    rows = catalog.read("label_maps", "list_contains(?, label_map_id)", [sorted(ids)])
+    return {
+        r["label_map_id"]: dict(zip(r["indices"], r["names"], strict=True))
+        for r in rows.to_pylist()
+    }

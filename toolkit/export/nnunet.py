@@ -31,7 +31,7 @@ import numpy as np
 from xds.catalog import Catalog, get_cohort
 from xds.catalog.cohorts import cohort_scans
 from xds.executors import progress_map
-from xds.labels import best_labels
+from xds.labels import best_labels, label_maps
 from xds.schemas.errors import ExportError
 from xds.splits import get_split
 
@@ -126,7 +126,7 @@ def export_nnunet(
             f"{len(missing)} train/val scan(s) have no label (e.g. {missing[0]}); "
             "build the cohort with --where 'has_label'"
         )
-    maps = _label_maps(catalog, {labels[s]["label_map"] for s in labels})
+    maps = label_maps(catalog, {labels[s]["label_map"] for s in labels})
     classes = _choose_classes(maps, classes)
     index = {c: i + 1 for i, c in enumerate(classes)}
     luts = {m: _lut(mapping, index) for m, mapping in maps.items()}
@@ -201,15 +201,6 @@ def export_nnunet(
         },
         skipped_unlabeled=len(roles.get("unlabeled", [])),
     )
-
-
-def _label_maps(catalog: Catalog, ids: set[str]) -> dict[str, dict[int, str]]:
-    rows = catalog.read("label_maps").to_pylist()
-    return {
-        r["label_map_id"]: dict(zip(r["indices"], r["names"], strict=True))
-        for r in rows
-        if r["label_map_id"] in ids
-    }
 
 
 def _choose_classes(maps: dict[str, dict[int, str]], wanted: list[str] | None) -> list[str]:
