@@ -237,15 +237,14 @@ def audit_split(
     rows = split.rows.to_pylist()
     scan_ids = sorted({r["scan_id"] for r in rows})
     columns = _META + (["fingerprint"] if images else [])
-    meta = {m["scan_id"]: m for m in catalog.rows_for("scans", scan_ids, columns).to_pylist()}
-    table = pa.Table.from_pylist([
-        {**r, **{k: meta.get(r["scan_id"], {}).get(k) for k in ("image_hash", "study_id")}}
-        for r in rows
-    ])  # fmt: skip
+    scans = catalog.rows_for("scans", scan_ids, columns)
+    table = split.rows.join(
+        scans.select(["scan_id", "image_hash", "study_id"]), "scan_id", join_type="left outer"
+    )
     report = AuditReport(name, len(scan_ids), len({r["subject_id"] for r in rows}))
     report.leaks = metadata_leaks(table)
     if images:
-        order = [meta[s] for s in scan_ids if s in meta]
+        order = scans.to_pylist()  # sorted by scan_id, as rows_for returns them
         report.checks["fingerprints_computed_now"] = fill_fingerprints(catalog, order, jobs)
         pairs = duplicate_pairs(order, threshold)
         report.checks["fingerprints_compared"] = sum(1 for m in order if m.get("fingerprint"))

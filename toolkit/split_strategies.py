@@ -248,23 +248,22 @@ def leave_one_out(scans, shares, rng, external=None, single_source=False) -> Ass
     ext = _external(scans, external)
     out = Assignment()
     train_val = np.asarray(shares[:2], np.float64)
+    sig = unit_signatures(scans)  # the same for every fold
+    key = "trained_on" if single_source else "held_out"
     for value, name in enumerate(scans.column_names):
         inside = scans.column == value
         test_scans = ~inside if single_source else inside
         on_test = _any_per_unit(scans, test_scans)
         on_train = _any_per_unit(scans, ~test_scans)
         both = on_test & on_train & ~ext
-        sig = unit_signatures(scans)
         side = allocate(np.where(both, sig, -1), [shares[0] + shares[1], shares[2]], rng)
         to_test = (on_test & ~on_train) | (side == 1)
         to_train = ((on_train & ~on_test) | (side == 0)) & ~ext
         train_sig = unit_signatures(scans, ~test_scans & to_train[scans.unit])
         role = allocate(train_sig, train_val, rng)
-        role[to_test & ~ext] = TEST
-        role[ext] = TEST
+        role[to_test | ext] = TEST
         scan_ok = np.where(role[scans.unit] == TEST, test_scans | ext[scans.unit], ~test_scans)
         out.folds.append(_fold(scans, role, scan_ok))
-        key = "trained_on" if single_source else "held_out"
         out.fold_info.append({"fold": value, key: name})
     return out
 
