@@ -45,6 +45,16 @@ class Volume:
 
         return fingerprint(self.data, self.image.affine)
 
+    def scan_columns(self) -> dict:
+        """The ``scans`` columns read off the image itself, for every ingest path."""
+        return {
+            "spacing": list(self.spacing),
+            "shape": list(self.shape),
+            "orientation": self.orientation,
+            "image_hash": self.hash,
+            "fingerprint": self.fingerprint(),
+        }
+
 
 def read_volume(path: str | os.PathLike) -> Volume:
     """Load and check a 3D NIfTI image, decoding every voxel.

@@ -769,12 +769,8 @@ def _convert_series(job: _SeriesJob) -> dict:
                 "vendor": facts.get("manufacturer"),
                 "scanner_model": facts.get("model"),
                 "field_strength": facts.get("field_strength"),
-                "spacing": list(volume.spacing),
-                "shape": list(volume.shape),
-                "orientation": volume.orientation,
                 "image_uri": image_uri,
-                "image_hash": volume.hash,
-                "fingerprint": volume.fingerprint(),
+                **volume.scan_columns(),
                 "acquisition_time_s": _seconds_of_day(facts.get("acquisition_time")),
                 "acquired_on": dt.date.fromisoformat(facts["acquired_on"])
                 if facts.get("acquired_on")

@@ -251,12 +251,8 @@ def _ingest_one(job: _Job) -> dict:
         "scan_id": scan_id,
         "study_id": None,
         "series_uid_hash": None,
-        "spacing": list(volume.spacing),
-        "shape": list(volume.shape),
-        "orientation": volume.orientation,
         "image_uri": image_uri,
-        "image_hash": volume.hash,
-        "fingerprint": volume.fingerprint(),
+        **volume.scan_columns(),
         "acquired_on": None,
     }
     if job.label is None:
