@@ -12,7 +12,7 @@ import sys
 import click
 
 from xds.cli import evaluation
-from xds.cli.options import State, jobs_option, json_option
+from xds.cli.options import State, center_source, jobs_option, json_option
 from xds.cli.options import resolve_jobs as _jobs
 from xds.cli.output import emit_json, print_kv, print_table, warn
 from xds.schemas.errors import XdsError
@@ -161,9 +161,7 @@ def ingest():
 
 
 @ingest.command("nifti")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option("--center", required=True, help="Center name as stored in the catalog.")
-@click.option("--dataset", help="Dataset name (default: the center name).")
+@center_source
 @click.option(
     "--metadata",
     type=click.Path(exists=True, dir_okay=False),
@@ -237,9 +235,7 @@ def ingest_nifti_cmd(
 
 
 @ingest.command("dicom")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option("--center", required=True, help="Center name as stored in the catalog.")
-@click.option("--dataset", help="Dataset name (default: the center name).")
+@center_source
 @click.option(
     "--sequence-overrides",
     type=click.Path(exists=True, dir_okay=False),

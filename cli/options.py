@@ -31,6 +31,13 @@ def json_option(fn):
     return wrapper
 
 
+def center_source(fn):
+    """Add a center's source folder, ``--center`` and ``--dataset`` (the ingest commands)."""
+    fn = click.option("--dataset", help="Dataset name (default: the center name).")(fn)
+    fn = click.option("--center", required=True, help="Center name as stored in the catalog.")(fn)
+    return click.argument("directory", type=click.Path(exists=True, file_okay=False))(fn)
+
+
 def jobs_option(fn):
     """Add ``--jobs`` (worker processes) to a command."""
     return click.option(
