@@ -11,26 +11,12 @@ import sys
 
 import click
 
-from xds.cli import evaluation
-from xds.cli.options import State, center_source, jobs_option, json_option
+from xds.cli import evaluation, exports
+from xds.cli.options import State, XdsGroup, center_source, jobs_option, json_option
 from xds.cli.options import resolve_jobs as _jobs
 from xds.cli.output import emit_json, print_kv, print_table, warn
-from xds.schemas.errors import XdsError
 
 DEFAULT_CATALOG = "./xds-catalog"
-
-
-class XdsGroup(click.Group):
-    """A group that turns every :class:`XdsError` into exit code 1 with one line."""
-
-    def invoke(self, ctx: click.Context):
-        """Run the command; domain errors become ``Error: <one line>`` and exit 1."""
-        try:
-            return super().invoke(ctx)
-        except XdsError as exc:
-            raise click.ClickException(str(exc)) from None
-        except FileExistsError as exc:
-            raise click.ClickException(str(exc)) from None
 
 
 @click.group(cls=XdsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -704,58 +690,6 @@ def harmonize(state, cohort, classes, unmapped, jobs, as_json):
         print_kv(summary, f"harmonize {cohort}")
 
 
-# -- export ------------------------------------------------------------------------------------
-
-
-@cli.group(cls=XdsGroup)
-def export():
-    """Write a cohort in the format a training tool reads."""
-
-
-@export.command("nnunet")
-@click.argument("cohort")
-@click.option("--split", "split_name", required=True, help="Split name.")
-@click.option("--dataset-id", type=int, required=True, help="nnU-Net dataset number (1-999).")
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="nnU-Net raw folder ($nnUNet_raw).",
-)
-@click.option("--name", help="Dataset name (default: the cohort's).")
-@click.option("--classes", help="Comma-separated classes to keep (default: labelled everywhere).")
-@click.option("--fold", type=int, default=0, show_default=True)
-@click.option("--copy", is_flag=True, help="Copy images instead of hard-linking them.")
-@click.option("--force", is_flag=True, help="Replace an existing dataset folder.")
-@jobs_option
-@json_option
-@click.pass_obj
-def export_nnunet_cmd(
-    state, cohort, split_name, dataset_id, out, name, classes, fold, copy, force, jobs, as_json
-):
-    """Export to nnU-Net v2 raw format with our patient-level folds in splits_final.json.
-
-    Copy splits_final.json to $nnUNet_preprocessed/DatasetXXX_NAME/ after planning so
-    nnU-Net trains on these folds.
-    """
-    from xds.export import export_nnunet
-
-    result = export_nnunet(
-        state.catalog(),
-        cohort,
-        split=split_name,
-        dataset_id=dataset_id,
-        out=out,
-        name=name,
-        classes=[c.strip() for c in classes.split(",")] if classes else None,
-        fold=fold,
-        jobs=_jobs(jobs),
-        link=not copy,
-        force=force,
-    )
-    emit_json(result.summary()) if as_json else print_kv(result.summary(), "nnU-Net export")
-
-
 # -- demo --------------------------------------------------------------------------------------
 
 
@@ -818,11 +752,12 @@ def demo(out, centers, subjects_per_center, seed, force, jobs, as_json):
     )
 
 
-# -- evaluation (its own module: cli/evaluation.py) ---------------------------------------------
+# -- evaluation and export (their own modules: cli/evaluation.py, cli/exports.py) ------------
 
 cli.add_command(evaluation.evaluate_cmd)
 cli.add_command(evaluation.evaluations_cmd)
 cli.add_command(evaluation.report_cmd)
+cli.add_command(exports.export)
 
 
 def main() -> None:

@@ -6,6 +6,21 @@ from functools import wraps
 
 import click
 
+from xds.schemas.errors import XdsError
+
+
+class XdsGroup(click.Group):
+    """A group that turns every :class:`XdsError` into exit code 1 with one line."""
+
+    def invoke(self, ctx: click.Context):
+        """Run the command; domain errors become ``Error: <one line>`` and exit 1."""
+        try:
+            return super().invoke(ctx)
+        except XdsError as exc:
+            raise click.ClickException(str(exc)) from None
+        except FileExistsError as exc:
+            raise click.ClickException(str(exc)) from None
+
 
 class State:
     """What the global options set: the catalog location."""

@@ -36,6 +36,7 @@ def test_verify_catches_a_broken_export(exported):
     img = nib.load(label)
     data = np.asanyarray(img.dataobj).copy()
     data[0, 0, 0] = 7  # a label value dataset.json does not declare
+    label.unlink()  # it may be a read-only hard link to the catalog's label
     nib.save(nib.Nifti1Image(data, img.affine), label)
     with pytest.raises(Exception):  # noqa: B017, PT011 - nnU-Net raises RuntimeError/AssertionError
         nnunet_verify.verify_dataset_integrity(result.path, num_processes=1)

@@ -1,3 +1,15 @@
 """xds: a data-centric toolkit for multi-center medical image segmentation datasets."""
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "cohort_subjects"]
+
+
+def __getattr__(name: str):
+    # xds.cohort_subjects without importing the export modules (and their catalog stack)
+    # every time `import xds` runs
+    if name == "cohort_subjects":
+        from xds.export.subjects import cohort_subjects
+
+        return cohort_subjects
+    raise AttributeError(f"module 'xds' has no attribute {name!r}")

@@ -1,5 +1,25 @@
-"""Exports of a cohort to the formats training tools read."""
+"""Exports of a cohort to the formats training tools read.
 
+``export_nnunet`` (nnU-Net v2 raw), ``export_datalist`` (MONAI / Decathlon datalist),
+``export_hf`` (Hugging Face ``datasets``) write files; ``cohort_subjects`` hands TorchIO
+subjects to a training loop without writing any.
+"""
+
+from xds.export.common import ExportCase, ExportPlan, plan_export
+from xds.export.datalist import DatalistExport, export_datalist
+from xds.export.hf import HfExport, export_hf
 from xds.export.nnunet import NnunetExport, export_nnunet
+from xds.export.subjects import cohort_subjects
 
-__all__ = ["NnunetExport", "export_nnunet"]
+__all__ = [
+    "DatalistExport",
+    "ExportCase",
+    "ExportPlan",
+    "HfExport",
+    "NnunetExport",
+    "cohort_subjects",
+    "export_datalist",
+    "export_hf",
+    "export_nnunet",
+    "plan_export",
+]

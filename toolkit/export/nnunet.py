@@ -19,21 +19,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-
-from xds.catalog import Catalog, get_cohort
-from xds.catalog.cohorts import cohort_scans
-from xds.executors import progress_map
-from xds.labels import best_labels, label_maps
+from xds.catalog import Catalog
+from xds.export.common import FileJob, place_files, plan_export, writing_target
 from xds.schemas.errors import ExportError
-from xds.splits import get_split
 
 
 @dataclass
@@ -45,21 +37,11 @@ class NnunetExport:
     classes: list[str]
     cases: dict[str, int] = field(default_factory=dict)  # folder -> count
     skipped_unlabeled: int = 0
+    files: dict[str, int] = field(default_factory=dict)  # linked/copied/converted -> count
 
     def summary(self) -> dict:
         """JSON-ready description."""
         return dict(self.__dict__)
-
-
-@dataclass(frozen=True)
-class _CaseJob:
-    case: str
-    image_src: str
-    image_dst: str
-    label_src: str | None
-    label_dst: str | None
-    lut: tuple[int, ...] | None
-    link: bool
 
 
 def export_nnunet(
@@ -90,7 +72,7 @@ def export_nnunet(
             is never trained as background.
         fold: which fold of the split to export.
         jobs: worker processes.
-        link: hard-link images instead of copying them.
+        link: hard-link images (and labels that need no remapping) instead of copying.
         force: replace an existing dataset folder.
 
     Raises:
@@ -99,148 +81,84 @@ def export_nnunet(
     """
     if not 1 <= dataset_id <= 999:
         raise ExportError(f"--dataset-id {dataset_id}: nnU-Net ids are 1-999")
-    found = get_cohort(catalog, cohort)
-    the_split = get_split(catalog, split)
-    if the_split.cohort_id != found.cohort_id:
-        raise ExportError(f"split {split!r} belongs to another cohort than {cohort!r}")
-    name = re.sub(r"[^A-Za-z0-9]+", "", (name or found.name).title()) or "Cohort"
+    plan = plan_export(
+        catalog, cohort, split=split, fold=fold, classes=classes, roles=("train", "val", "test")
+    )
+    name = re.sub(r"[^A-Za-z0-9]+", "", (name or plan.cohort.name).title()) or "Cohort"
     target = Path(out) / f"Dataset{dataset_id:03d}_{name}"
-    if target.exists() and any(target.iterdir()):
-        if not force:
-            raise ExportError(f"{target} exists and is not empty (use --force to replace it)")
-        shutil.rmtree(target)
-
-    roles = the_split.roles(fold)
-    scans = {r["scan_id"]: r for r in cohort_scans(catalog, found).to_pylist()}
-    modalities = {scans[s]["modality"] for ids in roles.values() for s in ids}
+    modalities = plan.modalities
     if len(modalities) > 1:
         raise ExportError(
-            f"cohort mixes modalities {sorted(modalities)}; nnU-Net normalizes "
+            f"cohort mixes modalities {modalities}; nnU-Net normalizes "
             "one channel one way: export them as separate datasets"
         )
-    labels = best_labels(catalog, list(scans), derived=False)
-    train_ids = roles.get("train", []) + roles.get("val", [])
-    missing = [s for s in train_ids if s not in labels]
-    if missing:
-        raise ExportError(
-            f"{len(missing)} train/val scan(s) have no label (e.g. {missing[0]}); "
-            "build the cohort with --where 'has_label'"
-        )
-    maps = label_maps(catalog, {labels[s]["label_map"] for s in labels})
-    classes = _choose_classes(maps, classes)
-    index = {c: i + 1 for i, c in enumerate(classes)}
-    luts = {m: _lut(mapping, index) for m, mapping in maps.items()}
-
-    work, table = [], []
-    for folder, role_ids in (("Tr", train_ids), ("Ts", roles.get("test", []))):
-        for scan_id in sorted(role_ids):
-            label = labels.get(scan_id)
+    with writing_target(target, force=force):
+        work, table = [], []
+        for case in plan.cases:
+            folder = "Tr" if case.role in ("train", "val") else "Ts"
             work.append(
-                _CaseJob(
-                    scan_id,
-                    str(catalog.resolve(scans[scan_id]["image_uri"])),
-                    str(target / f"images{folder}" / f"{scan_id}_0000.nii.gz"),
-                    str(catalog.resolve(label["uri"])) if label else None,
-                    str(target / f"labels{folder}" / f"{scan_id}.nii.gz") if label else None,
-                    luts[label["label_map"]] if label else None,
-                    link,
+                FileJob(
+                    case.image,
+                    str(target / f"images{folder}" / f"{case.scan_id}_0000.nii.gz"),
+                    copy=not link,
                 )
             )
+            if case.label is not None:
+                dst = target / f"labels{folder}" / f"{case.scan_id}.nii.gz"
+                work.append(FileJob(case.label, str(dst), case.lut, copy=not link))
             table.append(
                 {
-                    "case": scan_id,
-                    "scan_id": scan_id,
-                    "subject_id": scans[scan_id]["subject_id"],
-                    "role": next(r for r, ids in roles.items() if scan_id in ids),
-                    "center": scans[scan_id]["center"],
-                    "sequence": scans[scan_id]["sequence"],
-                    "label_id": label["label_id"] if label else "",
+                    "case": case.scan_id,
+                    "scan_id": case.scan_id,
+                    "subject_id": case.meta["subject_id"],
+                    "role": case.role,
+                    "center": case.meta["center"],
+                    "sequence": case.meta["sequence"],
+                    "label_id": case.label_id or "",
                 }
             )
-    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-        (target / sub).mkdir(parents=True, exist_ok=True)
-    progress_map(_write_case, work, jobs=jobs, description="export nnunet")
+        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+            (target / sub).mkdir(parents=True, exist_ok=True)
+        files = place_files(work, workers=jobs, description="export nnunet")
 
-    modality = modalities.pop() if modalities else "MR"
-    dataset_json = {
-        "channel_names": {"0": "CT" if modality == "CT" else "MRI"},
-        "labels": {"background": 0, **index},
-        "numTraining": len(train_ids),
-        "file_ending": ".nii.gz",
-        "name": name,
-        "description": f"xds cohort {found.name!r} ({found.where_sql}), split {the_split.name!r}",
-        "xds": {
-            "cohort_id": found.cohort_id,
-            "catalog_version": found.catalog_version,
-            "split_id": the_split.split_id,
-            "fold": fold,
-        },
-    }
-    (target / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
-    folds = [{"train": sorted(roles.get("train", [])), "val": sorted(roles.get("val", []))}]
-    if the_split.strategy == "kfold":
-        # every fold trains on the same pool (all but the fixed test set): nnU-Net's
-        # folds 0..k-1 become our patient-level folds
-        folds = [
-            {"train": sorted(r.get("train", [])), "val": sorted(r.get("val", []))}
-            for r in (the_split.roles(f["fold"]) for f in the_split.params["folds"])
-        ]
-    (target / "splits_final.json").write_text(json.dumps(folds, indent=2) + "\n")
-    with open(target / "xds_cases.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(table[0]) if table else ["case"])
-        writer.writeheader()
-        writer.writerows(table)
-    return NnunetExport(
-        str(target),
-        dataset_id,
-        classes,
-        {
-            "imagesTr": len(train_ids),
-            "imagesTs": len(roles.get("test", [])),
-            "labelsTs": sum(1 for s in roles.get("test", []) if s in labels),
-        },
-        skipped_unlabeled=len(roles.get("unlabeled", [])),
-    )
-
-
-def _choose_classes(maps: dict[str, dict[int, str]], wanted: list[str] | None) -> list[str]:
-    named = [{n for i, n in m.items() if i != 0} for m in maps.values()]
-    common = set.intersection(*named) if named else set()
-    if wanted is None:
-        if not common:
-            raise ExportError("the cohort's label maps share no class; pass --classes")
-        return sorted(common)
-    lacking = [c for c in wanted if c not in common]
-    if lacking:
-        raise ExportError(
-            f"class(es) {lacking} are not labelled in every label map of the "
-            f"cohort; classes labelled everywhere: {sorted(common)}"
+        roles = {r: [c.scan_id for c in cases] for r, cases in plan.by_role().items()}
+        train_ids = roles.get("train", []) + roles.get("val", [])
+        index = {c: i for i, c in plan.labels.items() if i}
+        the_split = plan.split
+        modality = modalities[0] if modalities else "MR"
+        dataset_json = {
+            "channel_names": {"0": "CT" if modality == "CT" else "MRI"},
+            "labels": {"background": 0, **index},
+            "numTraining": len(train_ids),
+            "file_ending": ".nii.gz",
+            "name": name,
+            "description": f"xds cohort {plan.cohort.name!r} ({plan.cohort.where_sql}), "
+            f"split {the_split.name!r}",
+            "xds": plan.provenance(),
+        }
+        (target / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
+        folds = [{"train": sorted(roles.get("train", [])), "val": sorted(roles.get("val", []))}]
+        if the_split.strategy == "kfold":
+            # every fold trains on the same pool (all but the fixed test set): nnU-Net's
+            # folds 0..k-1 become our patient-level folds
+            folds = [
+                {"train": sorted(r.get("train", [])), "val": sorted(r.get("val", []))}
+                for r in (the_split.roles(f["fold"]) for f in the_split.params["folds"])
+            ]
+        (target / "splits_final.json").write_text(json.dumps(folds, indent=2) + "\n")
+        with open(target / "xds_cases.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(table[0]) if table else ["case"])
+            writer.writeheader()
+            writer.writerows(table)
+        return NnunetExport(
+            str(target),
+            dataset_id,
+            plan.classes,
+            {
+                "imagesTr": len(train_ids),
+                "imagesTs": len(roles.get("test", [])),
+                "labelsTs": sum(1 for c in plan.by_role().get("test", []) if c.label),
+            },
+            skipped_unlabeled=len(the_split.roles(fold).get("unlabeled", [])),
+            files=files,
         )
-    return list(wanted)
-
-
-def _lut(mapping: dict[int, str], index: dict[str, int]) -> tuple[int, ...]:
-    lut = [0] * (max(mapping) + 1)
-    for i, name in mapping.items():
-        lut[i] = index.get(name, 0)
-    return tuple(lut)
-
-
-def _write_case(job: _CaseJob) -> None:
-    dst = Path(job.image_dst)
-    dst.unlink(missing_ok=True)
-    try:
-        if not job.link:
-            raise OSError("copy requested")
-        os.link(job.image_src, dst)
-    except OSError:
-        shutil.copyfile(job.image_src, dst)
-    if job.label_src is None:
-        return
-    label = nib.load(job.label_src)
-    data = np.asanyarray(label.dataobj).astype(np.int64)
-    out = np.asarray(job.lut, np.uint8)[data]
-    image = nib.Nifti1Image(out, label.affine, header=label.header.copy())
-    image.set_data_dtype(np.uint8)
-    image.header.set_slope_inter(1, 0)
-    nib.save(image, job.label_dst)
