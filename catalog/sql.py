@@ -60,21 +60,46 @@ def connect(
             fills the missing columns with nulls of the current type.
     """
     allowed = sorted({f for paths in files.values() for f in paths})
+    con = new_connection()
+    if allowed:
+        con.execute("SET allowed_paths = ?", [allowed])
+    add_tables(con, files, schemas, legacy=legacy)
+    for statement in views:
+        con.execute(statement)
+    if lock:
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    return con
+
+
+def new_connection() -> duckdb.DuckDBPyConnection:
+    """An empty in-memory DuckDB database that loads no extension by itself."""
     config = {
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,
         "allow_community_extensions": False,
         "allow_unsigned_extensions": False,
     }
-    con = duckdb.connect(":memory:", config=config)
-    if allowed:
-        con.execute("SET allowed_paths = ?", [allowed])
+    return duckdb.connect(":memory:", config=config)
+
+
+def add_tables(
+    con: duckdb.DuckDBPyConnection,
+    files: Mapping[str, Sequence[str]],
+    schemas: Mapping[str, pa.Schema],
+    *,
+    legacy: bool = False,
+) -> None:
+    """A view per table over its Parquet files (see :func:`connect`)."""
     for table, paths in files.items():
         file_list = ", ".join(_quote(p) for p in paths)
         if paths and not legacy:
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{file_list}])")
             continue
-        con.register(f"_empty_{table}", schemas[table].empty_table())
+        # a table, not a registered Arrow object: cursors on this connection see it too
+        con.register("_arrow", schemas[table].empty_table())
+        con.execute(f"CREATE TABLE _empty_{table} AS SELECT * FROM _arrow")
+        con.unregister("_arrow")
         if paths:  # UNION BY NAME keeps the empty table's columns and types, nulls for gaps
             con.execute(
                 f"CREATE VIEW {table} AS SELECT * FROM _empty_{table} UNION ALL BY NAME "
@@ -82,12 +107,6 @@ def connect(
             )
         else:
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM _empty_{table}")
-    for statement in views:
-        con.execute(statement)
-    if lock:
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-    return con
 
 
 def run_user_query(con: duckdb.DuckDBPyConnection, query: str) -> pa.Table:

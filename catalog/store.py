@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -90,6 +91,12 @@ class Catalog:
         self.table_versions = table_versions
         self.legacy = legacy  # a version from before a schema migration
         self._files: dict[str, list[str]] = {}
+        self._reader_state = _ReaderState()
+        self._pinned: dict[int, Catalog] = {}  # other versions read through at()
+
+    def __getstate__(self) -> dict:
+        # DuckDB connections do not pickle (worker processes open their own)
+        return {**self.__dict__, "_reader_state": _ReaderState(), "_pinned": {}}
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -177,7 +184,16 @@ class Catalog:
 
     def at(self, version: int) -> Catalog:
         """The same catalog pinned at another version."""
-        return Catalog.open(self.root, version)
+        if version == self.version:  # a twin sharing this version's read connection
+            twin = Catalog(self.root, self.version, self.table_versions, legacy=self.legacy)
+            twin._files, twin._reader_state = self._files, self._reader_state
+            return twin
+        # versions are immutable: keep the objects that read old ones (a cohort's pinned
+        # version is read again and again), unless one was moved by a write since
+        pinned = self._pinned.get(version)
+        if pinned is None or pinned.version != version:
+            pinned = self._pinned[version] = Catalog.open(self.root, version)
+        return pinned.at(version)
 
     def latest(self) -> Catalog:
         """The same catalog at its newest version."""
@@ -233,7 +249,7 @@ class Catalog:
     def read(self, table: str, where: str | None = None, params: Sequence = ()) -> pa.Table:
         """Rows of ``table`` (or a view) at this version; ``where`` is trusted internal SQL."""
         query = f"SELECT * FROM {table}" + (f" WHERE {where}" if where else "")
-        with self.connect(needs=[table]) as con:
+        with self._reader([table]) as con:
             return _sql.fetch(con, query, params)
 
     def rows_for(
@@ -246,14 +262,14 @@ class Catalog:
         """
         ids = scan_ids if isinstance(scan_ids, pa.Array) else pa.array(scan_ids, pa.string())
         selected = ", ".join(f"t.{c}" for c in columns) if columns else "t.*"
-        with self.connect(needs=[table]) as con:
+        with self._reader([table]) as con:
             con.register("_ids", pa.table({"scan_id": ids}))
             query = f"SELECT {selected} FROM {table} t SEMI JOIN _ids USING (scan_id)"
             return _sql.fetch(con, query + " ORDER BY t.scan_id")
 
     def count(self, table: str) -> int:
         """Number of rows of ``table`` at this version."""
-        with self.connect(needs=[table]) as con:
+        with self._reader([table]) as con:
             return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
     # -- files and secrets -----------------------------------------------------------------
@@ -293,7 +309,7 @@ class Catalog:
             tables = {t: data for t, data in tables.items() if data.num_rows}
             txn.written = {t: data.num_rows for t, data in tables.items()}
             if not tables and not txn.updates:
-                self.version, self.table_versions, self._files = current.version, recorded, {}
+                self._move_to(current.version, recorded)
                 return
             touched = set(tables) | {u[0] for u in txn.updates}
             _restore_orphans(self.root, {t: recorded[t] for t in touched})
@@ -321,7 +337,48 @@ class Catalog:
             new_version = head["catalog_version"] + 1
             _append_version_row(self.root, new_version, versions, operation)
             _compact_if_fragmented(self.root, VERSIONS_TABLE, operation)
-        self.version, self.table_versions, self._files = new_version, versions, {}
+        self._move_to(new_version, versions)
+
+    def _move_to(self, version: int, table_versions: dict[str, int]) -> None:
+        """Pin this object to another version; forget what was cached for the old one."""
+        self.version, self.table_versions, self._files = version, table_versions, {}
+        self._reader_state = _ReaderState()  # other objects at the old version keep theirs
+
+    def _reader(self, needs: Sequence[str]) -> duckdb.DuckDBPyConnection:
+        """A cursor for trusted internal reads of ``needs`` at this version.
+
+        Opening a DuckDB database costs about 30 ms, so one connection per version is kept
+        and grows a view per table as reads need them; each call gets a cheap cursor on it.
+        User SQL never runs here: it gets a fresh, locked connection from :meth:`connect`.
+        """
+        state = self._reader_state
+        tables = {t for t in needs if t in TABLES}
+        for view in needs:
+            tables.update(VIEWS.get(view, ((), ""))[0])
+        with state.lock:
+            if state.con is None:
+                state.con = _sql.new_connection()
+            missing = sorted(tables - state.tables)
+            if missing:
+                files = {t: self.files(t) for t in missing}
+                schemas = {t: schema_for(t) for t in missing}
+                _sql.add_tables(state.con, files, schemas, legacy=self.legacy)
+                state.tables.update(missing)
+            for name, (deps, statement) in VIEWS.items():
+                if name not in state.views and set(deps) <= state.tables:
+                    state.con.execute(statement)
+                    state.views.add(name)
+            return state.con.cursor()
+
+
+class _ReaderState:
+    """The cached read connection of one catalog version (see :meth:`Catalog._reader`)."""
+
+    def __init__(self) -> None:
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.tables: set[str] = set()
+        self.views: set[str] = set()
+        self.lock = threading.Lock()
 
 
 class Transaction:

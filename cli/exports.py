@@ -36,6 +36,11 @@ def _common(fn):
         "--classes",
         help="Comma-separated classes, in label order (default: those every label map names).",
     )(fn)
+    fn = click.option(
+        "--class-set",
+        help="Export the labels `xds harmonize COHORT --classes SET` wrote (a named set such as "
+        "aeval8 or crosspan, or the classes given to it): vocabulary-merged, linked unconverted.",
+    )(fn)
     fn = click.option("--split", "split_name", required=True, help="Split name.")(fn)
     return click.argument("cohort")(fn)
 
@@ -77,7 +82,19 @@ def _show(summary: dict, title: str, as_json: bool) -> None:
 @click.option("--name", help="Dataset name (default: the cohort's).")
 @click.pass_obj
 def export_nnunet_cmd(
-    state, cohort, split_name, classes, fold, copy, force, jobs, as_json, dataset_id, out, name
+    state,
+    cohort,
+    split_name,
+    class_set,
+    classes,
+    fold,
+    copy,
+    force,
+    jobs,
+    as_json,
+    dataset_id,
+    out,
+    name,
 ):
     """Export to nnU-Net v2 raw format with our patient-level folds in splits_final.json.
 
@@ -94,6 +111,7 @@ def export_nnunet_cmd(
         out=out,
         name=name,
         classes=_classes(classes),
+        class_set=class_set,
         fold=fold,
         jobs=resolve_jobs(jobs),
         link=not copy,
@@ -113,7 +131,7 @@ def export_nnunet_cmd(
 )
 @click.pass_obj
 def export_datalist_cmd(
-    state, cohort, split_name, classes, fold, copy, force, jobs, as_json, partial, out
+    state, cohort, split_name, class_set, classes, fold, copy, force, jobs, as_json, partial, out
 ):
     """Export a MONAI / Decathlon datalist (monai.data.load_decathlon_datalist reads it).
 
@@ -131,6 +149,7 @@ def export_datalist_cmd(
         out=out,
         fold=fold,
         classes=_classes(classes),
+        class_set=class_set,
         partial=partial,
         jobs=resolve_jobs(jobs),
         copy=copy,
@@ -156,7 +175,19 @@ def export_datalist_cmd(
 )
 @click.pass_obj
 def export_hf_cmd(
-    state, cohort, split_name, classes, fold, copy, force, jobs, as_json, partial, out, embed
+    state,
+    cohort,
+    split_name,
+    class_set,
+    classes,
+    fold,
+    copy,
+    force,
+    jobs,
+    as_json,
+    partial,
+    out,
+    embed,
 ):
     """Export a Hugging Face DatasetDict (one split per role) with Parquet shards and a card.
 
@@ -172,6 +203,7 @@ def export_hf_cmd(
         out=out,
         fold=fold,
         classes=_classes(classes),
+        class_set=class_set,
         partial=partial,
         embed=embed,
         jobs=resolve_jobs(jobs),

@@ -255,3 +255,46 @@ def test_cli_exports(holdout, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "Hugging Face export" in result.output
+
+
+def test_harmonized_labels_are_linked_not_converted(holdout, tmp_path):
+    from xds.export import export_nnunet
+    from xds.harmonize import harmonize
+
+    catalog, split, scans = holdout
+    with pytest.raises(ExportError, match="xds harmonize all --classes crosspan"):
+        export_datalist(
+            catalog, "all", split=split.name, out=tmp_path / "x.json", class_set="crosspan"
+        )
+    harmonize(catalog, "all", classes="crosspan")
+    out = tmp_path / "h.json"
+    result = export_datalist(catalog, "all", split=split.name, out=out, class_set="crosspan")
+    assert result.classes == ["pancreas"]
+    assert set(result.files) == {"linked"}  # images and labels: no conversion at all
+    entry = monai_data.load_decathlon_datalist(out, data_list_key="test")[0]
+    assert np.array_equal(
+        _voxels(entry["label"]), _expected_label(catalog, entry["scan_id"], ["pancreas"])
+    )
+
+    # a set some centers label only in part: refused, or masked per case with partial
+    harmonize(catalog, "all", classes="liver,pancreas", unmapped="ignore")
+    with pytest.raises(ExportError, match="liver"):
+        export_hf(catalog, "all", split=split.name, out=tmp_path / "hf", class_set="liver,pancreas")
+    subjects = cohort_subjects(
+        catalog, "all", split=split.name, class_set="liver,pancreas", partial=True
+    )
+    assert {tuple(s["annotated"].tolist()) for s in subjects} == {
+        (True, True, True),
+        (True, False, True),
+    }
+    # nnU-Net cannot take the 255 'ignore' value harmonize wrote for unmapped organs
+    harmonize(catalog, "all", classes="pancreas", unmapped="ignore")
+    with pytest.raises(ExportError, match="unmapped background"):
+        export_nnunet(
+            catalog,
+            "all",
+            split=split.name,
+            dataset_id=7,
+            out=tmp_path / "nn",
+            class_set="pancreas",
+        )

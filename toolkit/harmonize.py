@@ -138,6 +138,20 @@ def _remap(job: _Job) -> dict:
     return {"label_id": label_id, "hash": digest, "present": [int(v) for v in np.unique(out)]}
 
 
+def resolve_class_set(classes: str | list[str]) -> tuple[str, tuple[str, ...]]:
+    """(the name harmonized labels record as ``class_set``, the set's canonical classes).
+
+    A named set keeps its name (``aeval8``); a list of classes is ``custom:a+b``.
+
+    Raises:
+        SchemaError: unknown set or class.
+    """
+    targets = class_set(classes)
+    if isinstance(classes, str) and "," not in classes:
+        return normalize(classes), targets
+    return "custom:" + "+".join(targets), targets
+
+
 def harmonize(
     catalog: Catalog,
     cohort: str,
@@ -163,10 +177,7 @@ def harmonize(
     """
     if unmapped not in UNMAPPED:
         raise SchemaError(f"--unmapped must be background or ignore, not {unmapped!r}")
-    targets = class_set(classes)
-    set_name = normalize(classes) if isinstance(classes, str) and "," not in classes else "custom"
-    if set_name == "custom":
-        set_name = "custom:" + "+".join(targets)
+    set_name, targets = resolve_class_set(classes)
     found = get_cohort(catalog, cohort)
     scan_ids = list(found.scan_ids)
     sources = best_labels(catalog, scan_ids, derived=False)

@@ -9,7 +9,11 @@ ORIGIN_PRIORITY = {"manual": 0, "revised": 1, "pseudo": 2, "synthetic": 3, "pred
 
 
 def best_labels(
-    catalog: Catalog, scan_ids: list[str], *, derived: bool | None = None
+    catalog: Catalog,
+    scan_ids: list[str],
+    *,
+    derived: bool | None = None,
+    class_set: str | None = None,
 ) -> dict[str, dict]:
     """The label row to use per scan: manual > revised > pseudo, newest first within one.
 
@@ -18,10 +22,13 @@ def best_labels(
         scan_ids: the scans.
         derived: None for any label; False for source labels only (not harmonized ones);
             True for harmonized labels only.
+        class_set: only labels harmonized to this class set (its recorded name).
     """
     best: dict[str, dict] = {}
     for row in catalog.rows_for("labels", scan_ids).to_pylist():
         if derived is not None and (row.get("derived_from") is not None) != derived:
+            continue
+        if class_set is not None and row.get("class_set") != class_set:
             continue
         key = (ORIGIN_PRIORITY.get(row["origin"], 9), -row["created_at"].timestamp())
         current = best.get(row["scan_id"])

@@ -15,6 +15,7 @@ in worker processes.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import shutil
 from collections import Counter
@@ -27,6 +28,7 @@ import numpy as np
 from xds.catalog import Catalog, get_cohort
 from xds.catalog.cohorts import Cohort, cohort_scans
 from xds.executors import progress_map
+from xds.harmonize import IGNORE, resolve_class_set
 from xds.labels import best_labels, label_maps
 from xds.schemas.errors import ExportError
 from xds.splits import Split, get_split
@@ -53,6 +55,19 @@ LABELLED_ROLES = ("train", "val")
 """Roles whose scans must have a label (a test scan may lack one; unlabeled ones have none)."""
 
 
+@dataclass(kw_only=True)
+class ExportResult:
+    """Where an export went and what it holds (each exporter adds its own fields)."""
+
+    path: str
+    classes: list[str]
+    files: dict[str, int] = field(default_factory=dict)  # linked/copied/converted -> count
+
+    def summary(self) -> dict:
+        """JSON-ready description."""
+        return dict(self.__dict__)
+
+
 @dataclass(frozen=True)
 class ExportCase:
     """One scan of an export."""
@@ -66,6 +81,12 @@ class ExportCase:
     annotated: tuple[str, ...]  # exported classes the label map annotates
     meta: dict = field(hash=False)  # META_COLUMNS
     fold: int | None = None  # k-fold splits: the fold whose validation set holds the case
+    ready: bool = False  # written by xds harmonize in the exported classes: use as it is
+
+    @property
+    def remap(self) -> tuple[int, ...] | None:
+        """The lookup table a file export applies to the label (None: link it as it is)."""
+        return None if self.ready else self.lut
 
 
 @dataclass
@@ -133,6 +154,7 @@ def plan_export(
     classes: list[str] | None = None,
     partial: bool = False,
     roles: tuple[str, ...] | None = None,
+    class_set: str | None = None,
 ) -> ExportPlan:
     """Resolve a cohort's split into export cases.
 
@@ -149,11 +171,18 @@ def plan_export(
             the classes its map annotates (``annotated``); a trainer must not read the
             others as background there. Without it, such a class is an error.
         roles: keep only these roles (default: all).
+        class_set: use the labels ``xds harmonize`` wrote for this class set (a named set
+            or comma-separated classes, as given to harmonize) instead of remapping the
+            source labels here: the classes are the set's, merged through the vocabulary
+            (kidney = left + right), and the files are linked as they are.
 
     Raises:
         ExportError: the split belongs to another cohort, the fold does not exist, a
-            train/val scan has no label, or a class is not labelled everywhere.
+            train/val scan has no label (or none harmonized to ``class_set``), or a class
+            is not labelled everywhere.
     """
+    if class_set is not None and classes is not None:
+        raise ExportError("give --classes or --class-set, not both")
     found = get_cohort(catalog, cohort)
     the_split = get_split(catalog, split) if split is not None else None
     if the_split is None:
@@ -169,25 +198,34 @@ def plan_export(
 
     scans = {r["scan_id"]: r for r in cohort_scans(catalog, found).to_pylist()}
     wanted = [s for ids in assignment.values() for s in ids]
-    labels = best_labels(catalog, wanted, derived=False)
+    set_name = resolve_class_set(class_set)[0] if class_set is not None else None
+    labels = best_labels(catalog, wanted, derived=set_name is not None, class_set=set_name)
     unlabeled = [s for r in LABELLED_ROLES for s in assignment.get(r, []) if s not in labels]
     if unlabeled:
         raise ExportError(
             f"{len(unlabeled)} train/val scan(s) have no label (e.g. {unlabeled[0]}); "
-            "build the cohort with --where 'has_label'"
+            + (
+                f"run `xds harmonize {cohort} --classes {class_set}` first"
+                if set_name
+                else "build the cohort with --where 'has_label'"
+            )
         )
     # The classes come from the whole split, so every role of it (and every export of one
     # role, as cohort_subjects(role=...) makes) numbers them the same way.
     use = Counter(labels[s]["label_map"] for s in wanted if s in labels)
     maps = label_maps(catalog, set(use))
-    classes = choose_classes(maps, classes, partial=partial, usage=use)
+    if set_name is None:
+        classes = choose_classes(maps, classes, partial=partial, usage=use)
+        index = {c: i + 1 for i, c in enumerate(classes)}
+        luts = {m: _lut(mapping, index) for m, mapping in maps.items()}
+        annotated = {
+            m: tuple(c for c in classes if c in mapping.values()) for m, mapping in maps.items()
+        }
+        annotated_of = {s: annotated[row["label_map"]] for s, row in labels.items()}
+    else:
+        classes, luts, annotated_of = _harmonized(maps, labels, partial, set_name)
     if roles is not None:
         assignment = {r: ids for r, ids in assignment.items() if r in roles}
-    index = {c: i + 1 for i, c in enumerate(classes)}
-    luts = {m: _lut(mapping, index) for m, mapping in maps.items()}
-    annotated = {
-        m: tuple(c for c in classes if c in mapping.values()) for m, mapping in maps.items()
-    }
 
     cases = []
     for role, ids in assignment.items():
@@ -202,13 +240,33 @@ def plan_export(
                     label=str(catalog.resolve(label["uri"])) if label else None,
                     label_id=label["label_id"] if label else None,
                     lut=luts[label_map] if label else None,
-                    annotated=annotated[label_map] if label else (),
+                    annotated=annotated_of[scan_id] if label else (),
                     meta={c: scan.get(c) for c in META_COLUMNS},
                     fold=val_fold.get(scan_id),
+                    ready=set_name is not None,
                 )
             )
     cases.sort(key=lambda c: (ROLE_ORDER.index(c.role), c.scan_id))
     return ExportPlan(found, the_split, fold, classes, cases)
+
+
+def _harmonized(maps, labels, partial, set_name):
+    """Classes, lookup tables (identity) and annotated classes of harmonized labels."""
+    first = maps[min(maps)]
+    classes = [n for i, n in sorted(first.items()) if 0 < i < IGNORE]
+    luts = {m: tuple(range(max(mapping) + 1)) for m, mapping in maps.items()}
+    annotated_of = {
+        s: tuple(c for c in classes if c in (row["classes_annotated"] or ()))
+        for s, row in labels.items()
+    }
+    lacking = Counter(c for a in annotated_of.values() for c in classes if c not in a)
+    if lacking and not partial:
+        raise ExportError(
+            f"class(es) of {set_name} not annotated in every label: "
+            + ", ".join(f"{c} ({n} scans)" for c, n in sorted(lacking.items()))
+            + "; pass --partial and mask them per case"
+        )
+    return classes, luts, annotated_of
 
 
 def choose_classes(
@@ -302,20 +360,39 @@ class FileJob:
 
 
 def place_files(jobs: list[FileJob], *, workers: int = 1, description: str = "export") -> dict:
-    """Run the jobs in parallel with a progress bar; return counts of what each did."""
+    """Place the files; return counts of what was done (linked, copied, converted...).
+
+    Links and copies run here, one after the other (they cost a system call or a disk-bound
+    copy); labels that need remapping go to ``workers`` processes with a progress bar, and
+    to this process when there are too few to pay for a pool.
+    """
     for parent in {Path(j.dst).parent for j in jobs}:
         parent.mkdir(parents=True, exist_ok=True)
-    done = progress_map(place_file, jobs, jobs=workers, description=description)
-    return dict(sorted(Counter(done).items()))
+    done, converting = Counter(), []
+    for job in jobs:
+        if job.lut is not None and not _identity_label(job.src, job.lut):
+            converting.append(job)
+        else:
+            done[_place(job)] += 1
+    workers = workers if len(converting) >= MIN_POOL_JOBS else 1
+    progress_map(_convert, converting, jobs=workers, description=description)
+    done["converted"] += len(converting)
+    return dict(sorted((k, n) for k, n in done.items() if n))
 
 
-def place_file(job: FileJob) -> str:
-    """Place one file; return what was done: linked, symlinked, copied or converted."""
+MIN_POOL_JOBS = 16
+"""Fewer conversions than this run in this process: starting workers costs about a second."""
+
+
+def _convert(job: FileJob) -> None:
+    Path(job.dst).unlink(missing_ok=True)
+    convert_label(job.src, job.dst, job.lut)
+
+
+def _place(job: FileJob) -> str:
+    """Link or copy one file that needs no conversion; say which."""
     dst = Path(job.dst)
     dst.unlink(missing_ok=True)
-    if job.lut is not None and not _identity_label(job.src, job.lut):
-        convert_label(job.src, job.dst, job.lut)
-        return "converted"
     if job.copy:
         shutil.copyfile(job.src, dst)
         return "copied"
@@ -337,7 +414,11 @@ def _identity_label(path: str, lut: tuple[int, ...]) -> bool:
     """The label can be used as it is: an identity lookup and integer voxels, unscaled."""
     if any(i != v for i, v in enumerate(lut)):
         return False
-    header = nib.load(path).header
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as fh:  # the 348-byte header only (nib.load sniffs much more)
+        header = nib.Nifti1Header.from_fileobj(fh, check=False)
+    if header["sizeof_hdr"] != 348:  # NIfTI-2
+        header = nib.load(path).header
     slope, inter = header.get_slope_inter()
     return (
         np.issubdtype(header.get_data_dtype(), np.integer)

@@ -23,26 +23,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xds.catalog import Catalog
-from xds.export.common import ExportPlan, FileJob, place_files, plan_export, writing_target
+from xds.export.common import (
+    ExportPlan,
+    ExportResult,
+    FileJob,
+    place_files,
+    plan_export,
+    writing_target,
+)
 from xds.schemas.errors import ExportError
 
 ROLE_KEYS = {"train": "training", "val": "validation", "test": "test", "unlabeled": "unlabeled"}
 """Split role -> datalist key (MONAI's names; ``unlabeled`` for semi-supervised splits)."""
 
 
-@dataclass
-class DatalistExport:
+@dataclass(kw_only=True)
+class DatalistExport(ExportResult):
     """Where a datalist went and what it lists."""
 
-    path: str
     data_dir: str
-    classes: list[str]
     entries: dict[str, int] = field(default_factory=dict)  # datalist key -> count
-    files: dict[str, int] = field(default_factory=dict)  # linked/copied/converted -> count
-
-    def summary(self) -> dict:
-        """JSON-ready description."""
-        return dict(self.__dict__)
 
 
 def export_datalist(
@@ -53,6 +53,7 @@ def export_datalist(
     out: str | Path,
     fold: int = 0,
     classes: list[str] | None = None,
+    class_set: str | None = None,
     partial: bool = False,
     jobs: int = 1,
     copy: bool = False,
@@ -67,6 +68,8 @@ def export_datalist(
         out: the datalist file (``.json``); files go in the folder of the same name.
         fold: which fold of the split.
         classes: classes to export (see :func:`xds.export.common.plan_export`).
+        class_set: export the labels ``xds harmonize`` wrote for this class set, linked
+            as they are (see :func:`xds.export.common.plan_export`).
         partial: allow classes some label maps do not annotate (listed per entry).
         jobs: worker processes for label conversion.
         copy: copy files instead of hard-linking them.
@@ -80,7 +83,15 @@ def export_datalist(
     if out.suffix != ".json":
         raise ExportError(f"--out {out}: a datalist is a .json file")
     data_dir = out.with_suffix("")
-    plan = plan_export(catalog, cohort, split=split, fold=fold, classes=classes, partial=partial)
+    plan = plan_export(
+        catalog,
+        cohort,
+        split=split,
+        fold=fold,
+        classes=classes,
+        class_set=class_set,
+        partial=partial,
+    )
     with writing_target(out, data_dir, force=force):
         jobs_, lists = [], {}
         for case in plan.cases:
@@ -90,7 +101,7 @@ def export_datalist(
             if case.label is not None:
                 label = data_dir / "labels" / f"{case.scan_id}.nii.gz"
                 entry["label"] = str(label.relative_to(out.parent))
-                jobs_.append(FileJob(case.label, str(label), case.lut, copy=copy))
+                jobs_.append(FileJob(case.label, str(label), case.remap, copy=copy))
             entry |= {"scan_id": case.scan_id, **case.meta}
             if case.fold is not None:
                 entry["fold"] = case.fold
@@ -102,7 +113,11 @@ def export_datalist(
         document = _header(plan) | lists
         out.write_text(json.dumps(document, indent=2) + "\n")
         return DatalistExport(
-            str(out), str(data_dir), plan.classes, {k: len(v) for k, v in lists.items()}, files
+            path=str(out),
+            data_dir=str(data_dir),
+            classes=plan.classes,
+            entries={k: len(v) for k, v in lists.items()},
+            files=files,
         )
 
 

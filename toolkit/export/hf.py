@@ -30,7 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xds.catalog import Catalog
-from xds.export.common import ExportPlan, FileJob, place_files, plan_export, writing_target
+from xds.export.common import (
+    ExportPlan,
+    ExportResult,
+    FileJob,
+    place_files,
+    plan_export,
+    writing_target,
+)
 
 HF_SPLITS = {"train": "train", "val": "validation", "test": "test", "unlabeled": "unlabeled"}
 """Split role -> dataset split name."""
@@ -42,20 +49,13 @@ SHARD_BYTES = 500 << 20
 """Parquet shard size the hub recommends."""
 
 
-@dataclass
-class HfExport:
+@dataclass(kw_only=True)
+class HfExport(ExportResult):
     """Where a Hugging Face export went and what it holds."""
 
-    path: str
-    classes: list[str]
     embedded: bool
     rows: dict[str, int] = field(default_factory=dict)  # dataset split -> rows
     parquet: list[str] = field(default_factory=list)
-    files: dict[str, int] = field(default_factory=dict)
-
-    def summary(self) -> dict:
-        """JSON-ready description."""
-        return dict(self.__dict__)
 
 
 def export_hf(
@@ -66,6 +66,7 @@ def export_hf(
     out: str | Path,
     fold: int = 0,
     classes: list[str] | None = None,
+    class_set: str | None = None,
     partial: bool = False,
     embed: bool = False,
     jobs: int = 1,
@@ -81,6 +82,8 @@ def export_hf(
         out: the dataset folder (``datasets.load_from_disk(out)`` reads it).
         fold: which fold of the split.
         classes: classes to export (see :func:`xds.export.common.plan_export`).
+        class_set: export the labels ``xds harmonize`` wrote for this class set, linked
+            as they are (see :func:`xds.export.common.plan_export`).
         partial: allow classes some label maps do not annotate (see ``annotated``).
         embed: store the NIfTI bytes in the dataset (``Nifti`` features) instead of paths.
         jobs: worker processes for label conversion and embedding.
@@ -93,7 +96,15 @@ def export_hf(
     import datasets
 
     out = Path(out).absolute()
-    plan = plan_export(catalog, cohort, split=split, fold=fold, classes=classes, partial=partial)
+    plan = plan_export(
+        catalog,
+        cohort,
+        split=split,
+        fold=fold,
+        classes=classes,
+        class_set=class_set,
+        partial=partial,
+    )
     with writing_target(out, force=force):
         files_dir = out / (".staging" if embed else "files")
 
@@ -106,7 +117,7 @@ def export_hf(
             label = None
             if case.label is not None:
                 label = str(files_dir / "labels" / f"{case.scan_id}.nii.gz")
-                jobs_.append(FileJob(case.label, label, case.lut, copy=copy and not embed))
+                jobs_.append(FileJob(case.label, label, case.remap, copy=copy and not embed))
             paths[case.scan_id] = (image, label)
         out.mkdir(parents=True, exist_ok=True)
         files = place_files(jobs_, workers=jobs, description="export hf")
@@ -140,7 +151,14 @@ def export_hf(
                 dataset = datasets.load_from_disk(str(out))
             shards = _write_parquet(dataset, out / "data")
         (out / "README.md").write_text(dataset_card(plan, rows, embed=embed, folder=out.name))
-        return HfExport(str(out), plan.classes, embed, rows, shards, files)
+        return HfExport(
+            path=str(out),
+            classes=plan.classes,
+            embedded=embed,
+            rows=rows,
+            parquet=shards,
+            files=files,
+        )
 
 
 def _features(plan: ExportPlan, embed: bool):
@@ -186,7 +204,8 @@ def _write_parquet(dataset, folder: Path) -> list[str]:
         n = max(1, math.ceil(ds.data.nbytes / SHARD_BYTES))
         for i in range(n):
             path = folder / f"{name}-{i:05d}-of-{n:05d}.parquet"
-            ds.shard(num_shards=n, index=i, contiguous=True).to_parquet(str(path))
+            shard = ds if n == 1 else ds.shard(num_shards=n, index=i, contiguous=True)
+            shard.to_parquet(str(path))
             written.append(str(path.relative_to(folder.parent)))
     return written
 

@@ -24,24 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xds.catalog import Catalog
-from xds.export.common import FileJob, place_files, plan_export, writing_target
+from xds.export.common import ExportResult, FileJob, place_files, plan_export, writing_target
+from xds.harmonize import IGNORE
 from xds.schemas.errors import ExportError
 
 
-@dataclass
-class NnunetExport:
-    """Where an export went and what it holds."""
+@dataclass(kw_only=True)
+class NnunetExport(ExportResult):
+    """Where an nnU-Net export went and what it holds."""
 
-    path: str
     dataset_id: int
-    classes: list[str]
     cases: dict[str, int] = field(default_factory=dict)  # folder -> count
     skipped_unlabeled: int = 0
-    files: dict[str, int] = field(default_factory=dict)  # linked/copied/converted -> count
-
-    def summary(self) -> dict:
-        """JSON-ready description."""
-        return dict(self.__dict__)
 
 
 def export_nnunet(
@@ -53,6 +47,7 @@ def export_nnunet(
     out: str | Path,
     name: str | None = None,
     classes: list[str] | None = None,
+    class_set: str | None = None,
     fold: int = 0,
     jobs: int = 1,
     link: bool = True,
@@ -70,6 +65,8 @@ def export_nnunet(
         classes: classes to keep, in this order (label 1, 2, ...). Default: the classes
             every label map in the export names, so an organ one center does not annotate
             is never trained as background.
+        class_set: export the labels ``xds harmonize`` wrote for this class set, linked
+            as they are (see :func:`xds.export.common.plan_export`).
         fold: which fold of the split to export.
         jobs: worker processes.
         link: hard-link images (and labels that need no remapping) instead of copying.
@@ -82,8 +79,19 @@ def export_nnunet(
     if not 1 <= dataset_id <= 999:
         raise ExportError(f"--dataset-id {dataset_id}: nnU-Net ids are 1-999")
     plan = plan_export(
-        catalog, cohort, split=split, fold=fold, classes=classes, roles=("train", "val", "test")
+        catalog,
+        cohort,
+        split=split,
+        fold=fold,
+        classes=classes,
+        class_set=class_set,
+        roles=("train", "val", "test"),
     )
+    if class_set and any(c.lut and len(c.lut) > len(plan.classes) + 1 for c in plan.cases):
+        raise ExportError(
+            f"labels harmonized to {class_set} with --unmapped ignore hold {IGNORE}; nnU-Net "
+            "needs consecutive labels: harmonize with --unmapped background for it"
+        )
     name = re.sub(r"[^A-Za-z0-9]+", "", (name or plan.cohort.name).title()) or "Cohort"
     target = Path(out) / f"Dataset{dataset_id:03d}_{name}"
     modalities = plan.modalities
@@ -105,7 +113,7 @@ def export_nnunet(
             )
             if case.label is not None:
                 dst = target / f"labels{folder}" / f"{case.scan_id}.nii.gz"
-                work.append(FileJob(case.label, str(dst), case.lut, copy=not link))
+                work.append(FileJob(case.label, str(dst), case.remap, copy=not link))
             table.append(
                 {
                     "case": case.scan_id,
@@ -151,10 +159,10 @@ def export_nnunet(
             writer.writeheader()
             writer.writerows(table)
         return NnunetExport(
-            str(target),
-            dataset_id,
-            plan.classes,
-            {
+            path=str(target),
+            dataset_id=dataset_id,
+            classes=plan.classes,
+            cases={
                 "imagesTr": len(train_ids),
                 "imagesTs": len(roles.get("test", [])),
                 "labelsTs": sum(1 for c in plan.by_role().get("test", []) if c.label),

@@ -55,6 +55,7 @@ def cohort_subjects(
     role: str | None = None,
     fold: int = 0,
     classes: list[str] | None = None,
+    class_set: str | None = None,
     partial: bool = False,
 ) -> list:
     """The scans of a cohort (one role of a split, or all of them) as ``torchio.Subject``s.
@@ -67,6 +68,8 @@ def cohort_subjects(
         fold: which fold of the split.
         classes: classes of the ``label`` images (see :func:`xds.export.common.plan_export`);
             the subjects' ``classes`` attribute names them.
+        class_set: read the labels ``xds harmonize`` wrote for this class set, as they
+            are (see :func:`xds.export.common.plan_export`).
         partial: allow classes some label maps do not annotate (see ``annotated``).
 
     Returns:
@@ -87,7 +90,14 @@ def cohort_subjects(
         catalog = Catalog.open(catalog)
     roles = (role,) if role is not None else None
     plan = plan_export(
-        catalog, cohort, split=split, fold=fold, classes=classes, partial=partial, roles=roles
+        catalog,
+        cohort,
+        split=split,
+        fold=fold,
+        classes=classes,
+        class_set=class_set,
+        partial=partial,
+        roles=roles,
     )
     names = list(plan.labels.values())
     subjects = []
