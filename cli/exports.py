@@ -58,7 +58,25 @@ def _classes(text: str | None) -> list[str] | None:
     return [c.strip() for c in text.split(",") if c.strip()] if text else None
 
 
-def _show(summary: dict, title: str, as_json: bool) -> None:
+def _run(exporter: str, title: str, state, as_json: bool, options: dict) -> None:
+    """Call ``xds.export.<exporter>`` with the options every export shares, and print."""
+    import xds.export
+
+    options = dict(options)
+    copy = options.pop("copy")
+    if exporter == "export_nnunet":
+        options["link"] = not copy
+    else:
+        options["copy"] = copy
+    result = getattr(xds.export, exporter)(
+        state.catalog(),
+        options.pop("cohort"),
+        split=options.pop("split_name"),
+        classes=_classes(options.pop("classes")),
+        jobs=resolve_jobs(options.pop("jobs")),
+        **options,
+    )
+    summary = result.summary()
     if as_json:
         emit_json(summary)
         return
@@ -81,43 +99,13 @@ def _show(summary: dict, title: str, as_json: bool) -> None:
 )
 @click.option("--name", help="Dataset name (default: the cohort's).")
 @click.pass_obj
-def export_nnunet_cmd(
-    state,
-    cohort,
-    split_name,
-    class_set,
-    classes,
-    fold,
-    copy,
-    force,
-    jobs,
-    as_json,
-    dataset_id,
-    out,
-    name,
-):
+def export_nnunet_cmd(state, as_json, **options):
     """Export to nnU-Net v2 raw format with our patient-level folds in splits_final.json.
 
     Copy splits_final.json to $nnUNet_preprocessed/DatasetXXX_NAME/ after planning so
-    nnU-Net trains on these folds (xds train does it for you).
+    nnU-Net trains on these folds.
     """
-    from xds.export import export_nnunet
-
-    result = export_nnunet(
-        state.catalog(),
-        cohort,
-        split=split_name,
-        dataset_id=dataset_id,
-        out=out,
-        name=name,
-        classes=_classes(classes),
-        class_set=class_set,
-        fold=fold,
-        jobs=resolve_jobs(jobs),
-        link=not copy,
-        force=force,
-    )
-    _show(result.summary(), "nnU-Net export", as_json)
+    _run("export_nnunet", "nnU-Net export", state, as_json, options)
 
 
 @export.command("datalist")
@@ -130,9 +118,7 @@ def export_nnunet_cmd(
     help="Datalist FILE.json; the files go in the folder FILE/ beside it.",
 )
 @click.pass_obj
-def export_datalist_cmd(
-    state, cohort, split_name, class_set, classes, fold, copy, force, jobs, as_json, partial, out
-):
+def export_datalist_cmd(state, as_json, **options):
     """Export a MONAI / Decathlon datalist (monai.data.load_decathlon_datalist reads it).
 
     \b
@@ -140,22 +126,7 @@ def export_datalist_cmd(
     label (when known), scan_id, subject_id, center, sequence, sex, age ... and, for
     k-fold splits, the fold whose validation set holds it.
     """
-    from xds.export import export_datalist
-
-    result = export_datalist(
-        state.catalog(),
-        cohort,
-        split=split_name,
-        out=out,
-        fold=fold,
-        classes=_classes(classes),
-        class_set=class_set,
-        partial=partial,
-        jobs=resolve_jobs(jobs),
-        copy=copy,
-        force=force,
-    )
-    _show(result.summary(), "datalist export", as_json)
+    _run("export_datalist", "datalist export", state, as_json, options)
 
 
 @export.command("hf")
@@ -174,40 +145,10 @@ def export_datalist_cmd(
     "ready to move or push to the hub. Default: paths to linked files.",
 )
 @click.pass_obj
-def export_hf_cmd(
-    state,
-    cohort,
-    split_name,
-    class_set,
-    classes,
-    fold,
-    copy,
-    force,
-    jobs,
-    as_json,
-    partial,
-    out,
-    embed,
-):
+def export_hf_cmd(state, as_json, **options):
     """Export a Hugging Face DatasetDict (one split per role) with Parquet shards and a card.
 
     Metadata columns are typed (center, sequence, sex... as class labels) and the
     harmonized class names are the names of the 'annotated' class-label column.
     """
-    from xds.export import export_hf
-
-    result = export_hf(
-        state.catalog(),
-        cohort,
-        split=split_name,
-        out=out,
-        fold=fold,
-        classes=_classes(classes),
-        class_set=class_set,
-        partial=partial,
-        embed=embed,
-        jobs=resolve_jobs(jobs),
-        copy=copy,
-        force=force,
-    )
-    _show(result.summary(), "Hugging Face export", as_json)
+    _run("export_hf", "Hugging Face export", state, as_json, options)

@@ -137,6 +137,14 @@ def test_hf_export_loads_with_datasets(holdout, tmp_path, embed):
     # the Parquet shards hold the same rows, and the card says where they came from
     shards = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf-cache"))
     assert {k: len(v) for k, v in shards.items()} == result.rows
+    # another split exported to a folder of the same name loads its own rows, not the
+    # first export's from the cache (datasets keys its cache by folder and config name)
+    other = make_split(catalog, "all", "holdout", ratios=(50, 20, 30), seed=3, name="other")
+    again = tmp_path / "elsewhere" / "hf"
+    rows = export_hf(catalog, "all", split=other.name, out=again, embed=embed).rows
+    reloaded = datasets.load_dataset(str(again), cache_dir=str(tmp_path / "hf-cache"))
+    assert {k: len(v) for k, v in reloaded.items()} == rows
+    assert rows != result.rows
     card = (out / "README.md").read_text()
     assert f"catalog version {get_cohort(catalog, 'all').catalog_version}" in card
     assert "| 1 | pancreas |" in card

@@ -21,6 +21,8 @@ decodes them), which costs no copy but ties the dataset to this disk.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -240,7 +242,7 @@ def dataset_card(plan: ExportPlan, rows: dict[str, int], *, embed: bool, folder:
         "- nifti",
         "- xds",
         "configs:",
-        "- config_name: default",
+        f"- config_name: {config_name(plan, embed)}",
         "  data_files:",
         *[f"  - split: {name}\n    path: data/{name}-*" for name in rows],
         "---",
@@ -313,6 +315,20 @@ def dataset_card(plan: ExportPlan, rows: dict[str, int], *, embed: bool, folder:
         "",
     ]
     return "\n".join(yaml + [""] + body)
+
+
+def config_name(plan: ExportPlan, embed: bool) -> str:
+    """The card's config name: unique per export content.
+
+    ``datasets.load_dataset(folder)`` caches by folder name and config name, not by the
+    files' location: two exports in folders of the same name (``hf/``) would share a cache
+    entry, and the second would load the first's rows. A name derived from the cohort,
+    catalog version, split, fold and classes keeps them apart.
+    """
+    digest = hashlib.sha256(
+        json.dumps([plan.provenance(), plan.classes, embed], sort_keys=True, default=str).encode()
+    ).hexdigest()
+    return f"xds-{digest[:12]}"
 
 
 def _count(plan: ExportPlan, columns: tuple[str, ...], by_split: bool = False) -> list[list[str]]:
