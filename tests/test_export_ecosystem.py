@@ -306,3 +306,26 @@ def test_harmonized_labels_are_linked_not_converted(holdout, tmp_path):
             out=tmp_path / "nn",
             class_set="pancreas",
         )
+
+
+def test_embedded_splits_are_sharded_by_file_bytes(holdout, tmp_path, monkeypatch):
+    import xds.export.hf as hf
+
+    catalog, split, _ = holdout
+    roles = split.roles()
+    files = [
+        catalog.resolve(r["image_uri"])
+        for r in cohort_scans(catalog, get_cohort(catalog, "all")).to_pylist()
+        if r["scan_id"] in roles["train"]
+    ]
+    # shards of about a quarter of the train images' bytes: datasets alone would see only
+    # paths in the table and write one shard
+    monkeypatch.setattr(hf, "SHARD_BYTES", sum(f.stat().st_size for f in files) // 4)
+    result = export_hf(catalog, "all", split=split.name, out=tmp_path / "hf", embed=True)
+    train_shards = [p for p in result.parquet if p.startswith("data/train-")]
+    assert len(train_shards) >= 4
+    loaded = datasets.load_from_disk(str(tmp_path / "hf"))
+    assert len(loaded["train"].cache_files) == len(train_shards)
+    assert sorted(loaded["train"]["scan_id"]) == roles["train"]
+    parquet = datasets.load_dataset(str(tmp_path / "hf"), cache_dir=str(tmp_path / "cache"))
+    assert sorted(parquet["train"]["scan_id"]) == roles["train"]

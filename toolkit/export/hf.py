@@ -125,7 +125,7 @@ def export_hf(
         files = place_files(jobs_, workers=jobs, description="export hf")
 
         features = _features(plan, embed)
-        splits = {}
+        splits, num_shards = {}, {}
         for role, cases in plan.by_role().items():
             columns = {name: [] for name in features}
             for case in cases:
@@ -140,14 +140,19 @@ def export_hf(
                 for name in columns:
                     columns[name].append(row[name])
             name = HF_SPLITS.get(role, role)
+            # datasets sizes shards from the Arrow table, which holds only paths until it
+            # embeds the files: count the files' bytes, or a 1,000-scan split would become one
+            # shard written in one batch, past Arrow's 2 GB per binary array
+            size = sum(os.path.getsize(p) for c in cases for p in paths[c.scan_id] if p)
+            num_shards[name] = max(1, min(len(cases), math.ceil(size / SHARD_BYTES)))
             splits[name] = datasets.Dataset.from_dict(
                 columns, features=features, info=_info(plan, features), split=name
             )
         dataset = datasets.DatasetDict(splits)
         rows = {name: len(ds) for name, ds in dataset.items()}
         with _quiet_progress():
-            num_proc = min(jobs, min(rows.values(), default=0) // 16) if embed else 0
-            dataset.save_to_disk(str(out), num_proc=num_proc if num_proc > 1 else None)
+            # in this process: embedding reads files, and datasets' worker pools cost seconds
+            dataset.save_to_disk(str(out), num_shards=num_shards if embed else None)
             if embed:
                 shutil.rmtree(files_dir)  # the bytes live in the dataset now
                 dataset = datasets.load_from_disk(str(out))
