@@ -226,11 +226,7 @@ class Catalog:
         ``needs`` limits the views to the tables and views named (internal queries that
         know what they read skip listing the other tables' files).
         """
-        tables = set(TABLES)
-        if needs is not None:
-            tables = {t for t in needs if t in TABLES}
-            for view in needs:
-                tables.update(VIEWS.get(view, ((), ""))[0])
+        tables = set(TABLES) if needs is None else _tables_for(needs)
         files = {t: self.files(t) for t in TABLES if t in tables}
         schemas = {t: schema_for(t) for t in files}
         views = [sql for deps, sql in VIEWS.values() if set(deps) <= tables]
@@ -352,9 +348,7 @@ class Catalog:
         User SQL never runs here: it gets a fresh, locked connection from :meth:`connect`.
         """
         state = self._reader_state
-        tables = {t for t in needs if t in TABLES}
-        for view in needs:
-            tables.update(VIEWS.get(view, ((), ""))[0])
+        tables = _tables_for(needs)
         with state.lock:
             if state.con is None:
                 state.con = _sql.new_connection()
@@ -369,6 +363,14 @@ class Catalog:
                     state.con.execute(statement)
                     state.views.add(name)
             return state.con.cursor()
+
+
+def _tables_for(needs: Sequence[str]) -> set[str]:
+    """The tables that ``needs`` (table and view names) read."""
+    tables = {t for t in needs if t in TABLES}
+    for view in needs:
+        tables.update(VIEWS.get(view, ((), ""))[0])
+    return tables
 
 
 class _ReaderState:

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import click
 
-from xds.cli.options import jobs_option, json_option, resolve_jobs
+from xds.cli.options import csv_list, jobs_option, json_option, resolve_jobs
 from xds.cli.output import emit_json, print_kv, print_table, warn
-
-
-def _csv(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
 @click.command("evaluate")
@@ -173,7 +169,7 @@ def report_cmd(state, evaluations, out, by, metrics, classes, matrix, pair, seed
     pairing = None
     if pair:
         column, _, values = pair.partition("=")
-        sides = _csv(values) or []
+        sides = csv_list(values) or []
         if not column or len(sides) != 2:
             raise click.BadParameter(
                 "expected COLUMN=A,B, e.g. sequence=T1W,T2W", param_hint="--pair"
@@ -181,9 +177,9 @@ def report_cmd(state, evaluations, out, by, metrics, classes, matrix, pair, seed
         pairing = (column, sides[0], sides[1])
     result = build_report(
         state.catalog(), list(evaluations), out=out or "xds-report-" + "-vs-".join(evaluations),
-        by=_csv(by) or [], metrics=_csv(metrics) or [], classes=_csv(classes), matrix=matrix,
-        pair=pairing, seed=seed, n_resamples=n_boot, confidence=confidence, title=title,
-        force=force,
+        by=csv_list(by) or [], metrics=csv_list(metrics) or [], classes=csv_list(classes),
+        matrix=matrix, pair=pairing, seed=seed, n_resamples=n_boot, confidence=confidence,
+        title=title, force=force,
     )  # fmt: skip
     if as_json:
         emit_json(result.summary())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from xds.cli.options import XdsGroup, jobs_option, json_option, resolve_jobs
+from xds.cli.options import XdsGroup, csv_list, jobs_option, json_option, resolve_jobs
 from xds.cli.output import emit_json, print_kv
 
 
@@ -54,10 +54,6 @@ def _partial(fn):
     )(fn)
 
 
-def _classes(text: str | None) -> list[str] | None:
-    return [c.strip() for c in text.split(",") if c.strip()] if text else None
-
-
 def _run(exporter: str, title: str, state, as_json: bool, options: dict) -> None:
     """Call ``xds.export.<exporter>`` with the options every export shares, and print."""
     import xds.export
@@ -72,7 +68,7 @@ def _run(exporter: str, title: str, state, as_json: bool, options: dict) -> None
         state.catalog(),
         options.pop("cohort"),
         split=options.pop("split_name"),
-        classes=_classes(options.pop("classes")),
+        classes=csv_list(options.pop("classes")),
         jobs=resolve_jobs(options.pop("jobs")),
         **options,
     )

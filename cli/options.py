@@ -69,3 +69,8 @@ def resolve_jobs(jobs: int | None) -> int:
     from xds.executors import default_jobs
 
     return jobs or default_jobs()
+
+
+def csv_list(text: str | None) -> list[str] | None:
+    """A comma-separated option as a list (blanks dropped), None when not given."""
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None

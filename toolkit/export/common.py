@@ -137,13 +137,6 @@ class ExportPlan:
             }
         return out
 
-    def counts(self, *columns: str) -> dict[str, int]:
-        """Cases per role and per value of ``columns`` (e.g. center, sequence)."""
-        keys = Counter(
-            "/".join([c.role, *(str(c.meta.get(col)) for col in columns)]) for c in self.cases
-        )
-        return dict(sorted(keys.items()))
-
 
 def plan_export(
     catalog: Catalog,

@@ -88,7 +88,7 @@ def export_hf(
             as they are (see :func:`xds.export.common.plan_export`).
         partial: allow classes some label maps do not annotate (see ``annotated``).
         embed: store the NIfTI bytes in the dataset (``Nifti`` features) instead of paths.
-        jobs: worker processes for label conversion and embedding.
+        jobs: worker processes for label conversion.
         copy: copy files instead of hard-linking them (without ``embed``).
         force: replace a non-empty ``out``.
 
@@ -140,11 +140,12 @@ def export_hf(
                 for name in columns:
                     columns[name].append(row[name])
             name = HF_SPLITS.get(role, role)
-            # datasets sizes shards from the Arrow table, which holds only paths until it
-            # embeds the files: count the files' bytes, or a 1,000-scan split would become one
-            # shard written in one batch, past Arrow's 2 GB per binary array
-            size = sum(os.path.getsize(p) for c in cases for p in paths[c.scan_id] if p)
-            num_shards[name] = max(1, min(len(cases), math.ceil(size / SHARD_BYTES)))
+            if embed:
+                # datasets sizes shards from the Arrow table, which holds only paths until it
+                # embeds the files: count the files' bytes, or a 1,000-scan split would be one
+                # shard written in one batch, past Arrow's 2 GB per binary array
+                size = sum(os.path.getsize(p) for c in cases for p in paths[c.scan_id] if p)
+                num_shards[name] = max(1, min(len(cases), math.ceil(size / SHARD_BYTES)))
             splits[name] = datasets.Dataset.from_dict(
                 columns, features=features, info=_info(plan, features), split=name
             )

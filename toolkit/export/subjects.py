@@ -21,6 +21,7 @@ import numpy as np
 
 from xds.catalog import Catalog
 from xds.export.common import plan_export, remap_label
+from xds.schemas.errors import ExportError
 
 _MISSING_TEXT = "unknown"
 _NUMBERS = ("age", "field_strength")
@@ -81,8 +82,6 @@ def cohort_subjects(
     """
     import torch
     import torchio as tio
-
-    from xds.schemas.errors import ExportError
 
     if role is not None and split is None:
         raise ExportError(f"role {role!r} needs a split (--split)")
