@@ -27,7 +27,8 @@ from xds.cli.output import emit_json, print_kv, print_table, warn
 @click.option(
     "--pred-labels",
     help="What prediction values mean: a class set, a built-in "
-    "label map, classes in index order, or a JSON file (default: DIR/dataset.json).",
+    "label map, classes in index order, generic:N (label_1..label_N, e.g. synthetic sets), "
+    "or a JSON file (default: DIR/dataset.json).",
 )
 @click.option("--tau", type=float, default=2.0, show_default=True, help="NSD tolerance (mm).")
 @click.option(

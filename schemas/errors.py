@@ -52,3 +52,7 @@ class ExportError(XdsError, ValueError):
 
 class EvaluationError(XdsError, ValueError):
     """Predictions and references cannot be compared (geometry, labels, missing cases)."""
+
+
+class SynthError(XdsError, ValueError):
+    """Synthetic data cannot be generated as asked (no usable templates, bad options)."""

@@ -24,10 +24,11 @@ older catalog up to date."""
 _TS = pa.timestamp("us", tz="UTC")
 _STR = pa.string()
 
-SEQUENCES = ("T1W", "T2W", "OOP", "IP", "DWI", "ADC", "FLAIR", "CT", "PET", "UNKNOWN")
-"""Sequence vocabulary of the ``scans.sequence`` column."""
-MODALITIES = ("MR", "CT", "PT")
-SEQUENCE_SOURCES = ("header", "rule", "manual", "adapter")
+SEQUENCES = ("T1W", "T2W", "OOP", "IP", "DWI", "ADC", "FLAIR", "CT", "PET", "SYN", "UNKNOWN")
+"""Sequence vocabulary of the ``scans.sequence`` column (``SYN``: a generated image whose
+protocol ``scans.protocol`` records, see :mod:`xds.synth`)."""
+MODALITIES = ("MR", "CT", "PT", "SYN")
+SEQUENCE_SOURCES = ("header", "rule", "manual", "adapter", "generator")
 LABEL_ORIGINS = ("manual", "revised", "pseudo", "synthetic", "prediction")
 ROLES = ("train", "val", "test", "unlabeled")
 SEXES = ("F", "M", "O", "U")

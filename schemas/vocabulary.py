@@ -28,6 +28,9 @@ from xds.schemas.errors import SchemaError
 
 _HERE = Path(__file__).parent
 BACKGROUND = "background"
+GENERIC = re.compile(r"label_[1-9][0-9]*")
+"""Generic class names, ``label_<index>``: the classes of a label map that names none
+(an ingest without a label-map file, synthetic sets); each stands only for itself."""
 
 CLASS_SETS: dict[str, tuple[str, ...]] = {
     # A-Eval (seed 004): the eight classes AMOS, FLARE22, WORD, TotalSegmentator and BTCV
@@ -105,6 +108,8 @@ class Vocabulary:
         key = normalize(name)
         if key in self._lookup:
             return self._lookup[key]
+        if GENERIC.fullmatch(key):  # label_7: a structure an unnamed label map numbers
+            return key
         close = difflib.get_close_matches(key, list(self._lookup), n=3, cutoff=0.75)
         hint = (
             f"; did you mean {', '.join(sorted({self._lookup[c] for c in close}))}?"
@@ -225,7 +230,10 @@ def builtin_label_map(name: str) -> LabelMap:
 
 
 def class_set(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """A named set (``aeval8``) or a comma-separated / listed choice of classes, canonical.
+    """The canonical classes a named set, ``generic:N`` or a list of names stands for.
+
+    ``aeval8`` is a named set; ``generic:N`` is ``label_1`` .. ``label_N``, the classes of
+    maps that name none (synthetic sets); otherwise a comma-separated or listed choice.
 
     Raises:
         SchemaError: an unknown set or class name, or a class given twice.
@@ -233,6 +241,8 @@ def class_set(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     if isinstance(spec, str):
         if normalize(spec) in CLASS_SETS:
             return CLASS_SETS[normalize(spec)]
+        if match := re.fullmatch(r"generic:([1-9][0-9]*)", spec.strip()):
+            return tuple(f"label_{i}" for i in range(1, int(match[1]) + 1))
         spec = [s for s in spec.split(",") if s.strip()]
     classes = tuple(vocabulary().resolve(s) for s in spec)
     if not classes:

@@ -91,6 +91,25 @@ def read_volume(path: str | os.PathLike) -> Volume:
     )
 
 
+def write_volume(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Volume:
+    """Save an array as NIfTI (dtype kept, no free text) and describe it as :func:`read_volume`
+    would describe the file, without reading it back (same hash, spacing and orientation)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = nib.Nifti1Image(data, affine)
+    image.header.set_xyzt_units("mm")
+    nib.save(image, path)
+    return Volume(
+        path=path,
+        image=image,
+        data=data,
+        spacing=tuple(round(float(z), 5) for z in image.header.get_zooms()[:3]),
+        shape=tuple(int(n) for n in data.shape),
+        orientation="".join(nib.aff2axcodes(affine)),
+        hash=voxel_hash(data),
+    )
+
+
 def voxel_hash(data: np.ndarray) -> str:
     """SHA-256 of an array's dtype, shape and C-order bytes."""
     h = hashlib.sha256()
