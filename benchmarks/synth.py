@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
@@ -168,6 +170,7 @@ def main() -> None:
     print(f"templates: {len(files)} label maps of {world['n_scans']} scans, {len(pool)} structures")
     images = args.sets * args.set_size
     list(generate(pool, config, sets=1, set_size=1, seed=args.seed + 1))  # warm-up
+    print(f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
 
     started = time.perf_counter()
     ours = list(generate(pool, config, sets=args.sets, set_size=args.set_size, seed=args.seed))

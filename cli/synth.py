@@ -71,7 +71,8 @@ def anatomix_cmd(
     per set, modality SYN, labels of origin synthetic. Same seed, same sets.
 
     \b
-    Set Dice on them:  xds evaluate --pred DIR --cohort C --set-by subject_id --pred-labels generic:40
+    Set Dice on them (one set per subject):
+      xds evaluate --pred DIR --cohort C --set-by subject_id --pred-labels generic:40
     """
     from xds.schemas.errors import CatalogNotFoundError
     from xds.synth import AnatomixConfig, synth_anatomix

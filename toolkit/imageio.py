@@ -91,23 +91,23 @@ def read_volume(path: str | os.PathLike) -> Volume:
     )
 
 
-def write_volume(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Volume:
-    """Save an array as NIfTI (dtype kept, no free text) and describe it as :func:`read_volume`
-    would describe the file, without reading it back (same hash, spacing and orientation)."""
+def write_volume(
+    data: np.ndarray, affine: np.ndarray, path: str | os.PathLike, *, slope: float | None = None
+) -> Volume:
+    """Save an array as NIfTI (dtype kept, no free text) and read it back as a :class:`Volume`.
+
+    With ``slope``, readers decode ``data * slope`` (NIfTI's ``scl_slope``): integers that
+    stand for real values at a fraction of the bytes. The returned volume holds the decoded
+    voxels, so its hash is what an ingest of the file would compute.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image = nib.Nifti1Image(data, affine)
     image.header.set_xyzt_units("mm")
+    if slope is not None:
+        image.header.set_slope_inter(slope, 0.0)
     nib.save(image, path)
-    return Volume(
-        path=path,
-        image=image,
-        data=data,
-        spacing=tuple(round(float(z), 5) for z in image.header.get_zooms()[:3]),
-        shape=tuple(int(n) for n in data.shape),
-        orientation="".join(nib.aff2axcodes(affine)),
-        hash=voxel_hash(data),
-    )
+    return read_volume(path)
 
 
 def voxel_hash(data: np.ndarray) -> str:

@@ -225,9 +225,14 @@ def _place(pool: StructurePool, config: AnatomixConfig, gen) -> tuple[np.ndarray
         theta[:, :, :3] = (
             (1 / half[group].flip(-1))[:, :, None] * rotation[group].transpose(1, 2) * (w / 2)
         )
-        grid = _affine_grid(theta, w)
+        # the masks hold `cube` voxels across a structure: sampling finer than that adds
+        # nothing, so sample at most cube^3 and interpolate the occupancy up to the window
+        coarse = min(w, pool.masks.shape[1])
         cubes = torch.from_numpy(pool.masks)[idx[group], None]
-        found = (F.grid_sample(cubes, grid, align_corners=False) > 0.5)[:, 0].numpy()
+        occupancy = F.grid_sample(cubes, _affine_grid(theta, coarse), align_corners=False)
+        if coarse < w:
+            occupancy = F.interpolate(occupancy, size=(w, w, w), mode="trilinear")
+        found = (occupancy > 0.5)[:, 0].numpy()
         for k, mask in zip(group.tolist(), found, strict=True):
             masks[k] = mask
 
