@@ -292,9 +292,34 @@ def _sampling_grid(draw: SetDraw, shape: tuple[int, ...], gen):
     for aug, noise in zip(draw.within, own, strict=True):
         theta = _affine(draw.across, aug, dims)
         coarse.append(nodes @ theta[:, :dims].T + theta[:, dims] + across + field(aug, noise))
-    coarse = torch.stack(coarse).movedim(-1, 1).float().contiguous()  # (K, dims, *lattice)
-    dense = F.interpolate(coarse, size=shape, mode=mode, align_corners=True)
-    return dense.movedim(1, -1)
+    return _upsample(torch.stack(coarse).float(), shape)
+
+
+def _upsample(coarse, shape: tuple[int, ...]):
+    """(K, *lattice, C) -> (K, *shape, C): linear interpolation, lattice ends on the ends.
+
+    What ``F.interpolate(..., align_corners=True)`` computes, as one small matrix product per
+    axis (last axis first), which keeps the channels last for ``grid_sample`` with no
+    transposed copies: twice as fast on a CPU.
+    """
+    import torch
+
+    out = coarse.contiguous()
+    k, lattice, channels = out.shape[0], list(out.shape[1:-1]), out.shape[-1]
+    sizes = lattice[:]
+    for axis in reversed(range(len(shape))):
+        n, m = lattice[axis], shape[axis]
+        position = torch.linspace(0, n - 1, m, dtype=torch.float64)
+        low = position.floor().clamp(max=n - 2).long()
+        weights = torch.zeros(m, n, dtype=torch.float64)
+        rows = torch.arange(m)
+        weights[rows, low] = 1 - (position - low)
+        weights[rows, low + 1] = position - low
+        prefix = k * math.prod(sizes[:axis])
+        suffix = math.prod(sizes[axis + 1 :]) * channels
+        out = weights.to(out) @ out.view(prefix, n, suffix)
+        sizes[axis] = m
+    return out.view(k, *shape, channels)
 
 
 def _blur(image, sigmas: list[float]):
