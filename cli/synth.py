@@ -98,9 +98,8 @@ def anatomix_cmd(
         jobs=_jobs(jobs),
         preview=preview,
         force=force,
+        register=not no_register,
     )
-    if no_register:
-        report.catalog_version = None
     if as_json:
         emit_json(report.summary())
         return

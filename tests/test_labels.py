@@ -247,6 +247,16 @@ def test_normalize_and_sets():
     assert class_set("liver, postcava") == ("liver", "inferior_vena_cava")
 
 
+def test_generic_label_names_stand_for_themselves():
+    vocab = vocabulary()
+    assert vocab.resolve("Label_7") == "label_7"
+    assert class_set("generic:3") == ("label_1", "label_2", "label_3")
+    assert class_set("label_2, liver") == ("label_2", "liver")
+    for bad in ("label_0", "label_x", "label_07"):
+        with pytest.raises(SchemaError):
+            vocab.resolve(bad)
+
+
 def test_labels_and_harmonize_commands(tmp_path):
     result = CliRunner().invoke(cli, ["labels", "show", "amos", "--json"])
     assert result.exit_code == 0

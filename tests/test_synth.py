@@ -104,6 +104,18 @@ def test_flips_move_labels_and_intensity_flips_do_not(pool):
     assert np.allclose(inverted[0], 1 - plain[0], atol=1e-6)
 
 
+@pytest.mark.gpu
+def test_gpu_sets_match_cpu_sets(pool):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    config = AnatomixConfig(size=SIZE)
+    cpu = next(generate(pool, config, sets=1, set_size=3, seed=8, device="cpu"))
+    gpu = next(generate(pool, config, sets=1, set_size=3, seed=8, device="auto"))
+    assert np.mean(cpu.labels == gpu.labels) > 0.999  # nearest-neighbour ties may differ
+    assert np.allclose(cpu.images, gpu.images, atol=1e-3)
+
+
 def test_2d_sets_are_slices_of_the_template(pool):
     config = AnatomixConfig(size=SIZE, dims=2)
     item = next(generate(pool, config, sets=1, set_size=3, seed=4, device="cpu"))

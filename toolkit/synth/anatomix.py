@@ -168,12 +168,14 @@ def synth_anatomix(
     jobs: int = 1,
     preview: str | Path | None = None,
     force: bool = False,
+    register: bool = True,
 ) -> SynthReport:
-    """Generate Anatomix sets into ``out`` and, with a catalog, register them as a dataset.
+    """Generate Anatomix sets into ``out`` and register them as a catalog dataset.
 
     Args:
-        catalog: the catalog to register the sets in (moved to the version it creates);
-            None writes files only.
+        catalog: the catalog holding the template cohort and receiving the sets (moved to
+            the version it creates); None when the templates are a folder and nothing is
+            registered.
         templates: a folder of label maps, or a cohort whose labels are the templates.
         out: new (or empty) folder for ``set_XXXX/{image,label}_YY.nii.gz`` and
             ``anatomix.json`` (configuration and every draw).
@@ -186,6 +188,7 @@ def synth_anatomix(
         jobs: threads writing files while the next set is generated.
         preview: a PNG montage of the first sets.
         force: replace a non-empty ``out``.
+        register: add the sets to ``catalog`` (False: files only).
 
     Raises:
         SynthError: bad options or templates; nothing is registered then.
@@ -232,7 +235,7 @@ def synth_anatomix(
             from xds.synth.preview import montage
 
             report.preview = str(montage(shown, preview))
-    if catalog is not None:
+    if register and catalog is not None:
         _register(catalog, pairs, config, name=name, run=run, seed=seed, report=report)
     return report
 
