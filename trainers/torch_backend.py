@@ -1,0 +1,294 @@
+"""The native torch/torchio backend: train a U-Net on cohort subjects, predict label maps.
+
+Data: ``xds.cohort_subjects`` (labels remapped to the cohort's classes, ``annotated`` per
+scan), then canonical (RAS) orientation, resampling to ``spacing`` (mm, torchio's x, y, z
+order), per-volume z-score normalization and padding up to the patch; a torchio ``Queue``
+draws label-balanced patches (``LabelSampler``: background and every class equally
+likely). Training: SGD with Nesterov momentum and poly learning-rate decay (nnU-Net's and
+CrossPan's schedule), the partial-label Dice + CE loss per sample, a DG objective over groups
+from a catalog column, optional RandConv, mixed precision on CUDA, seeded, a checkpoint per
+epoch that a re-run resumes from. Prediction: sliding windows with half-patch overlap,
+Gaussian-weighted (nnU-Net's weights), resampled back onto each scan's own grid.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xds.trainers.dg import RandConv, make_objective
+from xds.trainers.losses import PartialDiceCELoss
+from xds.trainers.network import PenultimateFeatures, autocast, build_unet, select_device
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TorchConfig:
+    """Training settings.
+
+    Defaults are CrossPan's (seed 000, appendix C); :meth:`small` is a CPU-sized
+    configuration for tests and the demo.
+    """
+
+    epochs: int = 400
+    iterations: int = 250  # batches per epoch
+    batch_size: int = 2
+    patch: tuple[int, int, int] = (192, 192, 48)  # voxels, x y z after reorientation
+    spacing: tuple[float, float, float] = (1.25, 1.25, 3.0)  # mm, x y z
+    lr: float = 0.01
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    base_features: int = 32
+    samples_per_volume: int = 4
+    queue_length: int = 32
+    workers: int = 0
+    dg: str = "erm"
+    dg_params: dict = field(default_factory=dict)
+    groups: str | None = None  # the subject attribute (catalog column) forming DG groups
+    randconv: bool = False
+    seed: int = 0
+
+    @classmethod
+    def small(cls, **changes) -> TorchConfig:
+        """A few CPU minutes: small patches, few features, short epochs."""
+        base = dict(epochs=10, iterations=20, patch=(32, 32, 16), spacing=(8.0, 8.0, 8.0),
+                    base_features=8, samples_per_volume=2, queue_length=16)  # fmt: skip
+        return cls(**{**base, **changes})
+
+
+@dataclass
+class TrainResult:
+    """What a training run did: where its checkpoint is, its losses, device and time."""
+
+    out: str
+    device: str
+    classes: list[str]
+    groups: list[str]
+    epoch_losses: list[float]
+    seconds: float
+    resumed_from: int = 0
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _preprocess(config: TorchConfig, train: bool):
+    import torchio as tio
+
+    steps = [
+        tio.ToCanonical(),
+        tio.Resample(config.spacing),
+        tio.ZNormalization(),
+        tio.CropOrPad(config.patch, only_pad=True, padding_mode="minimum"),
+    ]
+    if train:
+        steps += [tio.RandomFlip(axes=(0, 1, 2)), tio.RandomAffine(scales=0.1, degrees=10)]
+    return tio.Compose(steps)
+
+
+def train_torch(
+    subjects: list,
+    out: str | Path,
+    config: TorchConfig,
+    *,
+    device: str = "auto",
+    progress: bool = True,
+) -> TrainResult:
+    """Train on ``subjects`` (the train role, with labels) into folder ``out``.
+
+    A checkpoint from an earlier run with the same configuration is resumed.
+
+    Raises:
+        ValueError: no subject with a label, or a groups attribute the subjects lack.
+    """
+    import torchio as tio
+
+    subjects = [s for s in subjects if "label" in s]
+    if not subjects:
+        raise ValueError("no training subject has a label")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _seed(config.seed)
+    where = select_device(device)
+    classes = [c for c in subjects[0]["classes"] if c != "background"]  # foreground, in order
+    groups = sorted({str(s.get(config.groups)) for s in subjects}) if config.groups else ["all"]
+    if config.groups and any(config.groups not in s for s in subjects):
+        raise ValueError(f"subjects have no attribute {config.groups!r} to form groups")
+    group_index = {g: i for i, g in enumerate(groups)}
+
+    network = build_unet(1, len(classes) + 1, config.patch, config.spacing,
+                         base_features=config.base_features).to(where)  # fmt: skip
+    features = PenultimateFeatures(network)
+    objective = make_objective(config.dg, len(groups), **config.dg_params).to(where)
+    loss_fn = PartialDiceCELoss(len(classes) + 1)
+    optimizer = torch.optim.SGD(network.parameters(), lr=config.lr, momentum=config.momentum,
+                                nesterov=True, weight_decay=config.weight_decay)  # fmt: skip
+    total = config.epochs * config.iterations
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (1 - min(step, total - 1) / total) ** 0.9
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=where.type == "cuda")
+    randconv = RandConv() if config.randconv else None
+
+    state = _load_checkpoint(out, config)
+    start, losses = 0, []
+    if state is not None:
+        network.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        objective.load_state_dict(state["objective"])
+        scaler.load_state_dict(state["scaler"])
+        start, losses = state["epoch"], state["losses"]
+        torch.set_rng_state(state["rng"])
+
+    dataset = tio.SubjectsDataset(subjects, transform=_preprocess(config, train=True))
+    sampler = tio.LabelSampler(config.patch, "label",
+                               {k: 1.0 for k in range(len(classes) + 1)})  # fmt: skip
+    queue = tio.Queue(dataset, config.queue_length, config.samples_per_volume, sampler,
+                      num_workers=config.workers)  # fmt: skip
+    loader = torch.utils.data.DataLoader(queue, batch_size=config.batch_size, num_workers=0)
+    started = time.perf_counter()
+    bar = _progress(progress)
+    with bar:
+        task = bar.add_task("train", total=(config.epochs - start) * config.iterations)
+        batches = _forever(loader)
+        for epoch in range(start, config.epochs):
+            network.train()
+            running = []
+            for _ in range(config.iterations):
+                batch = next(batches)
+                image = batch["image"][tio.DATA].to(where).float()
+                target = batch["label"][tio.DATA][:, 0].to(where).long()
+                annotated = batch["annotated"].to(where).bool()
+                index = torch.tensor([group_index.get(str(g), 0) for g in
+                                      batch.get(config.groups, ["all"] * len(image))])  # fmt: skip
+                if randconv is not None:
+                    image = randconv(image)
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(where):
+                    logits = network(image)
+                    per_sample = loss_fn(logits, target, annotated)
+                    loss = objective(per_sample, index.to(where), features.value, logits)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+                scaler.step(optimizer)
+                scaler.update()
+                schedule.step()
+                running.append(float(loss.detach()))
+                bar.update(task, advance=1, description=f"epoch {epoch + 1} loss {running[-1]:.3f}")
+            losses.append(float(np.mean(running)))
+            _save_checkpoint(out, config, network, optimizer, schedule, objective, scaler,
+                             epoch + 1, losses, classes, groups)  # fmt: skip
+    return TrainResult(str(out), str(where), classes, groups, losses,
+                       round(time.perf_counter() - started, 2), start)  # fmt: skip
+
+
+def _forever(loader):
+    while True:
+        yield from loader
+
+
+def _progress(show: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = Console(stderr=True)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    console=console, disable=not (show and console.is_terminal))  # fmt: skip
+
+
+def _config_key(config: TorchConfig) -> str:
+    return json.dumps(asdict(config), sort_keys=True, default=list)
+
+
+def _save_checkpoint(out, config, network, optimizer, schedule, objective, scaler, epoch,
+                     losses, classes, groups) -> None:  # fmt: skip
+    state = {
+        "model": network.state_dict(), "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(), "objective": objective.state_dict(),
+        "scaler": scaler.state_dict(), "epoch": epoch, "losses": losses,
+        "config": _config_key(config), "classes": classes, "groups": groups,
+        "rng": torch.get_rng_state(),
+    }  # fmt: skip
+    tmp = Path(out) / f"{CHECKPOINT}.part"
+    torch.save(state, tmp)
+    tmp.replace(Path(out) / CHECKPOINT)  # a crash never leaves half a checkpoint
+
+
+def _load_checkpoint(out: Path, config: TorchConfig | None = None) -> dict | None:
+    path = out / CHECKPOINT
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if config is not None and state["config"] != _config_key(config):
+        raise ValueError(f"{path}: a checkpoint of another configuration; use a new folder")
+    return state
+
+
+def predict_torch(
+    run: str | Path, subjects: list, out: str | Path, *, device: str = "auto", progress=True
+) -> list[Path]:
+    """Predict every subject with the checkpoint in folder ``run``.
+
+    Writes ``{scan_id}.nii.gz`` on each scan's own grid and a ``dataset.json`` naming the
+    labels, which is what ``xds evaluate --pred`` reads.
+
+    Raises:
+        ValueError: ``run`` holds no checkpoint.
+    """
+    import nibabel as nib
+    import torchio as tio
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    state = _load_checkpoint(Path(run))
+    if state is None:
+        raise ValueError(f"{run}: no {CHECKPOINT} (train first)")
+    config = TorchConfig(**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in json.loads(state["config"]).items()})  # fmt: skip
+    classes = state["classes"]
+    where = select_device(device)
+    network = build_unet(1, len(classes) + 1, config.patch, config.spacing,
+                         base_features=config.base_features).to(where)  # fmt: skip
+    network.load_state_dict(state["model"])
+    network.eval()
+    weights = compute_gaussian(tuple(config.patch), device=where, dtype=torch.float32)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    prepare = _preprocess(config, train=False)
+    for subject in subjects:
+        original = nib.load(str(subject["image"].path))
+        ready = prepare(subject)
+        grid = tio.GridSampler(ready, config.patch, tuple(p // 2 for p in config.patch))
+        shape = ready["image"].shape[1:]
+        total = torch.zeros((len(classes) + 1, *shape), device=where)
+        weight = torch.zeros(shape, device=where)
+        with torch.no_grad(), autocast(where):
+            for patch in torch.utils.data.DataLoader(grid, batch_size=config.batch_size):
+                logits = network(patch["image"][tio.DATA].to(where).float()).float()
+                for k, location in enumerate(patch[tio.LOCATION]):
+                    i0, j0, k0, i1, j1, k1 = location.tolist()
+                    total[:, i0:i1, j0:j1, k0:k1] += logits[k].softmax(0) * weights
+                    weight[i0:i1, j0:j1, k0:k1] += weights
+        labels = (total / weight.clamp(min=1e-6)).argmax(0).to(torch.uint8).cpu()
+        # back onto the scan's own grid (undoing reorientation, resampling and padding)
+        predicted = tio.LabelMap(tensor=labels[None], affine=ready["image"].affine)
+        back = tio.Resample((original.shape[:3], original.affine))(predicted)
+        data = back.data[0].numpy().astype(np.uint8)
+        path = out / f"{subject['scan_id']}.nii.gz"
+        nib.save(nib.Nifti1Image(data, original.affine), path)
+        written.append(path)
+    names = {"background": 0, **{c: i for i, c in enumerate(classes, start=1)}}
+    (out / "dataset.json").write_text(json.dumps({"labels": names}, indent=1))
+    return written
