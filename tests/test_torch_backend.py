@@ -50,3 +50,16 @@ def test_torch_backend_learns_the_liver_and_predictions_score(catalog, tmp_path)
     # an empty mask scores Dice 0 on every case with a liver
     assert report.mean["liver"]["dice"] > 0.15
     assert np.isfinite(report.mean["liver"]["hd95_mm"])
+
+
+def test_torch_backend_trains_with_every_option_on(catalog, tmp_path):
+    build_cohort(catalog, "has_label AND list_contains(classes, 'liver')", "livers")
+    train = cohort_subjects(catalog, "livers", classes=["liver", "pancreas"], partial=True)
+    config = TorchConfig.small(epochs=1, iterations=3, patch=(24, 24, 16),
+                               spacing=(10.0, 10.0, 10.0), groups="center", dg="vrex",
+                               randconv=True, synthetic_mix=0.5)  # fmt: skip
+    result = train_torch(train, tmp_path / "run", config, progress=False)
+    assert np.isfinite(result.epoch_losses[0])
+    assert len(result.groups) == len({s["center"] for s in train})
+    with pytest.raises(ValueError, match="another configuration"):
+        train_torch(train, tmp_path / "run", TorchConfig.small(epochs=2), progress=False)

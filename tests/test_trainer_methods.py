@@ -209,3 +209,31 @@ def test_unet_topology_respects_anisotropy_and_runs():
     assert out.shape == (1, 3, 16, 32, 32)
     assert hook.value.shape[0] == 1
     assert hook.value.shape[2:] == (16, 32, 32)
+
+
+def test_synthetic_mix_renders_images_from_the_patch_labels():
+    from xds.trainers.synthmix import SyntheticMix
+
+    target = torch.zeros(3, 20, 20, 12, dtype=torch.long)
+    target[:, 3:10, 4:12, 2:8] = 1
+    target[:, 12:18, 5:15, 4:10] = 2
+    image = torch.randn(3, 1, 20, 20, 12)
+    mixed, labels, changed = SyntheticMix(p=1.0, seed=3)(image, target)
+    assert changed.all()
+    assert not torch.allclose(mixed, image)
+    assert labels.shape == target.shape
+    for i in range(3):
+        x, y = mixed[i, 0], labels[i]
+        assert abs(float(x.mean())) < 1e-4  # z-scored like real patches
+        assert abs(float(x.std()) - 1) < 1e-3
+        # the image is drawn from its label map: labels explain most of its variance
+        means = torch.stack([x[y == k].mean() for k in y.unique()])
+        counts = torch.stack([(y == k).sum() for k in y.unique()]).float()
+        between = float((counts * means**2).sum() / counts.sum())
+        assert between > 0.5 * float(x.var(unbiased=False))
+        assert set(y.unique().tolist()) <= {0, 1, 2}
+    untouched, same, none = SyntheticMix(p=0.0)(image, target)
+    assert not none.any()
+    assert untouched is image
+    with pytest.raises(ValueError, match="synthetic-mix"):
+        SyntheticMix(p=1.5)

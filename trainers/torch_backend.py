@@ -6,7 +6,8 @@ order), per-volume z-score normalization and padding up to the patch; a torchio 
 draws label-balanced patches (``LabelSampler``: background and every class equally
 likely). Training: SGD with Nesterov momentum and poly learning-rate decay (nnU-Net's and
 CrossPan's schedule), the partial-label Dice + CE loss per sample, a DG objective over groups
-from a catalog column, optional RandConv, mixed precision on CUDA, seeded, a checkpoint per
+from a catalog column, optional RandConv and Anatomix renderings (``synthetic_mix``),
+mixed precision on CUDA, seeded, a checkpoint per
 epoch that a re-run resumes from. Prediction: sliding windows with half-patch overlap,
 Gaussian-weighted (nnU-Net's weights), resampled back onto each scan's own grid.
 """
@@ -25,6 +26,7 @@ import torch
 from xds.trainers.dg import RandConv, make_objective
 from xds.trainers.losses import PartialDiceCELoss
 from xds.trainers.network import PenultimateFeatures, autocast, build_unet, select_device
+from xds.trainers.synthmix import SyntheticMix
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -53,6 +55,7 @@ class TorchConfig:
     dg_params: dict = field(default_factory=dict)
     groups: str | None = None  # the subject attribute (catalog column) forming DG groups
     randconv: bool = False
+    synthetic_mix: float = 0.0  # share of patches replaced by Anatomix renderings (issue 9)
     seed: int = 0
 
     @classmethod
@@ -139,6 +142,7 @@ def train_torch(
     )
     scaler = torch.amp.GradScaler("cuda", enabled=where.type == "cuda")
     randconv = RandConv() if config.randconv else None
+    synthetic = SyntheticMix(config.synthetic_mix, config.seed) if config.synthetic_mix else None
 
     state = _load_checkpoint(out, config)
     start, losses = 0, []
@@ -172,6 +176,8 @@ def train_torch(
                 annotated = batch["annotated"].to(where).bool()
                 index = torch.tensor([group_index.get(str(g), 0) for g in
                                       batch.get(config.groups, ["all"] * len(image))])  # fmt: skip
+                if synthetic is not None:
+                    image, target, _ = synthetic(image, target)
                 if randconv is not None:
                     image = randconv(image)
                 optimizer.zero_grad(set_to_none=True)
