@@ -56,3 +56,7 @@ class EvaluationError(XdsError, ValueError):
 
 class SynthError(XdsError, ValueError):
     """Synthetic data cannot be generated as asked (no usable templates, bad options)."""
+
+
+class DeviceError(XdsError, ValueError):
+    """The requested compute device is not available here."""

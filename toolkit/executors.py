@@ -78,3 +78,22 @@ def _progress() -> Progress:
         disable=not show,
         transient=False,
     )
+
+
+def resolve_device(spec: str = "auto") -> str:
+    """The torch device to run on: ``cuda`` when asked or when ``auto`` finds a GPU, else cpu.
+
+    Torch is imported here, so only callers that compute with it pay for it.
+
+    Raises:
+        DeviceError: ``cuda`` asked for where there is none.
+    """
+    import torch
+
+    from xds.schemas.errors import DeviceError
+
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(f"device {spec!r}: no CUDA device is available here")
+    return spec

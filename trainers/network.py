@@ -16,18 +16,15 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from xds.executors import resolve_device
+
 
 def select_device(spec: str = "auto") -> torch.device:
     """``cuda`` when asked or when ``auto`` finds a GPU, else ``cpu``.
 
-    Raises:
-        ValueError: ``cuda`` asked for where there is none.
+    See :func:`xds.executors.resolve_device`.
     """
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here")
-    return torch.device(spec)
+    return torch.device(resolve_device(spec))
 
 
 def autocast(device: torch.device):

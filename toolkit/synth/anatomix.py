@@ -21,6 +21,7 @@ import numpy as np
 
 from xds.catalog import Catalog, utcnow
 from xds.catalog.cohorts import get_cohort
+from xds.executors import resolve_device
 from xds.export.common import writing_target
 from xds.imageio import Volume, store_volume, write_volume
 from xds.labels import best_labels
@@ -71,21 +72,6 @@ class SynthReport:
     def summary(self) -> dict:
         """JSON-ready fields."""
         return dict(self.__dict__)
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``cuda`` when asked or when ``auto`` finds a GPU, else ``cpu``.
-
-    Raises:
-        SynthError: ``cuda`` asked for on a machine without one.
-    """
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SynthError("--device cuda: no CUDA device is available here")
-    return device
 
 
 def generate(
