@@ -13,8 +13,8 @@ from xds.cli.output import emit_json, print_kv, print_table, warn
     "--pred",
     "predictions",
     required=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="Folder of {scan_id}.nii.gz label maps (e.g. nnU-Net's output folder).",
+    help="Folder of {scan_id}.nii.gz label maps (e.g. nnU-Net's output folder), or the name "
+    "of a run whose predictions of --cohort `xds predict` recorded.",
 )
 @click.option("--cohort", required=True, help="Cohort whose scans are scored.")
 @click.option("--split", "split_name", help="Score only one role of this split.")
@@ -75,10 +75,15 @@ def evaluate_cmd(state, predictions, cohort, split_name, role, fold, classes, pr
     them to every scan and subject column, and `xds report NAME` summarizes them. A case
     whose prediction is not on its reference's grid is reported and skipped (exit 1).
     """
+    from pathlib import Path
+
     from xds.evaluate import evaluate
 
+    catalog = state.catalog()
+    if not Path(predictions).is_dir():
+        predictions, name = _run_predictions(catalog, predictions, cohort), name or predictions
     result = evaluate(
-        state.catalog(), predictions, cohort=cohort, split=split_name, role=role, fold=fold,
+        catalog, predictions, cohort=cohort, split=split_name, role=role, fold=fold,
         classes=classes,
         pred_labels=pred_labels, tau=tau, surface=surface, hd=hd, both_empty=both_empty,
         missing_distance=missing_distance, name=name, trained_on=trained_on, set_by=set_by,
@@ -101,6 +106,20 @@ def evaluate_cmd(state, predictions, cohort, split_name, role, fold, classes, pr
         warn(f"error: {error}")
     if result.errors:
         raise SystemExit(1)
+
+
+def _run_predictions(catalog, run: str, cohort: str):
+    """The folder run ``run`` predicted for ``cohort`` (``xds predict``)."""
+    from xds.catalog.cohorts import get_cohort
+    from xds.trainers.runs import prediction_folder
+
+    folder = prediction_folder(catalog, run, get_cohort(catalog, cohort).cohort_id)
+    if folder is None:
+        raise click.ClickException(
+            f"--pred {run!r}: not a folder, and no run of that name predicted cohort "
+            f"{cohort!r} (xds predict {run} --cohort {cohort})"
+        )
+    return folder
 
 
 @click.command("evaluations")

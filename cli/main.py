@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from xds.cli import evaluation, exports, synth
+from xds.cli import evaluation, exports, synth, training
 from xds.cli.options import State, XdsGroup, center_source, jobs_option, json_option
 from xds.cli.options import resolve_jobs as _jobs
 from xds.cli.output import emit_json, print_kv, print_table, warn
@@ -759,6 +759,8 @@ cli.add_command(evaluation.evaluations_cmd)
 cli.add_command(evaluation.report_cmd)
 cli.add_command(exports.export)
 cli.add_command(synth.synth)
+cli.add_command(training.train_cmd)
+cli.add_command(training.predict_cmd)
 
 
 def main() -> None:

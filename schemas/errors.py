@@ -60,3 +60,7 @@ class SynthError(XdsError, ValueError):
 
 class DeviceError(XdsError, ValueError):
     """The requested compute device is not available here."""
+
+
+class RunError(XdsError, ValueError):
+    """A training run cannot be made or used as asked."""

@@ -15,11 +15,11 @@ import pyarrow as pa
 
 from xds.schemas.errors import SchemaError
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 """Bumped whenever a table's columns change. Version 2 added the DICOM acquisition columns
 of ``scans``, the ``studies`` table and the harmonization columns of ``labels``; version 3
-the ``evaluations``, ``metrics`` and ``set_metrics`` tables. ``xds migrate`` brings an
-older catalog up to date."""
+the ``evaluations``, ``metrics`` and ``set_metrics`` tables; version 4 the ``runs`` and
+``predictions`` tables. ``xds migrate`` brings an older catalog up to date."""
 
 _TS = pa.timestamp("us", tz="UTC")
 _STR = pa.string()
@@ -193,6 +193,41 @@ _FIELDS: dict[str, list[pa.Field]] = {
         pa.field("set_dice", pa.float64()),
         pa.field("best_label", pa.int32()),  # the prediction label that matches best
         pa.field("n_images", pa.int32(), nullable=False),
+    ],
+    "runs": [  # one trained model
+        pa.field("run_id", _STR, nullable=False),
+        pa.field("name", _STR, nullable=False),  # what `xds predict NAME` asks for
+        pa.field("backend", _STR, nullable=False),  # torch | nnunet
+        pa.field("cohort_id", _STR, nullable=False),
+        pa.field("split_id", _STR, nullable=False),
+        pa.field("fold", pa.int32(), nullable=False),
+        pa.field("catalog_version", pa.int64(), nullable=False),  # the version trained from
+        pa.field("classes", pa.list_(_STR), nullable=False),  # output labels 1..n
+        pa.field("groups", _STR),  # the column forming domain-generalization groups
+        pa.field("method", _STR),  # DG objective (erm, groupdro, ...)
+        pa.field("config", _STR, nullable=False),  # JSON, every training setting
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("code_version", _STR, nullable=False),  # xds version (+ git commit)
+        pa.field("device", _STR, nullable=False),
+        pa.field("n_train", pa.int64(), nullable=False),
+        pa.field("epochs", pa.int32(), nullable=False),
+        pa.field("final_loss", pa.float64()),
+        pa.field("seconds", pa.float64(), nullable=False),  # training time of this call
+        pa.field("uri", _STR, nullable=False),  # folder with the checkpoint
+        pa.field("created_at", _TS, nullable=False),
+    ],
+    "predictions": [  # one folder of label maps a run predicted
+        pa.field("prediction_id", _STR, nullable=False),
+        pa.field("run_id", _STR, nullable=False),
+        pa.field("cohort_id", _STR, nullable=False),
+        pa.field("split_id", _STR),
+        pa.field("role", _STR),
+        pa.field("fold", pa.int32()),
+        pa.field("scan_ids", pa.list_(_STR), nullable=False),
+        pa.field("uri", _STR, nullable=False),  # folder of {scan_id}.nii.gz + dataset.json
+        pa.field("device", _STR, nullable=False),
+        pa.field("seconds", pa.float64(), nullable=False),
+        pa.field("created_at", _TS, nullable=False),
     ],
     "quarantine": [
         pa.field("uri", _STR, nullable=False),  # path relative to the ingest root, pseudonymized

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchio")
 
 from xds import cohort_subjects  # noqa: E402
-from xds.catalog import build_cohort  # noqa: E402
+from xds.catalog import Catalog, build_cohort  # noqa: E402
 from xds.evaluate import evaluate  # noqa: E402
 from xds.splits import make_split  # noqa: E402
 from xds.trainers.torch_backend import TorchConfig, predict_torch, train_torch  # noqa: E402
@@ -63,3 +63,53 @@ def test_torch_backend_trains_with_every_option_on(catalog, tmp_path):
     assert len(result.groups) == len({s["center"] for s in train})
     with pytest.raises(ValueError, match="another configuration"):
         train_torch(train, tmp_path / "run", TorchConfig.small(epochs=2), progress=False)
+
+
+def test_train_predict_evaluate_commands_record_runs(catalog, tmp_path):
+    from click.testing import CliRunner
+
+    from xds.cli.main import cli
+
+    base = ["--catalog", str(catalog.root)]
+    build_cohort(catalog, "has_label AND list_contains(classes, 'liver')", "livers")
+    split = make_split(catalog, "livers", name="livers-h", seed=0)
+    train = [*base, "train", "livers", "--split", split.name, "--classes", "liver",
+             "--epochs", "1", "--iterations", "2", "--patch", "24,24,16",
+             "--spacing", "10,10,10", "--groups", "center", "--dg", "groupdro",
+             "--json"]  # fmt: skip
+    result = CliRunner().invoke(cli, train)
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.output)
+    assert run["name"] == "livers-torch-f0-s0"
+    rows = Catalog.open(catalog.root).read("runs").to_pylist()
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["classes"] == ["liver"]
+    assert row["fold"] == 0
+    assert row["method"] == "groupdro"
+    assert row["groups"] == "center"
+    assert row["device"] == "cpu"
+    assert json.loads(row["config"])["iterations"] == 2
+    assert row["code_version"].startswith("0.")
+    # the same command again resumes the finished run and records nothing new
+    again = CliRunner().invoke(cli, train)
+    assert json.loads(again.output)["resumed_from"] == 1
+    assert Catalog.open(catalog.root).count("runs") == 1
+    # the same name with other settings is refused in one line
+    other = CliRunner().invoke(cli, [*train[:-1], "--lr", "0.5"])
+    assert other.exit_code == 1
+    assert "exists with other settings" in other.output
+
+    result = CliRunner().invoke(cli, [*base, "predict", "livers-torch-f0-s0", "--json"])
+    assert result.exit_code == 0, result.output
+    prediction = json.loads(result.output)
+    assert prediction["role"] == "test"
+    assert sorted(prediction["scan_ids"]) == sorted(split.roles(0)["test"])
+    result = CliRunner().invoke(cli, [*base, "evaluate", "--pred", "livers-torch-f0-s0",
+                                      "--cohort", "livers", "--split", split.name,
+                                      "--classes", "liver", "-j", "1", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["n_cases"] == len(prediction["scan_ids"])
+    missing = CliRunner().invoke(cli, [*base, "evaluate", "--pred", "no-run", "--cohort", "livers"])
+    assert missing.exit_code == 1
+    assert "no run of that name" in missing.output

@@ -61,8 +61,10 @@ class TorchConfig:
     @classmethod
     def small(cls, **changes) -> TorchConfig:
         """A few CPU minutes: small patches, few features, short epochs."""
+        # lr 0.05: with 200 batches instead of 100,000, 0.01 has barely left the start
         base = dict(epochs=10, iterations=20, patch=(32, 32, 16), spacing=(8.0, 8.0, 8.0),
-                    base_features=8, samples_per_volume=2, queue_length=16)  # fmt: skip
+                    base_features=8, samples_per_volume=2, queue_length=16,
+                    lr=0.05)  # fmt: skip
         return cls(**{**base, **changes})
 
 

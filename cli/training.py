@@ -1,0 +1,115 @@
+"""``xds train`` and ``xds predict``: runs recorded in the catalog."""
+
+from __future__ import annotations
+
+import click
+
+from xds.cli.options import csv_list, json_option
+from xds.cli.output import emit_json, print_kv
+
+
+@click.command("train")
+@click.argument("cohort")
+@click.option("--split", "split_name", required=True, help="Split whose train role is used.")
+@click.option("--fold", type=int, default=0, show_default=True)
+@click.option(
+    "--backend", type=click.Choice(["torch"]), default="torch", show_default=True,
+    help="torch: nnU-Net's plain U-Net on torchio patches (the nnU-Net backend is coming).",
+)  # fmt: skip
+@click.option("--classes", help="Classes to learn (default: those the split's labels share).")
+@click.option("--partial", is_flag=True, help="Allow classes some scans do not annotate.")
+@click.option(
+    "--profile", type=click.Choice(["small", "crosspan"]), default="small", show_default=True,
+    help="small: minutes on a CPU (patch 32x32x16 at 8 mm); crosspan: seed 000's settings "
+    "(1.25x1.25x3 mm, patch 192x192x48, 400 epochs x 250 batches of 2).",
+)  # fmt: skip
+@click.option("--epochs", type=click.IntRange(1), help="Override the profile's epochs.")
+@click.option("--iterations", type=click.IntRange(1), help="Batches per epoch.")
+@click.option("--lr", type=float, help="Initial learning rate (poly decay).")
+@click.option("--patch", help="Patch size in voxels, x,y,z.")
+@click.option("--spacing", help="Target spacing in mm, x,y,z.")
+@click.option("--groups", help="scan_view column forming DG groups (center, sequence...).")
+@click.option(
+    "--dg", type=click.Choice(["erm", "groupdro", "vrex", "iberm", "sd"]), default="erm",
+    show_default=True, help="Domain-generalization objective over --groups.",
+)  # fmt: skip
+@click.option("--randconv", is_flag=True, help="RandConv augmentation.")
+@click.option(
+    "--synthetic-mix", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+    help="Share of patches replaced by Anatomix renderings of their own labels.",
+)  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--name", help="Run name (default: <cohort>-<backend>-f<fold>-s<seed>).")
+@click.option("--out", type=click.Path(file_okay=False), help="Checkpoint folder.")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    help="auto: the GPU when there is one (with mixed precision).",
+)  # fmt: skip
+@json_option
+@click.pass_obj
+def train_cmd(state, cohort, split_name, fold, backend, classes, partial, profile, epochs,
+              iterations, lr, patch, spacing, groups, dg, randconv, synthetic_mix, seed, name,
+              out, device, as_json):  # fmt: skip
+    """Train a model on the train role of a split; record the run in the catalog.
+
+    The run row keeps the cohort, split, fold, catalog version, classes, every setting,
+    seed, code version, device and time; the checkpoint (resumable: the same command
+    continues it) lies in CATALOG/runs/NAME unless --out says otherwise.
+    """
+    from xds.trainers.runs import train_run
+    from xds.trainers.torch_backend import TorchConfig
+
+    changes = {"groups": groups, "dg": dg, "randconv": randconv,
+               "synthetic_mix": synthetic_mix, "seed": seed}  # fmt: skip
+    for key, value in (("epochs", epochs), ("iterations", iterations), ("lr", lr)):
+        if value is not None:
+            changes[key] = value
+    for key, text in (("patch", patch), ("spacing", spacing)):
+        if text:
+            values = csv_list(text)
+            if len(values) != 3:
+                raise click.BadParameter(f"--{key} takes three comma-separated numbers")
+            changes[key] = tuple((int if key == "patch" else float)(v) for v in values)
+    config = TorchConfig.small(**changes) if profile == "small" else TorchConfig(**changes)
+    run = train_run(state.catalog(), cohort, split=split_name, fold=fold, backend=backend,
+                    config=config, classes=csv_list(classes), partial=partial, name=name,
+                    out=out, device=device, progress=not as_json)  # fmt: skip
+    if as_json:
+        emit_json(run.summary())
+        return
+    losses = run.epoch_losses
+    print_kv({"run": run.name, "checkpoint": run.uri, "classes": ", ".join(run.classes),
+              "device": run.device, "epochs": len(losses),
+              "loss first -> last": f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "",
+              "seconds": run.seconds,
+              "next": f"xds predict {run.name}"}, "xds train")  # fmt: skip
+
+
+@click.command("predict")
+@click.argument("run")
+@click.option("--cohort", help="Cohort to predict (default: the run's).")
+@click.option("--split", "split_name", help="Split whose --role is predicted (default: the run's).")
+@click.option(
+    "--role", default="test", show_default=True, help="Role to predict; 'all': every scan."
+)
+@click.option("--fold", type=int, help="Fold of the split (default: the run's).")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for the label maps.")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@json_option
+@click.pass_obj
+def predict_cmd(state, run, cohort, split_name, role, fold, out, device, as_json):
+    """Predict label maps with a run; record them so `xds evaluate --pred RUN` finds them."""
+    from xds.trainers.runs import predict_run
+
+    catalog = state.catalog()
+    row = predict_run(catalog, run, cohort=cohort, split=split_name,
+                      role=None if role == "all" else role, fold=fold, out=out,
+                      device=device)  # fmt: skip
+    if as_json:
+        emit_json(row)
+        return
+    print_kv({"run": run, "cases": len(row["scan_ids"]), "folder": row["uri"],
+              "seconds": row["seconds"],
+              "next": f"xds evaluate --pred {run} --cohort COHORT"}, "xds predict")  # fmt: skip
