@@ -1,0 +1,1 @@
+"""nnU-Net trainer classes loaded by path through ``nnUNet_extTrainer`` (see xds_trainers.py)."""
