@@ -13,15 +13,17 @@ from xds.cli.output import emit_json, print_kv
 @click.option("--split", "split_name", required=True, help="Split whose train role is used.")
 @click.option("--fold", type=int, default=0, show_default=True)
 @click.option(
-    "--backend", type=click.Choice(["torch"]), default="torch", show_default=True,
-    help="torch: nnU-Net's plain U-Net on torchio patches (the nnU-Net backend is coming).",
+    "--backend", type=click.Choice(["torch", "nnunet"]), default="torch", show_default=True,
+    help="torch: nnU-Net's plain U-Net on torchio patches, with DG methods; nnunet: nnU-Net "
+    "v2 itself (its planning, preprocessing and trainer, on our folds).",
 )  # fmt: skip
 @click.option("--classes", help="Classes to learn (default: those the split's labels share).")
 @click.option("--partial", is_flag=True, help="Allow classes some scans do not annotate.")
 @click.option(
     "--profile", type=click.Choice(["small", "crosspan"]), default="small", show_default=True,
-    help="small: minutes on a CPU (patch 32x32x16 at 8 mm); crosspan: seed 000's settings "
-    "(1.25x1.25x3 mm, patch 192x192x48, 400 epochs x 250 batches of 2).",
+    help="small: minutes on a CPU (torch: patch 32x32x16 at 8 mm, 10x20 batches; nnunet: "
+    "3x10 batches); crosspan: seed 000's settings (400 epochs x 250 batches of 2; torch: "
+    "1.25x1.25x3 mm, patch 192x192x48; nnunet: its own plans).",
 )  # fmt: skip
 @click.option("--epochs", type=click.IntRange(1), help="Override the profile's epochs.")
 @click.option("--iterations", type=click.IntRange(1), help="Batches per epoch.")
@@ -56,21 +58,34 @@ def train_cmd(state, cohort, split_name, fold, backend, classes, partial, profil
     seed, code version, device and time; the checkpoint (resumable: the same command
     continues it) lies in CATALOG/runs/NAME unless --out says otherwise.
     """
+    from xds.trainers.nnunet_backend import NnunetConfig
     from xds.trainers.runs import train_run
     from xds.trainers.torch_backend import TorchConfig
 
-    changes = {"groups": groups, "dg": dg, "randconv": randconv,
-               "synthetic_mix": synthetic_mix, "seed": seed}  # fmt: skip
-    for key, value in (("epochs", epochs), ("iterations", iterations), ("lr", lr)):
+    changes = {"seed": seed}
+    for key, value in (("epochs", epochs), ("iterations", iterations)):
         if value is not None:
             changes[key] = value
-    for key, text in (("patch", patch), ("spacing", spacing)):
-        if text:
-            values = csv_list(text)
-            if len(values) != 3:
-                raise click.BadParameter(f"--{key} takes three comma-separated numbers")
-            changes[key] = tuple((int if key == "patch" else float)(v) for v in values)
-    config = TorchConfig.small(**changes) if profile == "small" else TorchConfig(**changes)
+    if backend == "nnunet":
+        torch_only = {"--lr": lr, "--patch": patch, "--spacing": spacing, "--groups": groups,
+                      "--randconv": randconv or None, "--synthetic-mix": synthetic_mix or None,
+                      "--dg": None if dg == "erm" else dg}  # fmt: skip
+        given = [flag for flag, value in torch_only.items() if value is not None]
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: torch backend options (nnU-Net plans)")
+        kind = NnunetConfig
+    else:
+        changes.update(groups=groups, dg=dg, randconv=randconv, synthetic_mix=synthetic_mix)
+        if lr is not None:
+            changes["lr"] = lr
+        for key, text in (("patch", patch), ("spacing", spacing)):
+            if text:
+                values = csv_list(text)
+                if len(values) != 3:
+                    raise click.BadParameter(f"--{key} takes three comma-separated numbers")
+                changes[key] = tuple((int if key == "patch" else float)(v) for v in values)
+        kind = TorchConfig
+    config = kind.small(**changes) if profile == "small" else kind(**changes)
     run = train_run(state.catalog(), cohort, split=split_name, fold=fold, backend=backend,
                     config=config, classes=csv_list(classes), partial=partial, name=name,
                     out=out, device=device, progress=not as_json)  # fmt: skip

@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,13 +54,35 @@ class NnunetConfig:
 
     @classmethod
     def small(cls, **changes) -> NnunetConfig:
-        """Minutes on a CPU: a few epochs of a few batches."""
-        return cls(**{"epochs": 3, "iterations": 10, "val_iterations": 2, **changes})
+        """Minutes on a CPU: a few epochs of a few batches, no test-time mirroring."""
+        base = {"epochs": 3, "iterations": 10, "val_iterations": 2, "mirroring": False}
+        return cls(**{**base, **changes})
+
+
+@contextmanager
+def _stdout_to_stderr():
+    """Send what nnU-Net (and its worker processes) print to stderr.
+
+    nnU-Net prints plans and progress on stdout; ``--json`` output must stay parseable.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 @contextmanager
 def nnunet_environment(folder: Path, config: NnunetConfig):
-    """nnU-Net's variables pointing into ``folder`` (and xds's schedule) for one call."""
+    """nnU-Net's variables pointing into ``folder`` (and xds's schedule) for one call.
+
+    What nnU-Net prints meanwhile goes to stderr.
+    """
     values = {
         "nnUNet_raw": str(folder / "nnUNet_raw"),
         "nnUNet_preprocessed": str(folder / "nnUNet_preprocessed"),
@@ -74,7 +97,8 @@ def nnunet_environment(folder: Path, config: NnunetConfig):
     before = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
-        yield
+        with _stdout_to_stderr():
+            yield
     finally:
         for key, value in before.items():
             if value is None:

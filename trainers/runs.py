@@ -21,9 +21,10 @@ from xds.export.subjects import cohort_subjects
 from xds.schemas.errors import RunError
 from xds.schemas.ids import stable_id
 from xds.splits import get_split
+from xds.trainers.nnunet_backend import NnunetConfig, predict_nnunet, train_nnunet
 from xds.trainers.torch_backend import TorchConfig, predict_torch, train_torch
 
-BACKENDS = ("torch",)
+BACKENDS = {"torch": TorchConfig, "nnunet": NnunetConfig}
 
 
 @dataclass
@@ -65,7 +66,7 @@ def train_run(
     split: str,
     fold: int = 0,
     backend: str = "torch",
-    config: TorchConfig | None = None,
+    config: TorchConfig | NnunetConfig | None = None,
     classes: list[str] | None = None,
     partial: bool = False,
     name: str | None = None,
@@ -83,7 +84,9 @@ def train_run(
     """
     if backend not in BACKENDS:
         raise RunError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
-    config = config or TorchConfig()
+    config = config or BACKENDS[backend]()
+    if not isinstance(config, BACKENDS[backend]):
+        raise RunError(f"backend {backend!r} takes a {BACKENDS[backend].__name__}")
     found, the_split = get_cohort(catalog, cohort), get_split(catalog, split)
     if the_split.cohort_id != found.cohort_id:
         raise RunError(f"split {split!r} belongs to another cohort than {cohort!r}")
@@ -99,7 +102,13 @@ def train_run(
         raise RunError(f"split {split!r} fold {fold} has no labelled train scan")
     folder = Path(out) if out else catalog.root / "runs" / name
     try:
-        result = train_torch(subjects, folder, config, device=device, progress=progress)
+        if backend == "nnunet":
+            result = train_nnunet(catalog, cohort, split=split, fold=fold, out=folder,
+                                  config=config, classes=classes, device=device)  # fmt: skip
+        else:
+            result = train_torch(subjects, folder, config, device=device, progress=progress)
+    except RunError:
+        raise
     except ValueError as exc:
         raise RunError(str(exc)) from None
     run = Run(run_id, name, str(folder), result.classes, result.device, result.epoch_losses,
@@ -109,7 +118,8 @@ def train_run(
             "run_id": run_id, "name": name, "backend": backend,
             "cohort_id": found.cohort_id, "split_id": the_split.split_id, "fold": fold,
             "catalog_version": catalog.version, "classes": result.classes,
-            "groups": config.groups, "method": config.dg, "config": settings,
+            "groups": getattr(config, "groups", None), "method": getattr(config, "dg", None),
+            "config": settings,
             "seed": config.seed, "code_version": code_version(), "device": result.device,
             "n_train": sum("label" in s for s in subjects), "epochs": len(result.epoch_losses),
             "final_loss": result.epoch_losses[-1] if result.epoch_losses else None,
@@ -173,7 +183,12 @@ def predict_run(
     where = role or "all"
     folder = Path(out) if out else Path(row["uri"]) / "predictions" / f"{cohort}-{where}-f{fold}"
     started = time.perf_counter()
-    predict_torch(row["uri"], subjects, folder, device=device)
+    config = BACKENDS[row["backend"]](**_tuples(json.loads(row["config"])))
+    if row["backend"] == "nnunet":
+        predict_nnunet(row["uri"], subjects, folder, config=config, fold=row["fold"],
+                       device=device)  # fmt: skip
+    else:
+        predict_torch(row["uri"], subjects, folder, device=device)
     from xds.executors import resolve_device
 
     prediction = {
@@ -186,6 +201,11 @@ def predict_run(
     with catalog.transaction(f"predict {row['name']} {cohort}/{where}") as txn:
         txn.append("predictions", [prediction], unique_by=["prediction_id"])
     return prediction
+
+
+def _tuples(settings: dict) -> dict:
+    """JSON lists back to the tuples the configurations hold."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
 
 
 def prediction_folder(catalog: Catalog, run: str, cohort_id: str) -> Path | None:
