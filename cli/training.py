@@ -40,6 +40,10 @@ from xds.cli.output import emit_json, print_kv
     "--synthetic-mix", type=click.FloatRange(0, 1), default=0.0, show_default=True,
     help="Share of patches replaced by Anatomix renderings of their own labels.",
 )  # fmt: skip
+@click.option(
+    "--ssl", type=click.Choice(["none", "uamt", "cps"]), default="none", show_default=True,
+    help="Semi-supervised method on the split's unlabeled role (a semi-supervised split).",
+)  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--name", help="Run name (default: <cohort>-<backend>-f<fold>-s<seed>).")
 @click.option("--out", type=click.Path(file_okay=False), help="Checkpoint folder.")
@@ -50,8 +54,8 @@ from xds.cli.output import emit_json, print_kv
 @json_option
 @click.pass_obj
 def train_cmd(state, cohort, split_name, fold, backend, classes, partial, profile, epochs,
-              iterations, lr, patch, spacing, groups, dg, randconv, synthetic_mix, seed, name,
-              out, device, as_json):  # fmt: skip
+              iterations, lr, patch, spacing, groups, dg, randconv, synthetic_mix, ssl, seed,
+              name, out, device, as_json):  # fmt: skip
     """Train a model on the train role of a split; record the run in the catalog.
 
     The run row keeps the cohort, split, fold, catalog version, classes, every setting,
@@ -69,13 +73,16 @@ def train_cmd(state, cohort, split_name, fold, backend, classes, partial, profil
     if backend == "nnunet":
         torch_only = {"--lr": lr, "--patch": patch, "--spacing": spacing, "--groups": groups,
                       "--randconv": randconv or None, "--synthetic-mix": synthetic_mix or None,
-                      "--dg": None if dg == "erm" else dg}  # fmt: skip
+                      "--dg": None if dg == "erm" else dg,
+                      "--ssl": None if ssl == "none" else ssl}  # fmt: skip
         given = [flag for flag, value in torch_only.items() if value is not None]
         if given:
             raise click.UsageError(f"{', '.join(given)}: torch backend options (nnU-Net plans)")
         kind = NnunetConfig
     else:
-        changes.update(groups=groups, dg=dg, randconv=randconv, synthetic_mix=synthetic_mix)
+        changes.update(
+            groups=groups, dg=dg, randconv=randconv, synthetic_mix=synthetic_mix, ssl=ssl
+        )
         if lr is not None:
             changes["lr"] = lr
         for key, text in (("patch", patch), ("spacing", spacing)):

@@ -15,6 +15,7 @@ pytest.importorskip("torchio")
 from xds import cohort_subjects  # noqa: E402
 from xds.catalog import Catalog, build_cohort  # noqa: E402
 from xds.evaluate import evaluate  # noqa: E402
+from xds.schemas.errors import RunError  # noqa: E402
 from xds.splits import make_split  # noqa: E402
 from xds.trainers.torch_backend import TorchConfig, predict_torch, train_torch  # noqa: E402
 
@@ -113,3 +114,28 @@ def test_train_predict_evaluate_commands_record_runs(catalog, tmp_path):
     missing = CliRunner().invoke(cli, [*base, "evaluate", "--pred", "no-run", "--cohort", "livers"])
     assert missing.exit_code == 1
     assert "no run of that name" in missing.output
+
+
+@pytest.mark.parametrize("method", ["uamt", "cps"])
+def test_semi_supervised_runs_train_on_the_unlabeled_role(catalog, tmp_path, method):
+    from xds.trainers.runs import train_run
+
+    build_cohort(catalog, "has_label AND list_contains(classes, 'liver')", "livers")
+    split = make_split(catalog, "livers", "semi-supervised", fractions=(40,), name="semi")
+    roles = split.roles(0)
+    assert roles["unlabeled"]
+    assert roles["train"]
+    config = TorchConfig.small(epochs=2, iterations=2, patch=(24, 24, 16),
+                               spacing=(10.0, 10.0, 10.0), ssl=method,
+                               ssl_ramp=1.0)  # fmt: skip
+    run = train_run(catalog, "livers", split="semi", classes=["liver"], config=config,
+                    out=tmp_path / method, progress=False)  # fmt: skip
+    assert all(np.isfinite(run.epoch_losses))
+    state = torch.load(tmp_path / method / "checkpoint.pt", weights_only=False)
+    assert state["ssl"]  # the teacher (UA-MT) or the second network (CPS) is saved
+    row = Catalog.open(catalog.root).read("runs").to_pylist()[0]
+    assert row["n_train"] == len(roles["train"])  # labelled scans only
+    holdout = make_split(catalog, "livers", name="plain", seed=1)
+    with pytest.raises(RunError, match="unlabeled"):
+        train_run(catalog, "livers", split=holdout.name, classes=["liver"], config=config,
+                  name="no-unlabeled", out=tmp_path / "none", progress=False)  # fmt: skip

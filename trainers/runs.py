@@ -106,7 +106,12 @@ def train_run(
             result = train_nnunet(catalog, cohort, split=split, fold=fold, out=folder,
                                   config=config, classes=classes, device=device)  # fmt: skip
         else:
-            result = train_torch(subjects, folder, config, device=device, progress=progress)
+            unlabeled = None
+            if config.ssl != "none":
+                unlabeled = cohort_subjects(catalog, cohort, split=split, role="unlabeled",
+                                            fold=fold, classes=classes, partial=True)  # fmt: skip
+            result = train_torch(subjects, folder, config, unlabeled=unlabeled, device=device,
+                                 progress=progress)  # fmt: skip
     except RunError:
         raise
     except ValueError as exc:

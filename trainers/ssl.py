@@ -85,3 +85,76 @@ def cps_loss(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
     pseudo_a = logits_a.detach().argmax(1)
     pseudo_b = logits_b.detach().argmax(1)
     return F.cross_entropy(logits_a.float(), pseudo_b) + F.cross_entropy(logits_b.float(), pseudo_a)
+
+
+class UAMT:
+    """UA-MT in a training loop: an EMA teacher and the masked consistency term."""
+
+    def __init__(self, network: nn.Module, n_classes: int, ramp: float = 50.0, passes: int = 4):
+        import copy
+
+        self.teacher = copy.deepcopy(network)
+        self.teacher.requires_grad_(False)
+        self.consistency = UAMTConsistency(n_classes, passes=passes, ramp=ramp)
+        self.ramp = ramp
+
+    def parameters(self) -> list:
+        """Parameters the optimizer must also update (none: the teacher is an average)."""
+        return []
+
+    def supervised(self, loss_fn, image, target, annotated) -> torch.Tensor:
+        """Extra supervised loss (none)."""
+        return torch.zeros((), device=image.device)
+
+    def unsupervised(self, network: nn.Module, image: torch.Tensor, epoch: float):
+        """0.1 x sigmoid ramp-up x the consistency of the student with the teacher."""
+        noise = (torch.randn_like(image) * 0.1).clamp(-0.2, 0.2)
+        student = network(image + noise)
+        mean, uncertainty = self.consistency.teacher_probs(self.teacher, image)
+        return (
+            0.1
+            * sigmoid_rampup(epoch, self.ramp)
+            * self.consistency(student, mean, uncertainty, epoch)
+        )
+
+    def after_step(self, network: nn.Module) -> None:
+        """Move the teacher (momentum 0.99)."""
+        ema_update(self.teacher, network, 0.99)
+
+    def state_dict(self) -> dict:
+        """The teacher's weights."""
+        return self.teacher.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the teacher."""
+        self.teacher.load_state_dict(state)
+
+
+class CPS:
+    """CPS in a training loop: a second, differently initialized network trained alongside."""
+
+    def __init__(self, other: nn.Module, ramp: float = 50.0):
+        self.other, self.ramp = other, ramp
+
+    def parameters(self) -> list:
+        """The second network's parameters (one optimizer trains both)."""
+        return list(self.other.parameters())
+
+    def supervised(self, loss_fn, image, target, annotated) -> torch.Tensor:
+        """The second network's supervised loss on the labelled batch."""
+        return loss_fn(self.other(image), target, annotated).mean()
+
+    def unsupervised(self, network: nn.Module, image: torch.Tensor, epoch: float):
+        """Linear ramp-up (0 -> 1) x cross pseudo supervision between the two networks."""
+        return linear_rampup(epoch, self.ramp) * cps_loss(network(image), self.other(image))
+
+    def after_step(self, network: nn.Module) -> None:
+        """Nothing to do: both networks are updated by the optimizer."""
+
+    def state_dict(self) -> dict:
+        """The second network's weights."""
+        return self.other.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the second network."""
+        self.other.load_state_dict(state)

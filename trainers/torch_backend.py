@@ -56,6 +56,8 @@ class TorchConfig:
     groups: str | None = None  # the subject attribute (catalog column) forming DG groups
     randconv: bool = False
     synthetic_mix: float = 0.0  # share of patches replaced by Anatomix renderings (issue 9)
+    ssl: str = "none"  # none | uamt | cps, on the unlabeled role
+    ssl_ramp: float = 50.0  # epochs over which the unsupervised weight ramps up
     seed: int = 0
 
     @classmethod
@@ -64,7 +66,7 @@ class TorchConfig:
         # lr 0.05: with 200 batches instead of 100,000, 0.01 has barely left the start
         base = dict(epochs=10, iterations=20, patch=(32, 32, 16), spacing=(8.0, 8.0, 8.0),
                     base_features=8, samples_per_volume=2, queue_length=16,
-                    lr=0.05)  # fmt: skip
+                    lr=0.05, ssl_ramp=5.0)  # fmt: skip
         return cls(**{**base, **changes})
 
 
@@ -106,10 +108,15 @@ def train_torch(
     out: str | Path,
     config: TorchConfig,
     *,
+    unlabeled: list | None = None,
     device: str = "auto",
     progress: bool = True,
 ) -> TrainResult:
     """Train on ``subjects`` (the train role, with labels) into folder ``out``.
+
+    With ``config.ssl`` (``uamt`` or ``cps``), ``unlabeled`` subjects (the unlabeled role of
+    a semi-supervised split; their labels, if any, are never read) add the method's
+    consistency term.
 
     A checkpoint from an earlier run with the same configuration is resumed.
 
@@ -131,12 +138,18 @@ def train_torch(
         raise ValueError(f"subjects have no attribute {config.groups!r} to form groups")
     group_index = {g: i for i, g in enumerate(groups)}
 
-    network = build_unet(1, len(classes) + 1, config.patch, config.spacing,
-                         base_features=config.base_features).to(where)  # fmt: skip
+    def build():
+        return build_unet(1, len(classes) + 1, config.patch, config.spacing,
+                          base_features=config.base_features).to(where)  # fmt: skip
+
+    network = build()
     features = PenultimateFeatures(network)
     objective = make_objective(config.dg, len(groups), **config.dg_params).to(where)
     loss_fn = PartialDiceCELoss(len(classes) + 1)
-    optimizer = torch.optim.SGD(network.parameters(), lr=config.lr, momentum=config.momentum,
+    ssl, unlabeled_batches = _semi_supervised(config, network, build, len(classes) + 1,
+                                              unlabeled)  # fmt: skip
+    parameters = list(network.parameters()) + (ssl.parameters() if ssl else [])
+    optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
                                 nesterov=True, weight_decay=config.weight_decay)  # fmt: skip
     total = config.epochs * config.iterations
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -154,6 +167,8 @@ def train_torch(
         schedule.load_state_dict(state["schedule"])
         objective.load_state_dict(state["objective"])
         scaler.load_state_dict(state["scaler"])
+        if ssl is not None:
+            ssl.load_state_dict(state["ssl"])
         start, losses = state["epoch"], state["losses"]
         torch.set_rng_state(state["rng"])
 
@@ -187,19 +202,51 @@ def train_torch(
                     logits = network(image)
                     per_sample = loss_fn(logits, target, annotated)
                     loss = objective(per_sample, index.to(where), features.value, logits)
+                    if ssl is not None:
+                        extra = next(unlabeled_batches)["image"][tio.DATA].to(where).float()
+                        loss = loss + ssl.supervised(loss_fn, image, target, annotated)
+                        loss = loss + ssl.unsupervised(network, extra, epoch)
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
                 scaler.step(optimizer)
                 scaler.update()
                 schedule.step()
+                if ssl is not None:
+                    ssl.after_step(network)
                 running.append(float(loss.detach()))
                 bar.update(task, advance=1, description=f"epoch {epoch + 1} loss {running[-1]:.3f}")
             losses.append(float(np.mean(running)))
             _save_checkpoint(out, config, network, optimizer, schedule, objective, scaler,
-                             epoch + 1, losses, classes, groups)  # fmt: skip
+                             epoch + 1, losses, classes, groups, ssl)  # fmt: skip
     return TrainResult(str(out), str(where), classes, groups, losses,
                        round(time.perf_counter() - started, 2), start)  # fmt: skip
+
+
+def _semi_supervised(config: TorchConfig, network, build, n_classes: int, unlabeled):
+    """The SSL method and an endless stream of unlabeled patches, or (None, None)."""
+    import torchio as tio
+
+    from xds.trainers.ssl import CPS, UAMT
+
+    if config.ssl == "none":
+        return None, None
+    if config.ssl not in ("uamt", "cps"):
+        raise ValueError(f"unknown SSL method {config.ssl!r}; known: none, uamt, cps")
+    images = [tio.Subject(image=s["image"]) for s in unlabeled or []]
+    if not images:
+        raise ValueError(f"--ssl {config.ssl} needs unlabeled scans (a semi-supervised split)")
+    if config.ssl == "uamt":
+        method = UAMT(network, n_classes, ramp=config.ssl_ramp)
+    else:
+        torch.manual_seed(config.seed + 1)  # CPS needs two differently initialized networks
+        method = CPS(build(), ramp=config.ssl_ramp)
+    steps = [t for t in _preprocess(config, train=True).transforms]
+    dataset = tio.SubjectsDataset(images, transform=tio.Compose(steps))
+    queue = tio.Queue(dataset, config.queue_length, config.samples_per_volume,
+                      tio.UniformSampler(config.patch), num_workers=config.workers)  # fmt: skip
+    loader = torch.utils.data.DataLoader(queue, batch_size=config.batch_size, num_workers=0)
+    return method, _forever(loader)
 
 
 def _forever(loader):
@@ -221,13 +268,13 @@ def _config_key(config: TorchConfig) -> str:
 
 
 def _save_checkpoint(out, config, network, optimizer, schedule, objective, scaler, epoch,
-                     losses, classes, groups) -> None:  # fmt: skip
+                     losses, classes, groups, ssl) -> None:  # fmt: skip
     state = {
         "model": network.state_dict(), "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(), "objective": objective.state_dict(),
         "scaler": scaler.state_dict(), "epoch": epoch, "losses": losses,
         "config": _config_key(config), "classes": classes, "groups": groups,
-        "rng": torch.get_rng_state(),
+        "rng": torch.get_rng_state(), "ssl": ssl.state_dict() if ssl else None,
     }  # fmt: skip
     tmp = Path(out) / f"{CHECKPOINT}.part"
     torch.save(state, tmp)
