@@ -20,6 +20,11 @@ from xds.cli.output import emit_json, print_kv
 @click.option("--classes", help="Classes to learn (default: those the split's labels share).")
 @click.option("--partial", is_flag=True, help="Allow classes some scans do not annotate.")
 @click.option(
+    "--where", "train_where",
+    help="Train only on the train scans matching this scan_view clause, e.g. "
+    "\"sequence='T1W'\" (single-source training on a split made for all sources).",
+)  # fmt: skip
+@click.option(
     "--profile", type=click.Choice(["small", "crosspan"]), default="small", show_default=True,
     help="small: minutes on a CPU (torch: patch 32x32x16 at 8 mm, 10x20 batches; nnunet: "
     "3x10 batches); crosspan: seed 000's settings (400 epochs x 250 batches of 2; torch: "
@@ -53,14 +58,15 @@ from xds.cli.output import emit_json, print_kv
 )  # fmt: skip
 @json_option
 @click.pass_obj
-def train_cmd(state, cohort, split_name, fold, backend, classes, partial, profile, epochs,
+def train_cmd(state, cohort, split_name, fold, backend, classes, partial, train_where, profile,
+              epochs,
               iterations, lr, patch, spacing, groups, dg, randconv, synthetic_mix, ssl, seed,
               name, out, device, as_json):  # fmt: skip
     """Train a model on the train role of a split; record the run in the catalog.
 
     The run row keeps the cohort, split, fold, catalog version, classes, every setting,
     seed, code version, device and time; the checkpoint (resumable: the same command
-    continues it) lies in CATALOG/runs/NAME unless --out says otherwise.
+    continues it) lies in CATALOG/models/NAME unless --out says otherwise.
     """
     from xds.trainers.nnunet_backend import NnunetConfig
     from xds.trainers.runs import train_run
@@ -94,7 +100,8 @@ def train_cmd(state, cohort, split_name, fold, backend, classes, partial, profil
         kind = TorchConfig
     config = kind.small(**changes) if profile == "small" else kind(**changes)
     run = train_run(state.catalog(), cohort, split=split_name, fold=fold, backend=backend,
-                    config=config, classes=csv_list(classes), partial=partial, name=name,
+                    config=config, classes=csv_list(classes), partial=partial,
+                    train_where=train_where, name=name,
                     out=out, device=device, progress=not as_json)  # fmt: skip
     if as_json:
         emit_json(run.summary())

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -36,7 +37,7 @@ def test_nnunet_trains_our_folds_and_predictions_score(catalog, tmp_path):
     assert row["backend"] == "nnunet"
     assert json.loads(row["config"])["trainer"] == "nnUNetTrainerXds"
     # nnU-Net trained on our patient-level fold, not on its own random case-level split
-    preprocessed = next((catalog.root / "runs" / row["name"] / "nnUNet_preprocessed").glob("D*"))
+    preprocessed = next((Path(row["uri"]) / "nnUNet_preprocessed").glob("D*"))
     folds = json.loads((preprocessed / "splits_final.json").read_text())
     assert sorted(folds[0]["val"]) == sorted(split.roles(0)["val"])
     assert sorted(folds[0]["train"]) == sorted(split.roles(0)["train"])

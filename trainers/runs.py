@@ -4,7 +4,7 @@
 (cohort, split, fold, catalog version, classes, every setting, seed, code version, device,
 time, checkpoint folder); ``predict_run`` predicts one role (or the whole cohort) with a
 run and records a ``predictions`` row, so ``xds evaluate --pred RUN`` finds the files.
-Checkpoints live in the catalog folder, ``runs/<name>/``, unless an output folder is given.
+Checkpoints live in the catalog folder, ``models/<name>/``, unless an output folder is given.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from xds.catalog import Catalog, utcnow
-from xds.catalog.cohorts import get_cohort
+from xds.catalog.cohorts import get_cohort, select_scans
 from xds.export.subjects import cohort_subjects
 from xds.schemas.errors import RunError
 from xds.schemas.ids import stable_id
@@ -69,12 +69,17 @@ def train_run(
     config: TorchConfig | NnunetConfig | None = None,
     classes: list[str] | None = None,
     partial: bool = False,
+    train_where: str | None = None,
     name: str | None = None,
     out: str | Path | None = None,
     device: str = "auto",
     progress: bool = True,
 ) -> Run:
     """Train a model on the train role of ``split`` (fold ``fold``) and record the run.
+
+    ``train_where`` (a ``scan_view`` clause, e.g. ``sequence='T1W'``) keeps only the train
+    scans it matches: single-source training on a split made for all sources, so every
+    model is tested on the same test role.
 
     Running the same command again resumes the checkpoint and records nothing new once
     the run is complete.
@@ -90,7 +95,8 @@ def train_run(
     found, the_split = get_cohort(catalog, cohort), get_split(catalog, split)
     if the_split.cohort_id != found.cohort_id:
         raise RunError(f"split {split!r} belongs to another cohort than {cohort!r}")
-    settings = json.dumps(asdict(config), sort_keys=True, default=list)
+    settings = json.dumps({**asdict(config), "_train_where": train_where}, sort_keys=True,
+                          default=list)  # fmt: skip
     name = name or f"{cohort}-{backend}-f{fold}-s{config.seed}"
     run_id = stable_id("run", name, found.cohort_id, the_split.split_id, fold, backend, settings)
     existing = catalog.read("runs", "name = ?", [name]).to_pylist()
@@ -98,9 +104,15 @@ def train_run(
         raise RunError(f"a run named {name!r} exists with other settings; pass another --name")
     subjects = cohort_subjects(catalog, cohort, split=split, role="train", fold=fold,
                                classes=classes, partial=partial)  # fmt: skip
+    if train_where:
+        if backend == "nnunet":
+            raise RunError("--where selects train scans for the torch backend only")
+        keep = set(select_scans(catalog, train_where).column("scan_id").to_pylist())
+        subjects = [s for s in subjects if s["scan_id"] in keep]
     if not any("label" in s for s in subjects):
-        raise RunError(f"split {split!r} fold {fold} has no labelled train scan")
-    folder = Path(out) if out else catalog.root / "runs" / name
+        raise RunError(f"split {split!r} fold {fold} has no labelled train scan"
+                       + (f" matching {train_where!r}" if train_where else ""))  # fmt: skip
+    folder = Path(out) if out else catalog.root / "models" / name
     try:
         if backend == "nnunet":
             result = train_nnunet(catalog, cohort, split=split, fold=fold, out=folder,
@@ -209,8 +221,16 @@ def predict_run(
 
 
 def _tuples(settings: dict) -> dict:
-    """JSON lists back to the tuples the configurations hold."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
+    """A configuration's fields from a run's settings.
+
+    Lists become tuples again; keys that start with ``_`` describe the run, not the
+    configuration.
+    """
+    return {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in settings.items()
+        if not k.startswith("_")
+    }
 
 
 def prediction_folder(catalog: Catalog, run: str, cohort_id: str) -> Path | None:

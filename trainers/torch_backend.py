@@ -215,7 +215,10 @@ def train_torch(
                 if ssl is not None:
                     ssl.after_step(network)
                 running.append(float(loss.detach()))
-                bar.update(task, advance=1, description=f"epoch {epoch + 1} loss {running[-1]:.3f}")
+                dice = _foreground_dice(logits.detach(), target)
+                bar.update(task, advance=1,
+                           description=f"epoch {epoch + 1} loss {running[-1]:.3f} "
+                           f"dice {dice:.3f}")  # fmt: skip
             losses.append(float(np.mean(running)))
             _save_checkpoint(out, config, network, optimizer, schedule, objective, scaler,
                              epoch + 1, losses, classes, groups, ssl)  # fmt: skip
@@ -247,6 +250,13 @@ def _semi_supervised(config: TorchConfig, network, build, n_classes: int, unlabe
                       tio.UniformSampler(config.patch), num_workers=config.workers)  # fmt: skip
     loader = torch.utils.data.DataLoader(queue, batch_size=config.batch_size, num_workers=0)
     return method, _forever(loader)
+
+
+def _foreground_dice(logits: torch.Tensor, target: torch.Tensor) -> float:
+    """Hard Dice of foreground (any class) vs background in a batch, for the progress bar."""
+    predicted, truth = logits.argmax(1) > 0, target > 0
+    total = predicted.sum() + truth.sum()
+    return float(2 * (predicted & truth).sum() / total) if total else 1.0
 
 
 def _forever(loader):
