@@ -47,8 +47,9 @@ class Run:
 
 def code_version() -> str:
     """The xds version, with the git commit when xds runs from a checkout."""
-    from xds import __version__
+    from importlib.metadata import version
 
+    __version__ = version("xds-toolkit")
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
