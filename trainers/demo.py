@@ -30,6 +30,7 @@ def train_demo(
     *,
     single: str = "T1W",
     epochs: int = 10,
+    base_features: int = 8,
     device: str = "auto",
 ) -> dict:
     """Train single-sequence and joint models, score them per sequence, write the report.
@@ -51,7 +52,7 @@ def train_demo(
     for label, where, n in ((single, f"sequence = '{single}'", epochs),
                             ("joint", None, epochs * max(1, sequences))):  # fmt: skip
         name = f"demo-{label.lower()}"
-        config = TorchConfig.small(epochs=n, seed=0)
+        config = TorchConfig.small(epochs=n, base_features=base_features, seed=0)
         run = train_run(catalog, cohort, split=split, config=config, classes=CLASSES,
                         train_where=where, name=name, device=device, partial=True,
                         progress=False)  # fmt: skip
