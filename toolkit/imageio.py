@@ -56,6 +56,15 @@ class Volume:
         }
 
 
+def nifti_files(root: Path) -> list[Path]:
+    """Every NIfTI file (.nii, .nii.gz) below ``root``, hidden files left out, sorted."""
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith(".")
+    )
+
+
 def read_volume(path: str | os.PathLike) -> Volume:
     """Load and check a 3D NIfTI image, decoding every voxel.
 

@@ -22,7 +22,7 @@ from xds.schemas.errors import RunError
 from xds.schemas.ids import stable_id
 from xds.splits import get_split
 from xds.trainers.nnunet_backend import NnunetConfig, predict_nnunet, train_nnunet
-from xds.trainers.torch_backend import TorchConfig, predict_torch, train_torch
+from xds.trainers.torch_backend import TorchConfig, config_fields, predict_torch, train_torch
 
 BACKENDS = {"torch": TorchConfig, "nnunet": NnunetConfig}
 
@@ -201,7 +201,7 @@ def predict_run(
     where = role or "all"
     folder = Path(out) if out else Path(row["uri"]) / "predictions" / f"{cohort}-{where}-f{fold}"
     started = time.perf_counter()
-    config = BACKENDS[row["backend"]](**_tuples(json.loads(row["config"])))
+    config = BACKENDS[row["backend"]](**config_fields(json.loads(row["config"])))
     if row["backend"] == "nnunet":
         predict_nnunet(row["uri"], subjects, folder, config=config, fold=row["fold"],
                        device=device)  # fmt: skip
@@ -219,19 +219,6 @@ def predict_run(
     with catalog.transaction(f"predict {row['name']} {cohort}/{where}") as txn:
         txn.append("predictions", [prediction], unique_by=["prediction_id"])
     return prediction
-
-
-def _tuples(settings: dict) -> dict:
-    """A configuration's fields from a run's settings.
-
-    Lists become tuples again; keys that start with ``_`` describe the run, not the
-    configuration.
-    """
-    return {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in settings.items()
-        if not k.startswith("_")
-    }
 
 
 def prediction_folder(catalog: Catalog, run: str, cohort_id: str) -> Path | None:

@@ -273,6 +273,19 @@ def _progress(show: bool):
                     console=console, disable=not (show and console.is_terminal))  # fmt: skip
 
 
+def config_fields(settings: dict) -> dict:
+    """A configuration's fields from stored JSON settings.
+
+    Lists become tuples again; keys that start with ``_`` describe a run, not the
+    configuration.
+    """
+    return {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in settings.items()
+        if not k.startswith("_")
+    }
+
+
 def _config_key(config: TorchConfig) -> str:
     return json.dumps(asdict(config), sort_keys=True, default=list)
 
@@ -319,8 +332,7 @@ def predict_torch(
     state = _load_checkpoint(Path(run))
     if state is None:
         raise ValueError(f"{run}: no {CHECKPOINT} (train first)")
-    config = TorchConfig(**{k: tuple(v) if isinstance(v, list) else v
-                            for k, v in json.loads(state["config"]).items()})  # fmt: skip
+    config = TorchConfig(**config_fields(json.loads(state["config"])))
     classes = state["classes"]
     where = select_device(device)
     network = build_unet(1, len(classes) + 1, config.patch, config.spacing,

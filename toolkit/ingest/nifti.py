@@ -20,7 +20,7 @@ import numpy as np
 from xds.catalog import Catalog, utcnow
 from xds.deid import pseudonym
 from xds.executors import progress_map
-from xds.imageio import read_volume, store_volume
+from xds.imageio import nifti_files, read_volume, store_volume
 from xds.ingest.common import IngestReport, check_source, quarantine_row, run_id
 from xds.ingest.layouts import Layout, detect_layout, parse_layout
 from xds.ingest.sequences import sequence_from_name
@@ -85,11 +85,7 @@ def ingest_nifti(
     root, dataset = check_source(root, center, dataset)
     if sequence is not None and sequence not in SEQUENCES:
         raise IngestError(f"unknown sequence {sequence!r}; known: {', '.join(SEQUENCES)}")
-    relpaths = sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith(".")
-    )
+    relpaths = sorted(p.relative_to(root).as_posix() for p in nifti_files(root))
     chosen: Layout = parse_layout(layout, label_layout) or detect_layout(relpaths)
     run = run_id()
     report = IngestReport(dataset, center, run, chosen.name, files_found=len(relpaths))

@@ -23,7 +23,7 @@ from xds.catalog import Catalog, utcnow
 from xds.catalog.cohorts import get_cohort
 from xds.executors import resolve_device
 from xds.export.common import writing_target
-from xds.imageio import Volume, store_volume, write_volume
+from xds.imageio import Volume, nifti_files, store_volume, write_volume
 from xds.labels import best_labels
 from xds.schemas.errors import CohortError, SynthError
 from xds.schemas.ids import stable_id
@@ -114,11 +114,7 @@ def template_files(catalog: Catalog | None, templates: str) -> tuple[list[Path],
     """
     folder = Path(templates)
     if folder.is_dir():
-        files = sorted(
-            p
-            for p in folder.rglob("*")
-            if p.is_file() and p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith(".")
-        )
+        files = nifti_files(folder)
         if not files:
             raise SynthError(f"{folder}: no NIfTI label maps (.nii, .nii.gz) in this folder")
         return files, f"dir:{folder.resolve()}:{len(files)}"
