@@ -2,19 +2,26 @@
 
 ``scan_view`` is what ``--where`` filters: one row per usable scan (status ok) with its
 subject's demographics and its label availability (``classes``: classes with voxels in some
-label; ``annotated_classes``: classes some label map annotates, present or not), so
+label; ``annotated_classes``: classes some label map annotates, present or not;
+``label_origin``: the origin of the label a cohort uses, by the merge rule manual > revised
+> pseudo > synthetic > prediction), so
 ``--where "sequence='T2W' AND sex='F' AND list_contains(classes, 'pancreas')"`` needs no
 join by hand. ``metric_view`` is one row per evaluated case x class with the evaluation's
 name and every ``scan_view`` column: what ``xds report`` groups by.
 """
 
-SCAN_VIEW = """
+from xds.schemas.tables import LABEL_ORIGINS
+
+_ORIGIN_RANK = " ".join(f"WHEN '{o}' THEN {i}" for i, o in enumerate(LABEL_ORIGINS))
+
+SCAN_VIEW = f"""
 CREATE VIEW scan_view AS
 WITH label_summary AS (
     SELECT scan_id,
            count(*) AS n_labels,
            list_sort(list_distinct(flatten(list(classes_present)))) AS classes,
            list_sort(list_distinct(list(origin))) AS label_origins,
+           arg_min(origin, CASE origin {_ORIGIN_RANK} ELSE 99 END) AS label_origin,
            list_sort(list_distinct(flatten(list(coalesce(classes_annotated, []::VARCHAR[])))))
                AS annotated_classes
     FROM labels
@@ -31,6 +38,7 @@ SELECT s.scan_id, s.subject_id, s.study_id, s.dataset, s.center, s.modality, s.s
        coalesce(l.n_labels, 0) AS n_labels,
        coalesce(l.classes, []::VARCHAR[]) AS classes,
        coalesce(l.label_origins, []::VARCHAR[]) AS label_origins,
+       l.label_origin,
        coalesce(l.annotated_classes, []::VARCHAR[]) AS annotated_classes
 FROM scans s
 LEFT JOIN subjects p USING (subject_id)

@@ -789,6 +789,7 @@ cli.add_command(exports.export)
 cli.add_command(synth.synth)
 cli.add_command(training.train_cmd)
 cli.add_command(training.predict_cmd)
+cli.add_command(training.pseudo_label_cmd)
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from xds.cli.options import csv_list, json_option
-from xds.cli.output import emit_json, print_kv
+from xds.cli.output import emit_json, print_kv, print_table
 
 
 @click.command("train")
@@ -142,3 +142,79 @@ def predict_cmd(state, run, cohort, split_name, role, fold, out, device, as_json
     print_kv({"run": run, "cases": len(row["scan_ids"]), "folder": row["uri"],
               "seconds": row["seconds"],
               "next": f"xds evaluate --pred {run} --cohort COHORT"}, "xds predict")  # fmt: skip
+
+
+@click.command("pseudo-label")
+@click.option(
+    "--teacher", "teachers", multiple=True, required=True,
+    help="A trained run (repeat for an ensemble of runs or folds; same classes).",
+)  # fmt: skip
+@click.option("--cohort", help="Scans to label (default: the teacher split's unlabeled role).")
+@click.option("--split", "split_name", help="With --cohort: only scans of this split of it...")
+@click.option("--role", help="...in this role (e.g. unlabeled).")
+@click.option(
+    "--rounds", type=click.IntRange(1), default=1, show_default=True,
+    help="Teacher-student rounds; each round's teacher is the previous round's student.",
+)  # fmt: skip
+@click.option(
+    "--gate", "gates", multiple=True, metavar="NAME[@SEQ]=VALUE",
+    help="A quality threshold, or 'off' (repeatable): entropy (max, 0.35), agreement "
+    "(min, 0.8), change (max, 0.2), volume (max |z|, 4), contrast (min ratio, 0.5); "
+    "e.g. --gate entropy@T2W=0.45 --gate change=off.",
+)  # fmt: skip
+@click.option(
+    "--unreliable", type=click.Choice(["reject", "ignore"]), default="reject",
+    show_default=True,
+    help="reject: gates keep or drop whole cases; ignore: also mark the unreliable voxels of "
+    "kept cases with the ignore label, which training skips.",
+)  # fmt: skip
+@click.option(
+    "--voxel-entropy", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+    help="With --unreliable ignore: normalized entropy above which a voxel is unreliable "
+    "(members disagreeing there is too).",
+)  # fmt: skip
+@click.option(
+    "--flips/--no-flips", default=True, show_default=True,
+    help="Test-time flips along each axis as extra members (4 passes per teacher).",
+)  # fmt: skip
+@click.option("--no-students", is_flag=True, help="Label one round only; train no student.")
+@click.option("--name", help="Name of the labelling, its students and splits (<name>-r<k>).")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@json_option
+@click.pass_obj
+def pseudo_label_cmd(state, teachers, cohort, split_name, role, rounds, gates, unreliable,
+                     voxel_entropy, flips, no_students, name, device, as_json):  # fmt: skip
+    """Pseudo-label scans with trained runs, gate them, and train students on them.
+
+    Each round predicts every candidate (teachers x flips), keeps the cases that pass
+    every gate as labels with origin 'pseudo' (teacher runs, round and quality figures in
+    the row), and trains a student with the teacher's backend and settings on the
+    teacher's split plus those cases. Scans that have a human label, or whose subject is
+    in the teacher's val or test role, are left out. Cohorts pick labels by the rule manual
+    > revised > pseudo; `--where "label_origin='pseudo'"` selects pseudo-labelled scans.
+    Re-running the command adds nothing.
+    """
+    from xds.pseudo import Gates
+    from xds.trainers.pseudo import pseudo_label
+
+    report = pseudo_label(
+        state.catalog(), list(teachers), cohort=cohort, split=split_name, role=role,
+        rounds=rounds, gates=Gates.parse(gates), unreliable=unreliable,
+        voxel_entropy=voxel_entropy, flips=flips, students=not no_students, name=name,
+        device=device, progress=not as_json,
+    )  # fmt: skip
+    if as_json:
+        emit_json(report.summary())
+        return
+    left = ", ".join(f"{k}: {v}" for k, v in report.left_out.items()) or "none"
+    print_kv({"name": report.name, "classes": ", ".join(report.classes),
+              "candidates": report.candidates, "left out": left}, "xds pseudo-label")  # fmt: skip
+    rows = [{
+        "round": r.round, "teachers": ", ".join(r.teachers), "accepted": r.accepted,
+        "rejected": r.rejected,
+        "rejected by": ", ".join(f"{k} {v}" for k, v in sorted(r.reasons.items())) or "-",
+        "labels added": r.labels_added, "student": r.student or "-",
+    } for r in report.rounds]  # fmt: skip
+    print_table(rows, "rounds")

@@ -295,17 +295,17 @@ def test_harmonized_labels_are_linked_not_converted(holdout, tmp_path):
         (True, True, True),
         (True, False, True),
     }
-    # nnU-Net cannot take the 255 'ignore' value harmonize wrote for unmapped organs
+    # nnU-Net's ignore label is the one after the last class: harmonize's 255 becomes 2
     harmonize(catalog, "all", classes="pancreas", unmapped="ignore")
-    with pytest.raises(ExportError, match="unmapped background"):
-        export_nnunet(
-            catalog,
-            "all",
-            split=split.name,
-            dataset_id=7,
-            out=tmp_path / "nn",
-            class_set="pancreas",
-        )
+    done = export_nnunet(
+        catalog, "all", split=split.name, dataset_id=7, out=tmp_path / "nn", class_set="pancreas"
+    )
+    meta = json.loads((Path(done.path) / "dataset.json").read_text())
+    assert meta["labels"] == {"background": 0, "pancreas": 1, "ignore": 2}
+    values = set()
+    for path in (Path(done.path) / "labelsTr").glob("*.nii.gz"):
+        values |= set(np.unique(_voxels(str(path))).tolist())
+    assert values == {0, 1, 2}
 
 
 def test_embedded_splits_are_sharded_by_file_bytes(holdout, tmp_path, monkeypatch):

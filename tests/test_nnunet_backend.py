@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -58,3 +60,17 @@ def test_nnunet_trains_our_folds_and_predictions_score(catalog, tmp_path):
     assert result.exit_code == 0, result.output
     scores = json.loads(result.stdout)
     assert scores["mean"]["liver"]["dice"] > 0.05  # an empty mask scores 0
+
+    # as a pseudo-label teacher: nnU-Net's probabilities, in the file's voxel order, whose
+    # argmax is what `xds predict` wrote; a flipped member has the same grid
+    from xds.trainers.pseudo import load_teacher
+
+    teacher = load_teacher(Catalog.open(catalog.root), row["name"])
+    assert teacher.classes == ["liver"]
+    scan_id = prediction["scan_ids"][0]
+    uri = catalog.rows_for("scans", [scan_id], ["image_uri"]).to_pylist()[0]["image_uri"]
+    members = list(teacher.probabilities(catalog.resolve(uri), ((), (0,))))
+    written = np.asanyarray(nib.load(Path(prediction["uri"]) / f"{scan_id}.nii.gz").dataobj)
+    assert members[0].shape == members[1].shape == (2, *written.shape)
+    assert np.allclose(members[0].sum(0), 1.0, atol=1e-4)
+    assert np.array_equal(members[0].argmax(0), written)

@@ -10,9 +10,11 @@ Checks, per fold of a split (or across a cohort, with ``audit_cohort``):
 (d) ``study_under_two_subjects``: one study registered under two subject ids: one study id
     (the keyed pseudonym of the DICOM StudyInstanceUID) with subjects in two roles, or the
     same scanner and acquisition time of day with matching fingerprints (UIDs regenerated);
-(e) ``teacher_trained_on_test``: a pseudo-label used in training whose teacher was trained
-    on a scan that is now a test case (the label's ``teacher_run`` names the teacher's split,
-    ``NAME`` or ``NAME@FOLD``, until training runs are recorded).
+(e) ``teacher_trained_on_test``: a pseudo-label used in training whose teacher learned
+    from a scan that is now a test case: the label's ``teacher_run`` names the teacher runs,
+    whose splits say what they learned from, followed through the teachers of any
+    pseudo-labels they learned from in turn (a split ``NAME@FOLD`` stands for a teacher
+    trained outside xds).
 
 (a), (b) and (d)'s study ids are metadata: DuckDB group-bys, a million scans in seconds. (c)
 and (d)'s fingerprint check compare every pair of scans of one modality under different
@@ -203,13 +205,45 @@ def teacher_leaks(catalog: Catalog, rows: list[dict]) -> list[dict]:
     return leaks
 
 
-def _teacher_training_scans(catalog: Catalog, run: str) -> set[str]:
-    name, _, fold = run.partition("@")
+def _teacher_training_scans(catalog: Catalog, teacher: str) -> set[str]:
+    """Every scan a teacher learned from, through the teachers of its own pseudo-labels.
+
+    ``teacher`` is a ``labels.teacher_run`` value: run ids (comma-separated for an
+    ensemble), or a split ``NAME`` / ``NAME@FOLD`` for teachers trained outside xds. A
+    run learned from the train and val roles of its split's fold; where those hold
+    pseudo-labels, from whatever their teachers learned from, and so on.
+    """
+    seen: set[str] = set()
+    pending, visited = [t for t in teacher.split(",") if t], set()
+    while pending:
+        current = pending.pop()
+        if current in visited:
+            continue
+        visited.add(current)
+        learned = _learned_from(catalog, current)
+        seen |= learned
+        if learned:
+            rows = catalog.rows_for("labels", sorted(learned), ["origin", "teacher_run"])
+            pending += [
+                t for r in rows.to_pylist() if r["origin"] == "pseudo" and r["teacher_run"]
+                for t in r["teacher_run"].split(",")
+            ]  # fmt: skip
+    return seen
+
+
+def _learned_from(catalog: Catalog, teacher: str) -> set[str]:
+    """The train and val scans of a run's fold, or of a split named NAME[@FOLD]."""
+    runs = catalog.read("runs", "run_id = ? OR name = ?", [teacher, teacher]).to_pylist()
+    if runs:
+        name, fold = runs[0]["split_id"], runs[0]["fold"]
+    else:
+        name, _, number = teacher.partition("@")
+        fold = int(number) if number.isdigit() else 0
     try:
         split = get_split(catalog, name)
     except Exception:  # noqa: BLE001 - a teacher we cannot resolve has no known training set
         return set()
-    roles = split.roles(int(fold) if fold.isdigit() else 0)
+    roles = split.roles(fold)
     return set(roles.get("train", [])) | set(roles.get("val", []))
 
 

@@ -28,7 +28,7 @@ from xds.catalog.cohorts import cohort_scans
 from xds.executors import progress_map
 from xds.harmonize import lookup_table
 from xds.imageio import voxel_hash
-from xds.labels import best_labels, label_maps
+from xds.labels import REFERENCE_ORIGINS, best_labels, label_maps
 from xds.metrics import (
     BOTH_EMPTY,
     HD_MODES,
@@ -49,8 +49,6 @@ from xds.schemas.vocabulary import (
 )
 from xds.splits import get_split
 
-REFERENCE_ORIGINS = ("manual", "revised", "synthetic")
-"""Label origins that can serve as reference: never pseudo-labels or other predictions."""
 _SUFFIXES = (".nii.gz", ".nii")
 
 
@@ -200,11 +198,7 @@ def evaluate(
     lacking = [c for c in targets if c not in pred_has]
     if lacking:
         raise EvaluationError(f"the prediction labels do not name {lacking}")
-    references = {
-        s: r
-        for s, r in best_labels(catalog, scan_ids, derived=False).items()
-        if r["origin"] in REFERENCE_ORIGINS
-    }
+    references = best_labels(catalog, scan_ids, derived=False, origins=REFERENCE_ORIGINS)
     report = Evaluation("", name, found.name, list(targets))
     report.no_reference = len(set(scan_ids) - set(references))
     if not references:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from xds.catalog import Catalog
+from xds.schemas.tables import LABEL_ORIGINS
 
-ORIGIN_PRIORITY = {"manual": 0, "revised": 1, "pseudo": 2, "synthetic": 3, "prediction": 4}
-"""Merge rule of DESIGN §3: manual > revised > pseudo (then synthetic, prediction)."""
+ORIGIN_PRIORITY = {origin: rank for rank, origin in enumerate(LABEL_ORIGINS)}
+"""Merge rule of DESIGN §3: manual > revised > pseudo (then synthetic, prediction), the
+order of :data:`xds.schemas.tables.LABEL_ORIGINS`."""
+
+REFERENCE_ORIGINS = ("manual", "revised", "synthetic")
+"""Origins a score may be measured against: a human's label, or the exact label an image
+was generated from. Never a pseudo-label or a model's prediction."""
 
 
 def best_labels(
@@ -14,6 +20,7 @@ def best_labels(
     *,
     derived: bool | None = None,
     class_set: str | None = None,
+    origins: tuple[str, ...] | None = None,
 ) -> dict[str, dict]:
     """The label row to use per scan: manual > revised > pseudo, newest first within one.
 
@@ -23,12 +30,15 @@ def best_labels(
         derived: None for any label; False for source labels only (not harmonized ones);
             True for harmonized labels only.
         class_set: only labels harmonized to this class set (its recorded name).
+        origins: only labels of these origins (e.g. :data:`REFERENCE_ORIGINS`).
     """
     best: dict[str, dict] = {}
     for row in catalog.rows_for("labels", scan_ids).to_pylist():
         if derived is not None and (row.get("derived_from") is not None) != derived:
             continue
         if class_set is not None and row.get("class_set") != class_set:
+            continue
+        if origins is not None and row["origin"] not in origins:
             continue
         key = (ORIGIN_PRIORITY.get(row["origin"], 9), -row["created_at"].timestamp())
         current = best.get(row["scan_id"])

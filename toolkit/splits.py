@@ -332,6 +332,47 @@ def _store(catalog, name, cohort_id, strategy, params, seed, assignments) -> Spl
     return Split(split_id, name, cohort_id, strategy, params, seed, rows)
 
 
+def derive_split(
+    catalog: Catalog,
+    base: Split,
+    fold: int,
+    *,
+    name: str,
+    cohort_id: str,
+    roles: dict[str, str],
+    params: dict,
+) -> Split:
+    """A one-fold split that is fold ``fold`` of ``base`` with some scans' roles set anew.
+
+    ``roles`` maps scan ids (of ``base`` or not) to their role here; the other scans keep
+    the role ``base`` gives them. Storing it again with the same content returns the stored
+    split, so a re-run adds nothing.
+
+    Raises:
+        SplitError: a split called ``name`` exists with other content.
+    """
+    assignment = {r["scan_id"]: [r["subject_id"], r["role"]]
+                  for r in base.rows.to_pylist() if r["fold"] == fold}  # fmt: skip
+    new = sorted(set(roles) - set(assignment))
+    if new:
+        subjects = catalog.rows_for("scans", new, ["scan_id", "subject_id"]).to_pylist()
+        assignment |= {r["scan_id"]: [r["subject_id"], None] for r in subjects}
+    for scan_id, role in roles.items():
+        assignment[scan_id][1] = role
+    params = {"base": base.name, "base_fold": fold, **params}
+    rows = [(s, subject, 0, role) for s, (subject, role) in sorted(assignment.items())]
+    existing = catalog.read("splits", "name = ?", [name])
+    if existing.num_rows:
+        stored = get_split(catalog, name)
+        same = sorted(
+            (r["scan_id"], r["subject_id"], r["fold"], r["role"]) for r in stored.rows.to_pylist()
+        )
+        if stored.cohort_id == cohort_id and stored.params == params and same == rows:
+            return stored
+        raise SplitError(f"split {name!r} already exists with other content; choose another name")
+    return _store(catalog, name, cohort_id, "derived", params, base.seed, rows)
+
+
 def list_splits(catalog: Catalog) -> list[dict]:
     """One summary per stored split: name, cohort, strategy, seed, counts per role."""
     query = """

@@ -26,6 +26,7 @@ from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from xds.catalog import Catalog
@@ -178,9 +179,29 @@ def train_nnunet(
             resumed = config.epochs
     state = torch.load(results / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     losses = [float(x) for x in state.get("logging", {}).get("train_losses", [])]
-    classes_out = [name for name, index in sorted(labels.items(), key=lambda kv: kv[1]) if index]
+    classes_out = [name for name, index in sorted(labels.items(), key=lambda kv: kv[1])
+                   if index and name != "ignore"]  # fmt: skip
     return TrainResult(str(folder), str(where), classes_out, ["all"], losses,
                        round(time.perf_counter() - started, 2), resumed)  # fmt: skip
+
+
+def _predictor(folder: Path, config: NnunetConfig, fold: int, device: str):
+    """nnU-Net's predictor for a run's fold (Gaussian sliding windows, sequential)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    datasets = sorted((folder / "nnUNet_results").glob("Dataset*"))
+    if not datasets:
+        raise RunError(f"{folder}: no trained nnU-Net model (train first)")
+    model = _model_folder(folder, datasets[0].name, config)
+    where = select_device(device)
+    with nnunet_environment(folder, config):
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True,
+                                    use_mirroring=config.mirroring,
+                                    perform_everything_on_device=where.type == "cuda",
+                                    device=where, allow_tqdm=False)  # fmt: skip
+        predictor.initialize_from_trained_model_folder(str(model), use_folds=(fold,))
+    labels = json.loads((model / "dataset.json").read_text())["labels"]
+    return predictor, labels
 
 
 def predict_nnunet(
@@ -192,25 +213,51 @@ def predict_nnunet(
     Raises:
         RunError: the run holds no finished model.
     """
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
     folder = Path(run)
-    datasets = sorted((folder / "nnUNet_results").glob("Dataset*"))
-    if not datasets:
-        raise RunError(f"{folder}: no trained nnU-Net model (train first)")
-    model = _model_folder(folder, datasets[0].name, config)
-    where = select_device(device)
+    predictor, labels = _predictor(folder, config, fold, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with nnunet_environment(folder, config):
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True,
-                                    use_mirroring=config.mirroring,
-                                    perform_everything_on_device=where.type == "cuda",
-                                    device=where, allow_tqdm=False)  # fmt: skip
-        predictor.initialize_from_trained_model_folder(str(model), use_folds=(fold,))
         images = [[str(s["image"].path)] for s in subjects]
         targets = [str(out / s["scan_id"]) for s in subjects]
         predictor.predict_from_files_sequential(images, targets, save_probabilities=False)
-    labels = json.loads((model / "dataset.json").read_text())["labels"]
+    labels = {k: v for k, v in labels.items() if k != "ignore"}  # never predicted
     (out / "dataset.json").write_text(json.dumps({"labels": labels}, indent=1))
     return [out / f"{s['scan_id']}.nii.gz" for s in subjects]
+
+
+class NnunetTeacher:
+    """A trained nnU-Net run predicting class probabilities on a scan's own grid.
+
+    nnU-Net reads a scan through its planned reader (whose arrays are the file's voxel axes
+    reversed), preprocesses, predicts and resamples the probabilities back itself; they are
+    returned in the file's voxel order, like every other xds array.
+    """
+
+    def __init__(self, run: str | Path, *, config: NnunetConfig, fold: int,
+                 device: str = "auto"):  # fmt: skip
+        self.folder, self.config = Path(run), config
+        self.predictor, labels = _predictor(self.folder, config, fold, device)
+        self.classes = [n for n, i in sorted(labels.items(), key=lambda kv: kv[1])
+                        if i and n != "ignore"]  # fmt: skip
+        reader = self.predictor.plans_manager.image_reader_writer_class
+        if "Reorient" in reader.__name__:
+            raise RunError(f"{run}: nnU-Net's {reader.__name__} reorients scans; xds needs the "
+                           "file's own voxel order (SimpleITKIO or NibabelIO)")  # fmt: skip
+        self._reader = reader()
+
+    def probabilities(self, image: str | Path, flips=((),)):
+        """Yield (classes + 1, *scan shape) float32 probabilities, one array per flip.
+
+        See :meth:`xds.trainers.torch_backend.TorchTeacher.probabilities`.
+        """
+        data, properties = self._reader.read_images([str(image)])
+        for axes in flips:
+            dims = [3 - a for a in axes]  # reader arrays are (channel, z, y, x)
+            flipped = np.ascontiguousarray(np.flip(data, dims)) if dims else data
+            with nnunet_environment(self.folder, self.config):
+                _, probs = self.predictor.predict_single_npy_array(
+                    flipped, properties, None, None, True
+                )
+            probs = np.flip(probs, dims) if dims else probs
+            yield np.ascontiguousarray(probs.transpose(0, 3, 2, 1), dtype=np.float32)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from xds.harmonize import IGNORE
 from xds.synth.render import draw_set, render_set
 
 
@@ -34,11 +35,19 @@ class SyntheticMix:
         image, target = image.clone(), target.clone()
         dims = target.dim() - 1
         for i in changed.nonzero()[:, 0].tolist():
-            labels = target[i].cpu().numpy().astype(np.uint8)
-            draw = draw_set(self.generator, int(labels.max()), 1, dims)
+            labels = target[i].cpu().numpy()
+            # ignored voxels (pseudo-label gates) render as a tissue of their own and stay
+            # ignored where the warp takes them
+            unsure = labels == IGNORE
+            top = int(labels[~unsure].max(initial=0)) + int(unsure.any())
+            labels = np.where(unsure, top, labels).astype(np.uint8)
+            draw = draw_set(self.generator, top, 1, dims)
             rendered, warped = render_set(labels, draw, self.generator, device=image.device)
             synthetic = torch.from_numpy(rendered[0]).to(image)
             synthetic = (synthetic - synthetic.mean()) / synthetic.std().clamp(min=1e-6)
             image[i, 0] = synthetic
-            target[i] = torch.from_numpy(warped[0]).to(target)
+            warped = warped[0].astype(np.int64)
+            if unsure.any():
+                warped[warped == top] = IGNORE
+            target[i] = torch.from_numpy(warped).to(target)
         return image, target, changed

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xds.harmonize import IGNORE
 from xds.trainers.dg import RandConv, make_objective
 from xds.trainers.losses import PartialDiceCELoss
 from xds.trainers.network import PenultimateFeatures, autocast, build_unet, select_device
@@ -145,7 +146,7 @@ def train_torch(
     network = build()
     features = PenultimateFeatures(network)
     objective = make_objective(config.dg, len(groups), **config.dg_params).to(where)
-    loss_fn = PartialDiceCELoss(len(classes) + 1)
+    loss_fn = PartialDiceCELoss(len(classes) + 1, ignore_index=IGNORE)  # pseudo-label gates
     ssl, unlabeled_batches = _semi_supervised(config, network, build, len(classes) + 1,
                                               unlabeled)  # fmt: skip
     parameters = list(network.parameters()) + (ssl.parameters() if ssl else [])
@@ -254,7 +255,8 @@ def _semi_supervised(config: TorchConfig, network, build, n_classes: int, unlabe
 
 def _foreground_dice(logits: torch.Tensor, target: torch.Tensor) -> float:
     """Hard Dice of foreground (any class) vs background in a batch, for the progress bar."""
-    predicted, truth = logits.argmax(1) > 0, target > 0
+    valid = target != IGNORE
+    predicted, truth = (logits.argmax(1) > 0) & valid, (target > 0) & valid
     total = predicted.sum() + truth.sum()
     return float(2 * (predicted & truth).sum() / total) if total else 1.0
 
@@ -314,6 +316,77 @@ def _load_checkpoint(out: Path, config: TorchConfig | None = None) -> dict | Non
     return state
 
 
+class TorchTeacher:
+    """A trained run of this backend, predicting class probabilities on a scan's own grid.
+
+    Prediction: canonical orientation, resampling and normalization as in training, sliding
+    windows with half-patch overlap weighted by nnU-Net's Gaussian, then the probabilities
+    resampled (linearly) back onto the scan's grid, as nnU-Net does before its argmax.
+    """
+
+    def __init__(self, run: str | Path, *, device: str = "auto"):
+        from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+        state = _load_checkpoint(Path(run))
+        if state is None:
+            raise ValueError(f"{run}: no {CHECKPOINT} (train first)")
+        self.config = TorchConfig(**config_fields(json.loads(state["config"])))
+        self.classes: list[str] = state["classes"]
+        self.device = select_device(device)
+        config = self.config
+        self.network = build_unet(1, len(self.classes) + 1, config.patch, config.spacing,
+                                  base_features=config.base_features).to(self.device)  # fmt: skip
+        self.network.load_state_dict(state["model"])
+        self.network.eval()
+        self._weights = compute_gaussian(tuple(config.patch), device=self.device,
+                                         dtype=torch.float32)  # fmt: skip
+        self._prepare = _preprocess(config, train=False)
+
+    def probabilities(self, image: str | Path, flips=((),)):
+        """Yield (classes + 1, *scan shape) float32 probabilities, one array per flip.
+
+        Args:
+            image: the scan's NIfTI file.
+            flips: test-time flips, each a tuple of voxel axes (``()``: none); the input is
+                flipped and the output flipped back, so members differ only by what the
+                network does with mirrored anatomy.
+        """
+        import nibabel as nib
+        import torchio as tio
+
+        from xds.export.subjects import NiftiReader
+
+        original = nib.load(str(image))
+        ready = self._prepare(tio.Subject(image=tio.ScalarImage(image, reader=NiftiReader())))
+        back = tio.Resample((original.shape[:3], original.affine))
+        for axes in flips:
+            dims = [a + 1 for a in axes]
+            data = ready["image"].data.flip(dims) if dims else ready["image"].data
+            probs = self._windows(tio.ScalarImage(tensor=data, affine=ready["image"].affine))
+            probs = probs.flip(dims) if dims else probs
+            resampled = back(tio.ScalarImage(tensor=probs.cpu(), affine=ready["image"].affine))
+            yield resampled.data.numpy().astype(np.float32, copy=False)
+
+    def _windows(self, image) -> torch.Tensor:
+        """Gaussian-weighted sliding-window softmax over one prepared image."""
+        import torchio as tio
+
+        patch = self.config.patch
+        grid = tio.GridSampler(tio.Subject(image=image), patch, tuple(p // 2 for p in patch))
+        shape = image.shape[1:]
+        total = torch.zeros((len(self.classes) + 1, *shape), device=self.device)
+        weight = torch.zeros(shape, device=self.device)
+        loader = torch.utils.data.DataLoader(grid, batch_size=self.config.batch_size)
+        with torch.no_grad(), autocast(self.device):
+            for batch in loader:
+                logits = self.network(batch["image"][tio.DATA].to(self.device).float()).float()
+                for k, location in enumerate(batch[tio.LOCATION]):
+                    i0, j0, k0, i1, j1, k1 = location.tolist()
+                    total[:, i0:i1, j0:j1, k0:k1] += logits[k].softmax(0) * self._weights
+                    weight[i0:i1, j0:j1, k0:k1] += self._weights
+        return total / weight.clamp(min=1e-6)
+
+
 def predict_torch(
     run: str | Path, subjects: list, out: str | Path, *, device: str = "auto", progress=True
 ) -> list[Path]:
@@ -326,46 +399,19 @@ def predict_torch(
         ValueError: ``run`` holds no checkpoint.
     """
     import nibabel as nib
-    import torchio as tio
-    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
-    state = _load_checkpoint(Path(run))
-    if state is None:
-        raise ValueError(f"{run}: no {CHECKPOINT} (train first)")
-    config = TorchConfig(**config_fields(json.loads(state["config"])))
-    classes = state["classes"]
-    where = select_device(device)
-    network = build_unet(1, len(classes) + 1, config.patch, config.spacing,
-                         base_features=config.base_features).to(where)  # fmt: skip
-    network.load_state_dict(state["model"])
-    network.eval()
-    weights = compute_gaussian(tuple(config.patch), device=where, dtype=torch.float32)
+    teacher = TorchTeacher(run, device=device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    prepare = _preprocess(config, train=False)
     for subject in subjects:
-        original = nib.load(str(subject["image"].path))
-        ready = prepare(subject)
-        grid = tio.GridSampler(ready, config.patch, tuple(p // 2 for p in config.patch))
-        shape = ready["image"].shape[1:]
-        total = torch.zeros((len(classes) + 1, *shape), device=where)
-        weight = torch.zeros(shape, device=where)
-        with torch.no_grad(), autocast(where):
-            for patch in torch.utils.data.DataLoader(grid, batch_size=config.batch_size):
-                logits = network(patch["image"][tio.DATA].to(where).float()).float()
-                for k, location in enumerate(patch[tio.LOCATION]):
-                    i0, j0, k0, i1, j1, k1 = location.tolist()
-                    total[:, i0:i1, j0:j1, k0:k1] += logits[k].softmax(0) * weights
-                    weight[i0:i1, j0:j1, k0:k1] += weights
-        labels = (total / weight.clamp(min=1e-6)).argmax(0).to(torch.uint8).cpu()
-        # back onto the scan's own grid (undoing reorientation, resampling and padding)
-        predicted = tio.LabelMap(tensor=labels[None], affine=ready["image"].affine)
-        back = tio.Resample((original.shape[:3], original.affine))(predicted)
-        data = back.data[0].numpy().astype(np.uint8)
+        image = subject["image"].path
+        probs = next(teacher.probabilities(image))
         path = out / f"{subject['scan_id']}.nii.gz"
-        nib.save(nib.Nifti1Image(data, original.affine), path)
+        nib.save(nib.Nifti1Image(probs.argmax(0).astype(np.uint8), nib.load(str(image)).affine),
+                 path)  # fmt: skip
         written.append(path)
+    classes = teacher.classes
     names = {"background": 0, **{c: i for i, c in enumerate(classes, start=1)}}
     (out / "dataset.json").write_text(json.dumps({"labels": names}, indent=1))
     return written

@@ -29,7 +29,7 @@ from xds.catalog import Catalog, get_cohort
 from xds.catalog.cohorts import Cohort, cohort_scans
 from xds.executors import progress_map
 from xds.harmonize import IGNORE, resolve_class_set
-from xds.labels import best_labels, label_maps
+from xds.labels import REFERENCE_ORIGINS, best_labels, label_maps
 from xds.schemas.errors import ExportError
 from xds.splits import Split, get_split
 
@@ -193,6 +193,15 @@ def plan_export(
     wanted = [s for ids in assignment.values() for s in ids]
     set_name = resolve_class_set(class_set)[0] if class_set is not None else None
     labels = best_labels(catalog, wanted, derived=set_name is not None, class_set=set_name)
+    # a test scan is scored against a human (or generator's) label, never a pseudo-label
+    tested = assignment.get("test", [])
+    reference = best_labels(catalog, tested, derived=set_name is not None, class_set=set_name,
+                            origins=REFERENCE_ORIGINS)  # fmt: skip
+    for scan_id in tested:
+        labels.pop(scan_id, None)
+        if scan_id in reference:
+            labels[scan_id] = reference[scan_id]
+    labels.update(_pinned_labels(catalog, the_split))
     unlabeled = [s for r in LABELLED_ROLES for s in assignment.get(r, []) if s not in labels]
     if unlabeled:
         raise ExportError(
@@ -243,6 +252,23 @@ def plan_export(
     return ExportPlan(found, the_split, fold, classes, cases)
 
 
+def _pinned_labels(catalog: Catalog, split: Split | None) -> dict[str, dict]:
+    """The labels a split names for some of its scans (``params["labels"]``: scan -> label).
+
+    A pseudo-label round's student split pins that round's labels, so re-training it later
+    reads the same labels even after newer rounds added others.
+    """
+    pins = (split.params.get("labels") or {}) if split is not None else {}
+    if not pins:
+        return {}
+    rows = catalog.read("labels", "list_contains(?, label_id)", [sorted(set(pins.values()))])
+    found = {r["label_id"]: r for r in rows.to_pylist()}
+    missing = sorted(set(pins.values()) - set(found))
+    if missing:
+        raise ExportError(f"split {split.name!r} pins label {missing[0]}, which the catalog lacks")
+    return {scan_id: found[label_id] for scan_id, label_id in pins.items()}
+
+
 def _harmonized(maps, labels, partial, set_name):
     """Classes, lookup tables (identity) and annotated classes of harmonized labels."""
     first = maps[min(maps)]
@@ -270,7 +296,7 @@ def choose_classes(
     usage: Counter | None = None,
 ) -> list[str]:
     """The exported classes: ``wanted`` checked against the label maps, or the default."""
-    named = [{n for i, n in m.items() if i != 0} for m in maps.values()]
+    named = [{n for i, n in m.items() if i != 0 and n != "ignore"} for m in maps.values()]
     common = set.intersection(*named) if named else set()
     anywhere = set.union(*named) if named else set()
     if wanted is None:
@@ -295,9 +321,10 @@ def choose_classes(
 
 
 def _lut(mapping: dict[int, str], index: dict[str, int]) -> tuple[int, ...]:
+    """Source index -> exported index; ``ignore`` voxels stay :data:`IGNORE`."""
     lut = [0] * (max(mapping) + 1)
     for i, name in mapping.items():
-        lut[i] = index.get(name, 0)
+        lut[i] = IGNORE if name == "ignore" else index.get(name, 0)
     return tuple(lut)
 
 

@@ -87,11 +87,9 @@ def export_nnunet(
         class_set=class_set,
         roles=("train", "val", "test"),
     )
-    if class_set and any(c.lut and len(c.lut) > len(plan.classes) + 1 for c in plan.cases):
-        raise ExportError(
-            f"labels harmonized to {class_set} with --unmapped ignore hold {IGNORE}; nnU-Net "
-            "needs consecutive labels: harmonize with --unmapped background for it"
-        )
+    # nnU-Net's ignore label is the one after the last class: xds's 255 becomes n + 1
+    ignore_index = len(plan.classes) + 1
+    ignoring = {c.scan_id for c in plan.cases if c.lut and IGNORE in c.lut}
     name = re.sub(r"[^A-Za-z0-9]+", "", (name or plan.cohort.name).title()) or "Cohort"
     target = Path(out) / f"Dataset{dataset_id:03d}_{name}"
     modalities = plan.modalities
@@ -113,7 +111,10 @@ def export_nnunet(
             )
             if case.label is not None:
                 dst = target / f"labels{folder}" / f"{case.scan_id}.nii.gz"
-                work.append(FileJob(case.label, str(dst), case.remap, copy=not link))
+                remap = case.remap
+                if case.scan_id in ignoring:
+                    remap = tuple(ignore_index if v == IGNORE else v for v in case.lut)
+                work.append(FileJob(case.label, str(dst), remap, copy=not link))
             table.append(
                 {
                     "case": case.scan_id,
@@ -136,7 +137,7 @@ def export_nnunet(
         modality = modalities[0] if modalities else "MR"
         dataset_json = {
             "channel_names": {"0": "CT" if modality == "CT" else "MRI"},
-            "labels": {"background": 0, **index},
+            "labels": {"background": 0, **index, **({"ignore": ignore_index} if ignoring else {})},
             "numTraining": len(train_ids),
             "file_ending": ".nii.gz",
             "name": name,
