@@ -147,7 +147,8 @@ def test_pseudo_label_rounds_provenance_idempotence_and_audit(livers, world, tmp
     loose = ["entropy=off", "agreement=off", "volume=off", "contrast=off", "change=off"]
     base = ["--catalog", str(catalog.root)]
     command = [*base, "pseudo-label", "--teacher", "teacher", "--cohort", "nolabel",
-               "--rounds", "2", "--name", "pl", "--no-flips", "--json"]  # fmt: skip
+               "--rounds", "2", "--name", "pl", "--no-flips", "--warm-start",
+               "--json"]  # fmt: skip
     command += [x for g in loose for x in ("--gate", g)]
     result = CliRunner().invoke(cli, command, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -166,6 +167,10 @@ def test_pseudo_label_rounds_provenance_idempotence_and_audit(livers, world, tmp
     assert all(
         {"entropy", "volume_ml.liver", "unreliable"} <= set(dict(r["quality"])) for r in rows
     )
+    # each student started from its teacher's weights
+    configs = {r["name"]: json.loads(r["config"]) for r in catalog.read("runs").to_pylist()}
+    assert configs["pl-r1"]["init_from"] == str(catalog.root / "models" / "teacher")
+    assert configs["pl-r2"]["init_from"] == str(catalog.root / "models" / "pl-r1")
     assert all("change" in dict(r["quality"]) for r in rows if r["round"] == 2)
     # the scans had no label: a cohort can now ask for pseudo-labelled ones
     pseudo_scans = set(select_scans(catalog, "label_origin = 'pseudo'").column("scan_id")

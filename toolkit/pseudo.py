@@ -13,8 +13,8 @@ figures say whether to trust it:
     moves when its input is mirrored is an artefact (an orientation bug shifts it one way,
     then the other), not anatomy.
 ``change``
-    1 - mean Dice to the scan's accepted pseudo-label of the previous round: a label
-    that keeps moving between rounds has not converged.
+    1 - mean Dice to the scan's accepted pseudo-label of the previous round (over the
+    voxels that label did not ignore): a label that keeps moving has not converged.
 ``volume``
     largest robust z-score, over classes, of log organ volume against the labelled
     training set (median and MAD): an empty, swollen or shrunken organ. An empty class
@@ -28,10 +28,12 @@ figures say whether to trust it:
 :class:`Gates` holds one threshold per figure (``entropy`` <= 0.35, ``agreement`` >= 0.8,
 ``change`` <= 0.2, ``volume`` <= 4, ``contrast`` >= 0.5 by default), optionally one per
 sequence (``entropy@T2W=0.45``), or ``off``. A case failing any gate is rejected whole;
-with ``unreliable="ignore"`` the accepted ones also get their unreliable voxels (normalized
-entropy above ``voxel_entropy``, or members disagreeing) marked with the ignore label
-(:data:`xds.harmonize.IGNORE`, nnU-Net's ignore label once exported), which the trainers'
-losses skip.
+with ``unreliable="ignore"`` (the default) the accepted ones also get their unreliable voxels
+(normalized entropy above ``voxel_entropy``, or members disagreeing) marked with the ignore
+label (:data:`xds.harmonize.IGNORE`, nnU-Net's ignore label once exported), which the
+trainers' losses skip; ``"reject"`` keeps accepted cases whole. On the phantom benchmark
+(``benchmarks/pseudo.py``) students beat their teacher only with both gates and ignored
+voxels: whole soft pseudo-labels teach a student the teacher's boundary errors.
 
 :func:`register_pseudo_labels` stores accepted labels as ``labels`` rows with origin
 ``pseudo``, the teacher runs, the round and every figure in ``quality``; the label ids come
@@ -253,7 +255,7 @@ def judge_case(
     reference: Reference,
     gates: Gates,
     previous: np.ndarray | None = None,
-    unreliable: str = "reject",
+    unreliable: str = "ignore",
     voxel_entropy: float = 0.5,
 ) -> CaseResult:
     """Fuse a case's members into a pseudo-label and put it through the gates.
@@ -269,8 +271,8 @@ def judge_case(
         reference: the labelled training set's :class:`Reference`.
         gates: thresholds.
         previous: the scan's accepted pseudo-label of the previous round, if any.
-        unreliable: ``reject`` (whole cases only) or ``ignore`` (also mark unreliable voxels
-            of accepted cases with the ignore label).
+        unreliable: ``ignore`` (mark unreliable voxels of accepted cases with the ignore
+            label) or ``reject`` (keep accepted cases whole).
         voxel_entropy: normalized entropy above which a voxel is unreliable.
     """
     if unreliable not in ("reject", "ignore"):
@@ -299,8 +301,8 @@ def judge_case(
     if len(argmaxes) > 1:
         figures["agreement"] = float(min(_dice(a, label, n_classes) for a in argmaxes))
     if previous is not None:
-        before = np.where(previous == IGNORE, 0, previous)
-        figures["change"] = 1.0 - _dice(before, label, n_classes)
+        known = previous != IGNORE  # what the previous round left open does not count
+        figures["change"] = 1.0 - _dice(previous[known], label[known], n_classes)
     found = measure(label, image, spacing, classes)
     zs, ratios = [], []
     for name, (ml, contrast) in found.items():

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -108,10 +108,11 @@ def pseudo_label(
     role: str | None = None,
     rounds: int = 1,
     gates: Gates | None = None,
-    unreliable: str = "reject",
+    unreliable: str = "ignore",
     voxel_entropy: float = 0.5,
     flips: bool = True,
     students: bool = True,
+    warm_start: bool = False,
     name: str | None = None,
     device: str = "auto",
     progress: bool = True,
@@ -127,10 +128,15 @@ def pseudo_label(
         role: ...in this role.
         rounds: teacher-student rounds; round k > 1's teacher is round k - 1's student.
         gates: quality thresholds (default :class:`xds.pseudo.Gates`).
-        unreliable: ``reject`` whole cases only, or also ``ignore`` unreliable voxels.
+        unreliable: ``ignore`` unreliable voxels of accepted cases (the ignore label), or
+            ``reject``: keep accepted cases whole (rejected cases are dropped either way).
         voxel_entropy: normalized entropy above which a voxel is unreliable.
         flips: add test-time flips as members (4 passes per teacher).
         students: train a student each round (without: label one round, train nothing).
+        warm_start: torch students start from their teacher's weights, then train the
+            teacher's schedule on labelled + pseudo-labelled scans (for little compute);
+            otherwise, and always with nnU-Net, from scratch (A-Eval's and Noisy Student's
+            way, which does not inherit the teacher's mistakes through its weights).
         name: the pseudo-labelling's name (default ``<first teacher>-pl``): label files,
             students (``<name>-r<k>``) and their splits are named after it.
         device: ``auto``, ``cpu``, ``cuda``...
@@ -214,8 +220,9 @@ def pseudo_label(
             if not previous:
                 raise RunError(f"round {k}: every case was rejected ({dict(reasons)}); "
                                "loosen --gate or improve the teacher")  # fmt: skip
+            warm = get_run(catalog, current[0])["uri"] if warm_start else None
             student = _train_student(catalog, base, base_cohort, base_split, fold, name, k,
-                                     previous, device, progress)  # fmt: skip
+                                     previous, warm, device, progress)  # fmt: skip
             this.student, this.student_split = student
             current = [get_run(catalog, student[0])["run_id"]]
     return report
@@ -329,7 +336,7 @@ def _label_round(catalog, teachers, scans, classes, reference, gates, previous, 
     return results
 
 
-def _train_student(catalog, base, base_cohort, base_split, fold, name, k, labels, device,
+def _train_student(catalog, base, base_cohort, base_split, fold, name, k, labels, warm, device,
                    progress) -> tuple[str, str]:  # fmt: skip
     """Train round ``k``'s student on the teacher's fold plus the accepted pseudo-labels."""
     found = get_cohort(catalog, base_cohort)
@@ -359,6 +366,8 @@ def _train_student(catalog, base, base_cohort, base_split, fold, name, k, labels
         params={"pseudo_label": name, "round": k, "labels": dict(sorted(labels.items()))},
     )  # fmt: skip
     config = BACKENDS[base["backend"]](**config_fields(json.loads(base["config"])))
+    if warm and base["backend"] == "torch":
+        config = replace(config, init_from=str(warm))
     run = train_run(catalog, cohort, split=split.name, fold=0, backend=base["backend"],
                     config=config, classes=list(base["classes"]), partial=True,
                     name=f"{name}-r{k}", device=device, progress=progress)  # fmt: skip

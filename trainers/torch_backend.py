@@ -59,6 +59,7 @@ class TorchConfig:
     synthetic_mix: float = 0.0  # share of patches replaced by Anatomix renderings (issue 9)
     ssl: str = "none"  # none | uamt | cps, on the unlabeled role
     ssl_ramp: float = 50.0  # epochs over which the unsupervised weight ramps up
+    init_from: str | None = None  # a run folder whose weights start training (a student)
     seed: int = 0
 
     @classmethod
@@ -172,6 +173,11 @@ def train_torch(
             ssl.load_state_dict(state["ssl"])
         start, losses = state["epoch"], state["losses"]
         torch.set_rng_state(state["rng"])
+    elif config.init_from:
+        warm = _load_checkpoint(Path(config.init_from))
+        if warm is None or warm["classes"] != classes:
+            raise ValueError(f"{config.init_from}: no checkpoint of a run with classes {classes}")
+        network.load_state_dict(warm["model"])
 
     dataset = tio.SubjectsDataset(subjects, transform=_preprocess(config, train=True))
     sampler = tio.LabelSampler(config.patch, "label",

@@ -201,7 +201,11 @@ def plan_export(
         labels.pop(scan_id, None)
         if scan_id in reference:
             labels[scan_id] = reference[scan_id]
-    labels.update(_pinned_labels(catalog, the_split))
+    pinned = _pinned_labels(catalog, the_split)
+    if pinned and set_name is not None:
+        raise ExportError(f"split {split!r} pins pseudo-labels, which are not harmonized; "
+                          "export it with --classes instead of --class-set")  # fmt: skip
+    labels.update({s: row for s, row in pinned.items() if s not in tested})
     unlabeled = [s for r in LABELLED_ROLES for s in assignment.get(r, []) if s not in labels]
     if unlabeled:
         raise ExportError(
