@@ -27,16 +27,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from xds.catalog import Catalog, build_cohort
+from xds.catalog import Catalog, build_cohort, get_cohort
 from xds.evaluate import evaluate
 from xds.export.common import plan_export, remap_label
 from xds.harmonize import IGNORE
 from xds.ingest import ingest_nifti
 from xds.phantoms import generate_world
 from xds.pseudo import Gates
-from xds.splits import make_split
+from xds.splits import get_split, make_split
 from xds.trainers.pseudo import pseudo_label
-from xds.trainers.runs import predict_run, train_run
+from xds.trainers.runs import get_run, predict_run, train_run
 from xds.trainers.torch_backend import TorchConfig
 
 
@@ -59,11 +59,9 @@ def build(root: Path, subjects: int, seed: int) -> tuple[Catalog, str, str]:
 def score(catalog: Catalog, run: str) -> float:
     """Mean liver Dice of a run on its split's test role."""
     prediction = predict_run(catalog, run, role="test")
-    row = catalog.read("runs", "name = ?", [run]).to_pylist()[0]
-    split = catalog.read("splits", "split_id = ?", [row["split_id"]]).slice(0, 1).to_pylist()
-    cohort = catalog.read("cohorts", "cohort_id = ?", [row["cohort_id"]]).to_pylist()[0]
-    report = evaluate(catalog, prediction["uri"], cohort=cohort["name"],
-                      split=split[0]["name"], role="test", classes="liver",
+    row = get_run(catalog, run)
+    report = evaluate(catalog, prediction["uri"], cohort=get_cohort(catalog, row["cohort_id"]).name,
+                      split=get_split(catalog, row["split_id"]).name, role="test", classes="liver",
                       name=f"{run}-test-{time.time_ns()}", jobs=1)  # fmt: skip
     return report.mean["liver"]["dice"]
 

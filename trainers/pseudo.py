@@ -163,7 +163,7 @@ def pseudo_label(
                 f"{run['name']} {list(run['classes'])}"
             )
     name = name or f"{base['name']}-pl"
-    base_cohort = _cohort_name(catalog, base["cohort_id"])
+    base_cohort = get_cohort(catalog, base["cohort_id"]).name
     base_split = get_split(catalog, base["split_id"])
     fold = base["fold"]
     ids, left_out = _candidates(catalog, base_split, fold, cohort, split, role)
@@ -226,13 +226,6 @@ def pseudo_label(
             this.student, this.student_split = student
             current = [get_run(catalog, student[0])["run_id"]]
     return report
-
-
-def _cohort_name(catalog: Catalog, cohort_id: str) -> str:
-    rows = catalog.read("cohorts", "cohort_id = ?", [cohort_id]).to_pylist()
-    if not rows:
-        raise RunError(f"the teacher's cohort {cohort_id} is not in the catalog")
-    return rows[0]["name"]
 
 
 def _candidates(catalog, base_split, fold, cohort, split, role) -> tuple[list[str], dict]:

@@ -180,18 +180,14 @@ def predict_run(
         RunError: no such run, or nothing to predict.
     """
     row = get_run(catalog, run)
-    if cohort is None:
-        cohort_row = catalog.read("cohorts", "cohort_id = ?", [row["cohort_id"]]).to_pylist()
-        cohort = cohort_row[0]["name"]
-    found = get_cohort(catalog, cohort)
+    found = get_cohort(catalog, cohort or row["cohort_id"])
+    cohort = found.name
     split_id = None
     if role is not None:
-        if split is None:
-            if found.cohort_id != row["cohort_id"]:
-                raise RunError(f"--role needs --split for cohort {cohort!r}")
-            split_rows = catalog.read("splits", "split_id = ?", [row["split_id"]])
-            split = split_rows.slice(0, 1).to_pylist()[0]["name"]
-        split_id = get_split(catalog, split).split_id
+        if split is None and found.cohort_id != row["cohort_id"]:
+            raise RunError(f"--role needs --split for cohort {cohort!r}")
+        the_split = get_split(catalog, split or row["split_id"])
+        split, split_id = the_split.name, the_split.split_id
         fold = row["fold"] if fold is None else fold
     subjects = cohort_subjects(catalog, cohort, split=split if role else None, role=role,
                                fold=fold or 0, classes=list(row["classes"]),
