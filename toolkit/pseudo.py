@@ -371,7 +371,7 @@ def register_pseudo_labels(
     classes: list[str],
     unreliable: str,
     affines: dict[str, np.ndarray],
-) -> dict[str, str]:
+) -> tuple[dict[str, str], int]:
     """Store the accepted cases' labels and ``labels`` rows in one transaction.
 
     Files go to ``pseudo/<name>/r<round>/<label_id>.nii.gz`` in the catalog folder, each
@@ -390,7 +390,7 @@ def register_pseudo_labels(
         affines: scan id -> the scan's affine.
 
     Returns:
-        scan id -> label id of every accepted case.
+        scan id -> label id of every accepted case, and how many label rows were added.
     """
     label_map = pseudo_label_map(classes, unreliable)
     folder = Path("pseudo") / name / f"r{round_}"
@@ -418,8 +418,9 @@ def register_pseudo_labels(
             "quality": {k: float(v) for k, v in result.figures.items() if v is not None},
             "created_at": now, "source": f"pseudo-label {name} r{round_}",
         })  # fmt: skip
-    if rows:
-        with catalog.transaction(f"pseudo-label {name} round {round_}") as txn:
-            txn.append("label_maps", [label_map], unique_by=["label_map_id"])
-            txn.append("labels", rows, unique_by=["label_id"])
-    return ids
+    if not rows:
+        return ids, 0
+    with catalog.transaction(f"pseudo-label {name} round {round_}") as txn:
+        txn.append("label_maps", [label_map], unique_by=["label_map_id"])
+        txn.append("labels", rows, unique_by=["label_id"])
+    return ids, txn.written.get("labels", 0)

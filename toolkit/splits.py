@@ -361,9 +361,11 @@ def derive_split(
         assignment[scan_id][1] = role
     params = {"base": base.name, "base_fold": fold, **params}
     rows = [(s, subject, 0, role) for s, (subject, role) in sorted(assignment.items())]
-    existing = catalog.read("splits", "name = ?", [name])
-    if existing.num_rows:
+    try:
         stored = get_split(catalog, name)
+    except SplitError:
+        stored = None
+    if stored is not None:
         same = sorted(
             (r["scan_id"], r["subject_id"], r["fold"], r["role"]) for r in stored.rows.to_pylist()
         )

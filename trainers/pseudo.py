@@ -39,7 +39,7 @@ from xds.catalog import Catalog, build_cohort, get_cohort
 from xds.catalog.cohorts import select_scans
 from xds.export.common import plan_export, remap_label
 from xds.labels import best_labels
-from xds.pseudo import CaseResult, Gates, Reference, judge_case, measure, register_pseudo_labels
+from xds.pseudo import Gates, Reference, judge_case, measure, register_pseudo_labels
 from xds.schemas.errors import CohortError, RunError
 from xds.schemas.ids import stable_id
 from xds.splits import derive_split, get_split
@@ -182,22 +182,18 @@ def pseudo_label(
     }  # fmt: skip
     previous: dict[str, str] = {}  # scan -> label id accepted in the round before
     current = [r["run_id"] for r in runs]
+    digest = stable_id("pls", json.dumps(settings, sort_keys=True), *ids)
     for k in range(1, rounds + 1):
-        digest = stable_id("pls", json.dumps(settings, sort_keys=True), *ids)
         folder = catalog.root / "pseudo" / name / f"r{k}"
         stored = _stored_round(folder, digest, current)
         if stored is None:
-            results = _label_round(catalog, current, scans, classes, reference, gates,
-                                   previous, unreliable, voxel_entropy, flips, device,
-                                   progress, k)  # fmt: skip
-            before = catalog.count("labels")
-            affines = {s: nib.load(str(catalog.resolve(scans[s]["image_uri"]))).affine
-                       for s in (r.scan_id for r in results if r.accepted)}  # fmt: skip
-            accepted = register_pseudo_labels(
+            results, affines = _label_round(catalog, current, scans, classes, reference, gates,
+                                            previous, unreliable, voxel_entropy, flips, device,
+                                            progress, k)  # fmt: skip
+            accepted, added = register_pseudo_labels(
                 catalog, results, name=name, round_=k, teachers=current, digest=digest,
                 classes=classes, unreliable=unreliable, affines=affines,
             )  # fmt: skip
-            added = catalog.count("labels") - before
             stored = {
                 "digest": digest, "teachers": current, "settings": settings,
                 "reference": reference.to_dict(), "accepted": accepted,
@@ -302,20 +298,22 @@ def _stored_round(folder: Path, digest: str, teachers: list[str]) -> dict | None
 
 
 def _label_round(catalog, teachers, scans, classes, reference, gates, previous, unreliable,
-                 voxel_entropy, flips, device, progress, k) -> list[CaseResult]:  # fmt: skip
+                 voxel_entropy, flips, device, progress, k):  # fmt: skip
+    """Every candidate judged, and each candidate's affine (for writing its label)."""
     models = [load_teacher(catalog, t, device=device) for t in teachers]
     before = {}
     if previous:
         rows = catalog.read("labels", "list_contains(?, label_id)",
                             [sorted(previous.values())]).to_pylist()  # fmt: skip
         before = {r["scan_id"]: catalog.resolve(r["uri"]) for r in rows}
-    results = []
+    results, affines = [], {}
     bar = _progress(progress)
     with bar:
         task = bar.add_task(f"pseudo-label round {k}", total=len(scans))
         for scan_id, scan in sorted(scans.items()):
             path = catalog.resolve(scan["image_uri"])
             image = nib.load(str(path))
+            affines[scan_id] = image.affine
             members = (p for m in models for p in m.probabilities(path, FLIPS if flips else ((),)))
             prior = np.asanyarray(nib.load(str(before[scan_id])).dataobj) \
                 if scan_id in before else None  # fmt: skip
@@ -326,7 +324,7 @@ def _label_round(catalog, teachers, scans, classes, reference, gates, previous, 
                 voxel_entropy=voxel_entropy,
             ))  # fmt: skip
             bar.update(task, advance=1)
-    return results
+    return results, affines
 
 
 def _train_student(catalog, base, base_cohort, base_split, fold, name, k, labels, warm, device,
