@@ -13,7 +13,8 @@ teacher and student Dice, how many pseudo-labels the gates kept and how good tho
 against the labels the split hides, and the mean gain.
 Usage::
 
-    python benchmarks/pseudo.py [--subjects 12] [--rounds 1] [--epochs 20] [--seeds 0,1,2]
+    python benchmarks/pseudo.py [--subjects 12] [--rounds 1] [--epochs 20] [--extra-epochs N]
+        [--seeds 0,1,2] [--scratch]
 """
 
 from __future__ import annotations
@@ -87,14 +88,17 @@ def one_seed(root: Path, seed: int, args) -> dict:
     """Teacher and students of one world; their test Dice and what the gates kept."""
     catalog, cohort, split = build(root, args.subjects, seed)
     config = TorchConfig.small(epochs=args.epochs, seed=seed)
+    extra = args.extra_epochs or args.epochs
     train_run(catalog, cohort, split=split, classes=["liver"], config=config, name="teacher",
               progress=False)  # fmt: skip
     report = pseudo_label(catalog, ["teacher"], rounds=args.rounds, name="pl",
                           gates=Gates.parse(args.gate or DEFAULT_GATES),
                           unreliable=args.unreliable, voxel_entropy=args.voxel_entropy,
-                          warm_start=not args.scratch, progress=False)  # fmt: skip
+                          warm_start=not args.scratch,
+                          student_epochs=None if args.scratch else extra,
+                          progress=False)  # fmt: skip
     # the control: the teacher trained on as many more batches, on its labelled scans only
-    more = replace(config, init_from=str(catalog.root / "models" / "teacher"))
+    more = replace(config, init_from=str(catalog.root / "models" / "teacher"), epochs=extra)
     train_run(catalog, cohort, split=split, classes=["liver"], config=more, name="more",
               progress=False)  # fmt: skip
     out = {"teacher": score(catalog, "teacher"), "more": score(catalog, "more"), "rounds": []}
@@ -113,7 +117,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--subjects", type=int, default=12, help="subjects per center")
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=20, help="the teacher's")
+    parser.add_argument("--extra-epochs", type=int, help="the warm-started student's and the "
+                        "control's, on top of the teacher's (default: --epochs)")  # fmt: skip
     parser.add_argument("--seeds", default="0,1,2", help="one world and split per seed")
     parser.add_argument("--gate", action="append",
                         help="as xds pseudo-label's (default: entropy=0.75, contrast=0.35: a "
@@ -124,7 +130,10 @@ def main() -> None:
                         "warm-started from the teacher, as the control is)")  # fmt: skip
     args = parser.parse_args()
     print(f"gates {args.gate or DEFAULT_GATES}, --unreliable {args.unreliable}, "
-          f"--voxel-entropy {args.voxel_entropy}, {args.epochs} epochs x 20 batches")  # fmt: skip
+          f"--voxel-entropy {args.voxel_entropy}, teacher {args.epochs} epochs x 20 batches, "
+          + ("; students from scratch for as many" if args.scratch else
+             f"; then {args.extra_epochs or args.epochs} more for the warm-started student and "
+             "the control"))  # fmt: skip
     started = time.perf_counter()
     gains: dict[str, list[float]] = {}
     for seed in (int(s) for s in args.seeds.split(",")):

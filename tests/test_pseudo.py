@@ -148,7 +148,7 @@ def test_pseudo_label_rounds_provenance_idempotence_and_audit(livers, world, tmp
     base = ["--catalog", str(catalog.root)]
     command = [*base, "pseudo-label", "--teacher", "teacher", "--cohort", "nolabel",
                "--rounds", "2", "--name", "pl", "--no-flips", "--warm-start",
-               "--json"]  # fmt: skip
+               "--student-epochs", "1", "--json"]  # fmt: skip
     command += [x for g in loose for x in ("--gate", g)]
     result = CliRunner().invoke(cli, command, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -171,6 +171,8 @@ def test_pseudo_label_rounds_provenance_idempotence_and_audit(livers, world, tmp
     configs = {r["name"]: json.loads(r["config"]) for r in catalog.read("runs").to_pylist()}
     assert configs["pl-r1"]["init_from"] == str(catalog.root / "models" / "teacher")
     assert configs["pl-r2"]["init_from"] == str(catalog.root / "models" / "pl-r1")
+    assert configs["teacher"]["epochs"] == 2
+    assert configs["pl-r1"]["epochs"] == configs["pl-r2"]["epochs"] == 1  # fine-tuned
     assert all("change" in dict(r["quality"]) for r in rows if r["round"] == 2)
     # the scans had no label: a cohort can now ask for pseudo-labelled ones
     pseudo_scans = set(select_scans(catalog, "label_origin = 'pseudo'").column("scan_id")

@@ -26,17 +26,19 @@ def test_torch_backend_learns_the_liver_and_predictions_score(catalog, tmp_path)
     split = make_split(catalog, "livers", name="livers-h", seed=0)
     train = cohort_subjects(catalog, "livers", split=split.name, role="train", classes=["liver"])
     test = cohort_subjects(catalog, "livers", split=split.name, role="test", classes=["liver"])
-    config = TorchConfig.small(epochs=4, iterations=25, patch=(24, 24, 16),
+    # 200 batches: after 100, 1 split in 30 still predicted background everywhere (CI failed
+    # on one); after 200, the 10 weakest of those 30 splits scored Dice 0.36-0.56
+    config = TorchConfig.small(epochs=8, iterations=25, patch=(24, 24, 16),
                                spacing=(10.0, 10.0, 10.0), lr=0.05, groups="sequence",
                                dg="groupdro")  # fmt: skip
     result = train_torch(train, tmp_path / "run", config, progress=False)
-    assert len(result.epoch_losses) == 4
+    assert len(result.epoch_losses) == 8
     assert result.epoch_losses[-1] < result.epoch_losses[0]
     assert result.groups == sorted({s["sequence"] for s in train})
 
     # a re-run with the same configuration resumes: nothing left to train
     again = train_torch(train, tmp_path / "run", config, progress=False)
-    assert again.resumed_from == 4
+    assert again.resumed_from == 8
     assert again.epoch_losses == result.epoch_losses
 
     written = predict_torch(tmp_path / "run", test, tmp_path / "pred")

@@ -113,6 +113,7 @@ def pseudo_label(
     flips: bool = True,
     students: bool = True,
     warm_start: bool = False,
+    student_epochs: int | None = None,
     name: str | None = None,
     device: str = "auto",
     progress: bool = True,
@@ -137,6 +138,8 @@ def pseudo_label(
             teacher's schedule on labelled + pseudo-labelled scans (for little compute);
             otherwise, and always with nnU-Net, from scratch (A-Eval's and Noisy Student's
             way, which does not inherit the teacher's mistakes through its weights).
+        student_epochs: the students' epochs (default: the teacher's); a warm-started
+            student fine-tunes, which takes fewer.
         name: the pseudo-labelling's name (default ``<first teacher>-pl``): label files,
             students (``<name>-r<k>``) and their splits are named after it.
         device: ``auto``, ``cpu``, ``cuda``...
@@ -148,6 +151,8 @@ def pseudo_label(
     """
     if rounds < 1:
         raise RunError(f"--rounds must be at least 1, not {rounds}")
+    if student_epochs is not None and student_epochs < 1:
+        raise RunError(f"--student-epochs must be at least 1, not {student_epochs}")
     if rounds > 1 and not students:
         raise RunError("rounds after the first need the previous round's student")
     if not teachers:
@@ -218,7 +223,8 @@ def pseudo_label(
                                "loosen --gate or improve the teacher")  # fmt: skip
             warm = get_run(catalog, current[0])["uri"] if warm_start else None
             student = _train_student(catalog, base, base_cohort, base_split, fold, name, k,
-                                     previous, warm, device, progress)  # fmt: skip
+                                     previous, warm, student_epochs, device,
+                                     progress)  # fmt: skip
             this.student, this.student_split = student
             current = [get_run(catalog, student[0])["run_id"]]
     return report
@@ -327,8 +333,8 @@ def _label_round(catalog, teachers, scans, classes, reference, gates, previous, 
     return results, affines
 
 
-def _train_student(catalog, base, base_cohort, base_split, fold, name, k, labels, warm, device,
-                   progress) -> tuple[str, str]:  # fmt: skip
+def _train_student(catalog, base, base_cohort, base_split, fold, name, k, labels, warm, epochs,
+                   device, progress) -> tuple[str, str]:  # fmt: skip
     """Train round ``k``'s student on the teacher's fold plus the accepted pseudo-labels."""
     found = get_cohort(catalog, base_cohort)
     cohort = base_cohort
@@ -359,6 +365,8 @@ def _train_student(catalog, base, base_cohort, base_split, fold, name, k, labels
     config = BACKENDS[base["backend"]](**config_fields(json.loads(base["config"])))
     if warm and base["backend"] == "torch":
         config = replace(config, init_from=str(warm))
+    if epochs is not None:
+        config = replace(config, epochs=epochs)
     run = train_run(catalog, cohort, split=split.name, fold=0, backend=base["backend"],
                     config=config, classes=list(base["classes"]), partial=True,
                     name=f"{name}-r{k}", device=device, progress=progress)  # fmt: skip
