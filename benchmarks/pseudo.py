@@ -101,7 +101,9 @@ def one_seed(root: Path, seed: int, args) -> dict:
     more = replace(config, init_from=str(catalog.root / "models" / "teacher"), epochs=extra)
     train_run(catalog, cohort, split=split, classes=["liver"], config=more, name="more",
               progress=False)  # fmt: skip
-    out = {"teacher": score(catalog, "teacher"), "more": score(catalog, "more"), "rounds": []}
+    roles = get_split(catalog, split).roles(0)
+    out = {"teacher": score(catalog, "teacher"), "more": score(catalog, "more"), "rounds": [],
+           "labelled": len(roles["train"]), "unlabeled": len(roles["unlabeled"])}  # fmt: skip
     for r in report.rounds:
         out["rounds"].append({
             "dice": score(catalog, r.student), "kept": r.accepted, "of": r.candidates,
@@ -130,7 +132,7 @@ def main() -> None:
                         "warm-started from the teacher, as the control is)")  # fmt: skip
     args = parser.parse_args()
     print(f"gates {args.gate or DEFAULT_GATES}, --unreliable {args.unreliable}, "
-          f"--voxel-entropy {args.voxel_entropy}, teacher {args.epochs} epochs x 20 batches, "
+          f"--voxel-entropy {args.voxel_entropy}, teacher {args.epochs} epochs x 20 batches"
           + ("; students from scratch for as many" if args.scratch else
              f"; then {args.extra_epochs or args.epochs} more for the warm-started student and "
              "the control"))  # fmt: skip
@@ -139,7 +141,8 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             result = one_seed(Path(tmp), seed, args)
-        line = (f"seed {seed}: teacher (labelled 10 % only) {result['teacher']:.3f}, "
+        line = (f"seed {seed} ({result['labelled']} labelled train scans, "
+                f"{result['unlabeled']} unlabeled): teacher {result['teacher']:.3f}, "
                 f"labelled only with the student's extra batches {result['more']:.3f}")  # fmt: skip
         for k, r in enumerate(result["rounds"], start=1):
             gains.setdefault(f"round {k} student - teacher", []).append(

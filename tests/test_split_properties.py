@@ -104,6 +104,23 @@ def test_nested_fractions_are_nested(case):
     ]
     fixed = [[p for p in f if p[1] in (st.VAL, st.TEST)] for f in fixed]
     assert all(f == fixed[0] for f in fixed)
+    # a fraction is that share of the train units, whatever the number of strata
+    idx, roles = result.folds[0]
+    n_train = len(set(scans.unit[idx][np.isin(roles, [st.TRAIN, st.UNLABELED])].tolist()))
+    for fraction, units in zip((0.05, 0.1, 0.2, 0.4), labelled, strict=True):
+        assert len(units) == (max(int(np.floor(fraction * n_train + 0.5)), 1) if n_train else 0)
+
+
+def test_labelled_fraction_is_exact_and_stratified():
+    # 200 subjects of one scan each, 50 in stratum 0 and 150 in stratum 1
+    strata = np.r_[np.zeros(50, int), np.ones(150, int)]
+    scans = st.Scans(np.arange(200), strata, strata, ("a", "b"))
+    for seed in range(5):
+        result = st.semi_supervised(scans, (1.0, 0.0, 0.0), (0.1, 0.2), np.random.default_rng(seed))
+        for (idx, roles), fraction in zip(result.folds, (0.1, 0.2), strict=True):
+            labelled = strata[idx[roles == st.TRAIN]]
+            expected = [round(50 * fraction), round(150 * fraction)]
+            assert np.bincount(labelled, minlength=2).tolist() == expected
 
 
 @settings(max_examples=60, deadline=None)

@@ -296,43 +296,49 @@ def cross_dataset(scans, shares, rng, external=None) -> Assignment:
 def semi_supervised(scans, shares, fractions, rng, external=None) -> Assignment:
     """A holdout whose train units are labelled at nested ``fractions`` (one fold each).
 
-    One stratified random order of the train units serves every fraction: the labelled
-    units of a fraction are a prefix of it within each signature group, so 5 % sits inside
-    10 %. The rest of the train role is ``unlabeled``; val and test never change.
+    One stratified random order of the train units serves every fraction: a fraction's
+    labelled units are the first ``round(fraction * n)`` of it (at least one), so 5 % sits
+    inside 10 % and 10 % is 10 % of the train units, however many signature groups there
+    are. The rest of the train role is ``unlabeled``; val and test never change.
     """
     base = holdout(scans, shares, rng, external)
     idx, role = base.folds[0]
     unit_role = np.full(scans.n_units, -1)
     unit_role[scans.unit[idx]] = role
     sig = np.where(unit_role == TRAIN, unit_signatures(scans), -1)
-    rank = _rank_in_group(sig, rng)
+    order = _stratified_order(sig, rng)
+    n_train = int((sig >= 0).sum())
     out = Assignment()
     for f, fraction in enumerate(fractions):
         fold_role = unit_role.copy()
-        labelled = _prefix(sig, rank, fraction)
+        take = max(int(np.floor(fraction * n_train + 0.5)), 1) if n_train else 0
+        labelled = (order >= 0) & (order < take)
         fold_role[(unit_role == TRAIN) & ~labelled] = UNLABELED
         out.folds.append(_fold(scans, fold_role))
         out.fold_info.append({"fold": f, "labelled_fraction": fraction})
     return out
 
 
-def _rank_in_group(sig: np.ndarray, rng) -> np.ndarray:
-    """A random rank of each unit within its signature group (-1 stays unranked)."""
-    rank = np.full(len(sig), -1)
+def _stratified_order(sig: np.ndarray, rng) -> np.ndarray:
+    """Each unit's place in one random order that spreads every signature group evenly.
+
+    Systematic sampling: the unit of rank ``r`` (random) in a group of ``n`` units gets key
+    ``(r + u) / n`` with one random offset ``u`` in [0, 1) per group, and the order sorts
+    the keys. Any prefix of ``k`` units then holds ``k * n / N`` of each group to within
+    about one unit. The old rule, a prefix of each group with at least one unit per group,
+    labelled 37 % of the train units when 10 % was asked on a phantom world of 12 groups.
+    Units with ``sig < 0`` stay at -1.
+    """
     active = np.flatnonzero(sig >= 0)
-    order = active[np.lexsort((rng.random(active.size), sig[active]))]
-    s = sig[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if len(s) else np.array([], int)
-    group_start = np.repeat(starts, np.diff(np.r_[starts, len(s)]))
-    rank[order] = np.arange(len(order)) - group_start
-    return rank
-
-
-def _prefix(sig: np.ndarray, rank: np.ndarray, fraction: float) -> np.ndarray:
-    """Units whose rank is within the first ``fraction`` of their group (at least one)."""
-    active = sig >= 0
-    sizes = np.bincount(sig[active]) if active.any() else np.zeros(0, int)
-    take = np.maximum(np.ceil(sizes * fraction - 1e-9).astype(int), 1)
-    out = np.zeros(len(sig), bool)
-    out[active] = rank[active] < take[sig[active]]
-    return out
+    order = np.full(len(sig), -1)
+    if not active.size:
+        return order
+    groups, group_of, sizes = np.unique(sig[active], return_inverse=True, return_counts=True)
+    shuffled = active[np.lexsort((rng.random(active.size), group_of))]
+    g = np.sort(group_of)
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    rank = np.arange(active.size) - starts[g]
+    key = (rank + rng.random(len(groups))[g]) / sizes[g]
+    by_key = shuffled[np.lexsort((rng.random(active.size), key))]
+    order[by_key] = np.arange(active.size)
+    return order
