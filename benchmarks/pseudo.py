@@ -14,7 +14,7 @@ against the labels the split hides, and the mean gain.
 Usage::
 
     python benchmarks/pseudo.py [--subjects 12] [--rounds 1] [--epochs 20] [--extra-epochs N]
-        [--seeds 0,1,2] [--scratch]
+        [--seeds 0,1,2] [--scratch] [--ceiling]
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def build(root: Path, subjects: int, seed: int) -> tuple[Catalog, str, str]:
                      label_map=root / "world" / c["label_map"], vendor=c["vendor"],
                      field_strength=c["field_strength"], jobs=2)  # fmt: skip
     build_cohort(catalog, "list_contains(classes, 'liver')", "livers")
-    split = make_split(catalog, "livers", "semi-supervised", fractions=(10,), seed=seed,
+    # fold 0: 10 % of the train subjects labelled; fold 1: all of them (the ceiling)
+    split = make_split(catalog, "livers", "semi-supervised", fractions=(10, 100), seed=seed,
                        name="livers-ssl10")  # fmt: skip
     return catalog, "livers", split.name
 
@@ -101,9 +102,13 @@ def one_seed(root: Path, seed: int, args) -> dict:
     more = replace(config, init_from=str(catalog.root / "models" / "teacher"), epochs=extra)
     train_run(catalog, cohort, split=split, classes=["liver"], config=more, name="more",
               progress=False)  # fmt: skip
+    if args.ceiling:
+        train_run(catalog, cohort, split=split, fold=1, classes=["liver"], config=config,
+                  name="ceiling", progress=False)  # fmt: skip
     roles = get_split(catalog, split).roles(0)
     out = {"teacher": score(catalog, "teacher"), "more": score(catalog, "more"), "rounds": [],
-           "labelled": len(roles["train"]), "unlabeled": len(roles["unlabeled"])}  # fmt: skip
+           "labelled": len(roles["train"]), "unlabeled": len(roles["unlabeled"]),
+           "ceiling": score(catalog, "ceiling") if args.ceiling else None}  # fmt: skip
     for r in report.rounds:
         out["rounds"].append({
             "dice": score(catalog, r.student), "kept": r.accepted, "of": r.candidates,
@@ -130,6 +135,8 @@ def main() -> None:
     parser.add_argument("--voxel-entropy", type=float, default=0.5)
     parser.add_argument("--scratch", action="store_true", help="students from scratch (default: "
                         "warm-started from the teacher, as the control is)")  # fmt: skip
+    parser.add_argument("--ceiling", action="store_true", help="also train on every train "
+                        "scan's label for the teacher's batches: what labels can add")  # fmt: skip
     args = parser.parse_args()
     print(f"gates {args.gate or DEFAULT_GATES}, --unreliable {args.unreliable}, "
           f"--voxel-entropy {args.voxel_entropy}, teacher {args.epochs} epochs x 20 batches"
@@ -144,6 +151,9 @@ def main() -> None:
         line = (f"seed {seed} ({result['labelled']} labelled train scans, "
                 f"{result['unlabeled']} unlabeled): teacher {result['teacher']:.3f}, "
                 f"labelled only with the student's extra batches {result['more']:.3f}")  # fmt: skip
+        if result["ceiling"] is not None:
+            line += f", every train scan labelled (teacher's batches) {result['ceiling']:.3f}"
+            gains.setdefault("ceiling - teacher", []).append(result["ceiling"] - result["teacher"])
         for k, r in enumerate(result["rounds"], start=1):
             gains.setdefault(f"round {k} student - teacher", []).append(
                 r["dice"] - result["teacher"]
