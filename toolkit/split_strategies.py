@@ -326,7 +326,7 @@ def _stratified_order(sig: np.ndarray, rng) -> np.ndarray:
     ``(r + u) / n`` with one random offset ``u`` in [0, 1) per group, and the order sorts
     the keys. Any prefix of ``k`` units then holds ``k * n / N`` of each group to within
     about one unit. The old rule, a prefix of each group with at least one unit per group,
-    labelled 37 % of the train units when 10 % was asked on a phantom world of 12 groups.
+    labelled 37 % of the train scans when 10 % was asked on a small phantom world.
     Units with ``sig < 0`` stay at -1.
     """
     active = np.flatnonzero(sig >= 0)
