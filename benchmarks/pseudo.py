@@ -89,17 +89,18 @@ def one_seed(root: Path, seed: int, args) -> dict:
     """Teacher and students of one world; their test Dice and what the gates kept."""
     catalog, cohort, split = build(root, args.subjects, seed)
     config = TorchConfig.small(epochs=args.epochs, seed=seed)
-    extra = args.extra_epochs or args.epochs
     train_run(catalog, cohort, split=split, classes=["liver"], config=config, name="teacher",
               progress=False)  # fmt: skip
     report = pseudo_label(catalog, ["teacher"], rounds=args.rounds, name="pl",
                           gates=Gates.parse(args.gate or DEFAULT_GATES),
                           unreliable=args.unreliable, voxel_entropy=args.voxel_entropy,
                           warm_start=not args.scratch,
-                          student_epochs=None if args.scratch else extra,
+                          student_epochs=None if args.scratch else args.extra_epochs,
                           progress=False)  # fmt: skip
     # the control: the teacher trained on as many more batches, on its labelled scans only
-    more = replace(config, init_from=str(catalog.root / "models" / "teacher"), epochs=extra)
+    more = replace(
+        config, init_from=str(catalog.root / "models" / "teacher"), epochs=args.extra_epochs
+    )
     train_run(catalog, cohort, split=split, classes=["liver"], config=more, name="more",
               progress=False)  # fmt: skip
     if args.ceiling:
@@ -138,10 +139,11 @@ def main() -> None:
     parser.add_argument("--ceiling", action="store_true", help="also train on every train "
                         "scan's label for the teacher's batches: what labels can add")  # fmt: skip
     args = parser.parse_args()
+    args.extra_epochs = args.extra_epochs or args.epochs
     print(f"gates {args.gate or DEFAULT_GATES}, --unreliable {args.unreliable}, "
           f"--voxel-entropy {args.voxel_entropy}, teacher {args.epochs} epochs x 20 batches"
           + ("; students from scratch for as many" if args.scratch else
-             f"; then {args.extra_epochs or args.epochs} more for the warm-started student and "
+             f"; then {args.extra_epochs} more for the warm-started student and "
              "the control"))  # fmt: skip
     started = time.perf_counter()
     gains: dict[str, list[float]] = {}

@@ -333,12 +333,12 @@ def _stratified_order(sig: np.ndarray, rng) -> np.ndarray:
     order = np.full(len(sig), -1)
     if not active.size:
         return order
-    groups, group_of, sizes = np.unique(sig[active], return_inverse=True, return_counts=True)
+    _, group_of, sizes = np.unique(sig[active], return_inverse=True, return_counts=True)
     shuffled = active[np.lexsort((rng.random(active.size), group_of))]
     g = np.sort(group_of)
     starts = np.r_[0, np.cumsum(sizes)[:-1]]
     rank = np.arange(active.size) - starts[g]
-    key = (rank + rng.random(len(groups))[g]) / sizes[g]
+    key = (rank + rng.random(len(sizes))[g]) / sizes[g]
     by_key = shuffled[np.lexsort((rng.random(active.size), key))]
     order[by_key] = np.arange(active.size)
     return order
