@@ -73,6 +73,14 @@ def cli(ctx: click.Context, catalog: str) -> None:
     is_flag=True,
     help="DICOM: leave out the broken files the first center gets (text, report, gaps...).",
 )
+@click.option(
+    "--variability",
+    type=click.FloatRange(0, 5),
+    default=1.0,
+    show_default=True,
+    help="How much subjects' anatomy differs: scales organ position jitter, size spread "
+    "and deformation (3: a handful of labelled subjects no longer covers the rest).",
+)
 @jobs_option
 @json_option
 def phantoms(
@@ -85,6 +93,7 @@ def phantoms(
     seed,
     fmt,
     no_broken,
+    variability,
     jobs,
     as_json,
 ):
@@ -108,6 +117,7 @@ def phantoms(
         jobs=_jobs(jobs),
         format=fmt,
         broken=not no_broken,
+        variability=variability,
     )
     if as_json:
         emit_json(manifest)

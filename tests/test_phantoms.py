@@ -82,3 +82,27 @@ def test_contrast_follows_physics(tmp_path):
     # Pancreas: brighter than spleen on T1W (short T1, avid enhancement), darker on T2W.
     assert t1["pancreas"] > t1["spleen"]
     assert t2["pancreas"] < t2["spleen"]
+
+
+def test_variability_spreads_anatomy_and_leaves_the_default_world_alone():
+    from xds.phantoms.anatomy import TISSUE, Anatomy
+
+    grid = np.stack(np.meshgrid(*[np.arange(-180, 181, 6.0)] * 3, indexing="ij"), -1)
+
+    def liver_ml(variability, subject):
+        rng = np.random.default_rng([5, subject])
+        tissues = Anatomy(rng, variability=variability).tissue_map(grid)
+        return (tissues == TISSUE["liver"]).sum() * 6.0**3 / 1000
+
+    default = [liver_ml(1.0, s) for s in range(12)]
+    wide = [liver_ml(3.0, s) for s in range(12)]
+    assert np.std(wide) / np.mean(wide) > 2 * np.std(default) / np.mean(default)
+    # the same random numbers are drawn: variability 1 is the world every seed always gave
+    rng_a, rng_b = np.random.default_rng(9), np.random.default_rng(9)
+    a = Anatomy(rng_a).tissue_map(grid)
+    b = Anatomy(rng_b, variability=1.0).tissue_map(grid)
+    assert np.array_equal(a, b)
+    assert rng_a.random() == rng_b.random()
+    # variability 0: every subject (of one body size) has the same organs
+    same = [Anatomy(np.random.default_rng(s), variability=0.0).tissue_map(grid) for s in (1, 2)]
+    assert np.array_equal(*same)

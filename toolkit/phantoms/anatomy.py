@@ -41,23 +41,34 @@ class Anatomy:
         scale: body size factor (about 0.9-1.1).
         subcutaneous_fat_mm: thickness of the subcutaneous fat layer.
         lesion: "none", "cyst" or "tumour" (a sphere inside the pancreas).
+        variability: how far subjects differ: multiplies every organ's position jitter,
+            size spread and the deformation's amplitude (1: the default world; 3: organs
+            move by up to 24 mm, change size by up to 36 % and bend by about 8 mm, so a
+            handful of labelled subjects no longer covers the shapes a model meets). The
+            same random numbers are drawn whatever its value.
     """
 
     rng: np.random.Generator
     scale: float = 1.0
     subcutaneous_fat_mm: float = 15.0
     lesion: str = "none"
+    variability: float = 1.0
     _organs: dict = field(default_factory=dict, init=False)
     _warp: tuple = field(default=(), init=False)
 
     def __post_init__(self) -> None:
         r = self.rng
         s = self.scale
+        v = self.variability
+
+        def about_one(low, high, size=None):
+            # 1 +- the spread times v (exactly r.uniform(low, high) when v is 1)
+            return 1 + v * (r.uniform(low, high, size) - 1)
 
         def jitter(center, radii, shift=8.0, spread=0.12):
-            c = np.asarray(center, float) * s + r.uniform(-shift, shift, 3)
-            rad = np.asarray(radii, float) * s * r.uniform(1 - spread, 1 + spread, 3)
-            return c, rad
+            c = np.asarray(center, float) * s + v * r.uniform(-shift, shift, 3)
+            rad = np.asarray(radii, float) * s * about_one(1 - spread, 1 + spread, 3)
+            return c, np.maximum(rad, 2.0)
 
         self._organs = {
             "liver": jitter((65, 15, 45), (80, 75, 62)),
@@ -68,15 +79,15 @@ class Anatomy:
             "stomach": jitter((-40, 32, 45), (48, 35, 40)),
         }
         # Pancreas: a tube along a quadratic curve from the head (patient right) to the tail.
-        head = np.array((32, 8, -8)) * s + r.uniform(-6, 6, 3)
-        tail = np.array((-78, -28, 12)) * s + r.uniform(-6, 6, 3)
-        bend = (head + tail) / 2 + np.array((0, 22, 4)) * s + r.uniform(-6, 6, 3)
+        head = np.array((32, 8, -8)) * s + v * r.uniform(-6, 6, 3)
+        tail = np.array((-78, -28, 12)) * s + v * r.uniform(-6, 6, 3)
+        bend = (head + tail) / 2 + np.array((0, 22, 4)) * s + v * r.uniform(-6, 6, 3)
         t = np.linspace(0, 1, 24)[:, None]
         self._pancreas_curve = (1 - t) ** 2 * head + 2 * (1 - t) * t * bend + t**2 * tail
-        self._pancreas_radius = np.linspace(14, 8, 24) * s * r.uniform(0.85, 1.15)
+        self._pancreas_radius = np.linspace(14, 8, 24) * s * max(about_one(0.85, 1.15), 0.3)
         self._vessels = {
-            "aorta": (np.array((-12, -38)) * s + r.uniform(-4, 4, 2), 11 * s),
-            "inferior_vena_cava": (np.array((24, -34)) * s + r.uniform(-4, 4, 2), 12 * s),
+            "aorta": (np.array((-12, -38)) * s + v * r.uniform(-4, 4, 2), 11 * s),
+            "inferior_vena_cava": (np.array((24, -34)) * s + v * r.uniform(-4, 4, 2), 12 * s),
         }
         k = int(r.integers(4, 24))
         self._lesion_center = self._pancreas_curve[k] + r.uniform(-3, 3, 3)
@@ -85,7 +96,7 @@ class Anatomy:
         self._warp = (
             r.normal(0, 1 / 60, (5, 3)),  # wave vectors (1/mm)
             r.uniform(0, 2 * np.pi, 5),  # phases
-            r.normal(0, 2.5, (5, 3)),  # amplitudes (mm)
+            v * r.normal(0, 2.5, (5, 3)),  # amplitudes (mm)
         )
 
     def tissue_map(self, world: np.ndarray) -> np.ndarray:

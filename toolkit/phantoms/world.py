@@ -151,6 +151,7 @@ class _SubjectJob:
     key: str
     seed: int
     sequences: tuple[str, ...]
+    variability: float = 1.0  # see Anatomy
     # DICOM output only: the identity, visits and tags written into every header.
     person: Person | None = None
     studies: tuple[Study, ...] = ()
@@ -179,6 +180,7 @@ def _render_subject(job: _SubjectJob):
         scale=float(rng.uniform(0.9, 1.08)),
         subcutaneous_fat_mm=float(rng.uniform(8, 30)),
         lesion=str(rng.choice(["none", "none", "cyst", "tumour"])),
+        variability=job.variability,
     )
     liver_fat = float(rng.choice([0.02, 0.05, 0.15, 0.25], p=[0.5, 0.2, 0.2, 0.1]))
     affine = affine_for(center, rng.uniform(-10, 10, 3))
@@ -299,6 +301,7 @@ def generate_world(
     jobs: int = 1,
     format: str = "nifti",
     broken: bool = True,
+    variability: float = 1.0,
 ) -> dict:
     """Write a phantom world under ``out`` and return its manifest (also ``out/world.json``).
 
@@ -315,16 +318,20 @@ def generate_world(
             vendor tags and fake PHI; see :mod:`xds.phantoms.dicom`).
         broken: DICOM only: the first center also gets the files real exports contain
             besides good series (text, a report, broken and inconsistent series).
+        variability: how much subjects' anatomy differs (see :class:`Anatomy`); 1 is the
+            default world, larger values make labelled subjects cover less of the rest.
     """
     out = Path(out)
     if format not in ("nifti", "dicom"):
         raise ValueError(f"unknown format {format!r}: nifti or dicom")
+    if not 0 <= variability <= 5:
+        raise ValueError(f"variability must be between 0 and 5, not {variability}")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: directory is not empty")
     specs = make_centers(centers, tuple(sequences), tuple(shape), seed)
     if format == "dicom":
         return _generate_dicom(
-            out, specs, subjects_per_center, sequences, missing, seed, jobs, broken
+            out, specs, subjects_per_center, sequences, missing, seed, jobs, broken, variability
         )
     jobs_list, manifest_centers = [], []
     for spec in specs:
@@ -334,7 +341,9 @@ def generate_world(
             key = _subject_key(spec.style, spec.name, i, rng)
             present = tuple(s for s in sequences if rng.random() >= missing) or (sequences[0],)
             subjects.append(_demographics(spec.style, key, rng))
-            jobs_list.append(_SubjectJob(str(out / spec.name), spec, i, key, seed, present))
+            jobs_list.append(
+                _SubjectJob(str(out / spec.name), spec, i, key, seed, present, variability)
+            )
         folder = out / spec.name
         folder.mkdir(parents=True, exist_ok=True)
         sheet = _write_sheet(folder, spec.style, subjects)
@@ -367,6 +376,7 @@ def generate_world(
         c["scans_per_sequence"] = counts[c["name"]]
     manifest = {
         "seed": seed,
+        "variability": variability,
         "sequences": list(sequences),
         "shape": list(shape),
         "n_scans": sum(sum(v.values()) for v in counts.values()),
@@ -442,7 +452,9 @@ def _write_label_map(folder: Path, spec: CenterSpec) -> str:
     return "label_map.json"
 
 
-def _generate_dicom(out, specs, subjects_per_center, sequences, missing, seed, jobs, broken):
+def _generate_dicom(
+    out, specs, subjects_per_center, sequences, missing, seed, jobs, broken, variability
+):
     jobs_list, manifest_centers, people = [], [], {}
     for c, spec in enumerate(specs):
         rng = np.random.default_rng([seed, 6, hash_name(spec.name)])
@@ -477,6 +489,7 @@ def _generate_dicom(out, specs, subjects_per_center, sequences, missing, seed, j
                     f"{spec.name}-{seed}-{i}",
                     seed,
                     present,
+                    variability,
                     person=person,
                     studies=studies,
                     tags=tags,
@@ -521,6 +534,7 @@ def _generate_dicom(out, specs, subjects_per_center, sequences, missing, seed, j
     manifest = {
         "format": "dicom",
         "seed": seed,
+        "variability": variability,
         "sequences": list(sequences),
         "n_scans": sum(len(c["series"]) for c in manifest_centers),
         "centers": manifest_centers,
