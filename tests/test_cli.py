@@ -60,6 +60,16 @@ def test_phantoms_command(tmp_path):
     manifest = json.loads(result.output)
     assert len(manifest["centers"]) == 2
     assert (tmp_path / "w" / "world.json").exists()
+    assert manifest["variability"] == 1.0
+    wide = CliRunner().invoke(cli, ["phantoms", "--out", str(tmp_path / "v"), "--centers", "1",
+                                    "--subjects-per-center", "1", "--shape", "16,16,8",
+                                    "--variability", "3", "--json"])  # fmt: skip
+    assert wide.exit_code == 0, wide.output
+    assert json.loads(wide.output)["variability"] == 3.0
+    too_wide = CliRunner().invoke(cli, ["phantoms", "--out", str(tmp_path / "x"),
+                                        "--variability", "9"])  # fmt: skip
+    assert too_wide.exit_code == 2
+    assert "--variability" in too_wide.output
 
 
 @pytest.mark.slow
