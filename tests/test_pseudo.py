@@ -21,7 +21,7 @@ from xds.export.common import plan_export, remap_label  # noqa: E402
 from xds.harmonize import IGNORE  # noqa: E402
 from xds.ingest import ingest_nifti  # noqa: E402
 from xds.labels import best_labels  # noqa: E402
-from xds.pseudo import Gates, judge_case  # noqa: E402
+from xds.pseudo import Gates, PseudoLabelWriter, judge_case  # noqa: E402
 from xds.schemas.errors import RunError  # noqa: E402
 from xds.splits import derive_split, get_split, make_split, split_cohort  # noqa: E402
 from xds.trainers.pseudo import FLIPS, labelled_reference, pseudo_label  # noqa: E402
@@ -99,6 +99,47 @@ def test_gates_reject_corrupted_teacher_outputs(livers):
     assert all(any(f.startswith("agreement") for f in r.failures) for r in verdicts["shifted"])
     assert all(any(f.startswith("volume") for f in r.failures) for r in verdicts["empty"])
     assert all(any(f.startswith("entropy") for f in r.failures) for r in verdicts["noise"])
+
+
+def test_writer_stores_labels_as_judged_and_registers_them_once(livers):
+    catalog, split = livers
+    reference = labelled_reference(catalog, "livers", split.name, 0, ["liver"])
+    cases = _truth(catalog, split, "test")
+    good = OracleTeacher({s: label for s, (label, _, _) in cases.items()})
+    empty = OracleTeacher(good.truth, "empty")
+    version, rows = catalog.version, catalog.read("labels").num_rows
+
+    def judge_all(writer):
+        for k, (scan_id, (_, image, sequence)) in enumerate(sorted(cases.items())):
+            teacher = empty if k == 0 else good  # the first case is rejected
+            result = judge_case(
+                scan_id, teacher.probabilities(scan_id, FLIPS), image.get_fdata(dtype=np.float32),
+                image.header.get_zooms()[:3], ["liver"], sequence=sequence,
+                reference=reference, gates=Gates(),
+            )  # fmt: skip
+            writer.add(result, image.affine)
+            assert result.label is None  # the round keeps no volume once a case is judged
+        return writer
+
+    settings = dict(name="w", round_=1, teachers=["run-x"], digest="d", classes=["liver"],
+                    unreliable="ignore", scan_ids=sorted(cases))  # fmt: skip
+    writer = judge_all(PseudoLabelWriter(catalog, **settings))
+    assert 0 < len(writer.accepted) < len(cases)
+    files = sorted((catalog.root / "pseudo" / "w" / "r1").glob("*.nii.gz"))
+    assert len(files) == len(writer.accepted)
+    assert catalog.version == version  # nothing registered before commit
+    assert writer.commit() == len(writer.accepted)
+    stored = catalog.read("labels", "origin = 'pseudo'").to_pylist()
+    assert catalog.read("labels").num_rows == rows + len(writer.accepted)
+    for row in stored:
+        label = np.asanyarray(nib.load(catalog.resolve(row["uri"])).dataobj)
+        assert np.array_equal(label, good.truth[row["scan_id"]])
+    # the same round again writes and adds nothing, and leaves the files as they were
+    before = {p: p.stat().st_mtime_ns for p in files}
+    again = judge_all(PseudoLabelWriter(catalog, **settings))
+    assert again.accepted == writer.accepted
+    assert again.commit() == 0
+    assert {p: p.stat().st_mtime_ns for p in files} == before
 
 
 def test_unreliable_voxels_get_the_ignore_label_and_gates_parse(livers):

@@ -35,7 +35,8 @@ trainers' losses skip; ``"reject"`` keeps accepted cases whole. On the phantom b
 (``benchmarks/pseudo.py``) students beat their teacher only with both gates and ignored
 voxels: whole soft pseudo-labels teach a student the teacher's boundary errors.
 
-:func:`register_pseudo_labels` stores accepted labels as ``labels`` rows with origin
+:class:`PseudoLabelWriter` writes each accepted label as it is judged (a round holds one
+volume at a time) and stores them as ``labels`` rows with origin
 ``pseudo``, the teacher runs, the round and every figure in ``quality``; the label ids come
 from the scan, the round's name and number, the teachers and the settings, so running a
 round again adds nothing.
@@ -227,7 +228,8 @@ class CaseResult:
 
     scan_id: str
     sequence: str | None
-    label: np.ndarray  # uint8; IGNORE marks unreliable voxels with unreliable="ignore"
+    # uint8; IGNORE marks unreliable voxels (unreliable="ignore"); None once stored or rejected
+    label: np.ndarray | None
     figures: dict[str, float | None]
     failures: list[str]
 
@@ -360,6 +362,90 @@ def pseudo_label_id(scan_id: str, name: str, round_: int, teachers: list[str], d
     return stable_id("lbl", scan_id, "pseudo", name, round_, ",".join(teachers), digest)
 
 
+class PseudoLabelWriter:
+    """A round's accepted labels, written as they are judged and registered at the end.
+
+    A round over a whole center holds one label volume at a time, not one per candidate:
+    :meth:`add` writes an accepted case's file at once (under a temporary name, then
+    renamed, so no reader sees half a file) to ``pseudo/<name>/r<round>/<label_id>.nii.gz``
+    in the catalog folder, keeps only its row and drops the case's voxels. :meth:`commit`
+    appends every row in one transaction: until then the catalog is unchanged, and a round
+    cut short leaves unregistered files that the next run writes again. A label the catalog
+    already holds is neither written nor added again.
+
+    Args:
+        catalog: the catalog.
+        name: the pseudo-labelling's name.
+        round_: the round (1, 2, ...).
+        teachers: run ids of the teachers.
+        digest: a digest of the round's settings (part of the label ids).
+        classes: foreground classes.
+        unreliable: ``reject`` or ``ignore``.
+        scan_ids: the round's candidates.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        name: str,
+        round_: int,
+        teachers: list[str],
+        digest: str,
+        classes: list[str],
+        unreliable: str,
+        scan_ids: Iterable[str],
+    ):
+        self.catalog, self.name, self.round, self.classes = catalog, name, round_, list(classes)
+        self.teachers = list(teachers)
+        self.label_map = pseudo_label_map(classes, unreliable)
+        self.folder = Path("pseudo") / name / f"r{round_}"
+        scan_ids = list(scan_ids)
+        ids = [pseudo_label_id(s, name, round_, teachers, digest) for s in scan_ids]
+        self._ids = dict(zip(scan_ids, ids, strict=True))
+        self._present = set(catalog.read("labels", "list_contains(?, label_id)", [sorted(ids)])
+                            .column("label_id").to_pylist()) if ids else set()  # fmt: skip
+        self.accepted: dict[str, str] = {}  # scan id -> label id of every accepted case
+        self._rows: list[dict] = []
+        self._now = utcnow()
+
+    def add(self, result: CaseResult, affine: np.ndarray) -> None:
+        """Write ``result``'s label if it was accepted; its voxels are dropped either way."""
+        label, result.label = result.label, None
+        if not result.accepted:
+            return
+        label_id = self._ids[result.scan_id]
+        self.accepted[result.scan_id] = label_id
+        if label_id in self._present:
+            return
+        uri = (self.folder / f"{label_id}.nii.gz").as_posix()
+        target = self.catalog.root / uri
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{label_id}.{os.getpid()}.part.nii.gz")
+        volume = write_volume(label, affine, tmp)
+        os.replace(tmp, target)
+        values = set(np.unique(label).tolist())
+        self._rows.append({
+            "label_id": label_id, "scan_id": result.scan_id, "uri": uri, "hash": volume.hash,
+            "label_map": self.label_map["label_map_id"], "origin": "pseudo",
+            "classes_present": [c for i, c in enumerate(self.classes, start=1) if i in values],
+            "classes_annotated": list(self.classes), "round": self.round,
+            "teacher_run": ",".join(self.teachers),
+            "quality": {k: float(v) for k, v in result.figures.items() if v is not None},
+            "created_at": self._now, "source": f"pseudo-label {self.name} r{self.round}",
+        })  # fmt: skip
+
+    def commit(self) -> int:
+        """Append the rows of the labels written; how many label rows were added."""
+        if not self._rows:
+            return 0
+        with self.catalog.transaction(f"pseudo-label {self.name} round {self.round}") as txn:
+            txn.append("label_maps", [self.label_map], unique_by=["label_map_id"])
+            txn.append("labels", self._rows, unique_by=["label_id"])
+        self._rows = []
+        return txn.written.get("labels", 0)
+
+
 def register_pseudo_labels(
     catalog: Catalog,
     results: list[CaseResult],
@@ -374,9 +460,7 @@ def register_pseudo_labels(
 ) -> tuple[dict[str, str], int]:
     """Store the accepted cases' labels and ``labels`` rows in one transaction.
 
-    Files go to ``pseudo/<name>/r<round>/<label_id>.nii.gz`` in the catalog folder, each
-    written under a temporary name and renamed, so no reader sees half a file. A label the
-    catalog already holds is neither written nor added again.
+    :class:`PseudoLabelWriter` over cases already judged (their voxels are dropped).
 
     Args:
         catalog: the catalog (moved to the version this creates).
@@ -392,35 +476,9 @@ def register_pseudo_labels(
     Returns:
         scan id -> label id of every accepted case, and how many label rows were added.
     """
-    label_map = pseudo_label_map(classes, unreliable)
-    folder = Path("pseudo") / name / f"r{round_}"
-    accepted = [r for r in results if r.accepted]
-    ids = {r.scan_id: pseudo_label_id(r.scan_id, name, round_, teachers, digest) for r in accepted}
-    present = set(catalog.read("labels", "list_contains(?, label_id)", [sorted(ids.values())])
-                  .column("label_id").to_pylist()) if ids else set()  # fmt: skip
-    rows, now = [], utcnow()
-    for result in accepted:
-        label_id = ids[result.scan_id]
-        if label_id in present:
-            continue
-        uri = (folder / f"{label_id}.nii.gz").as_posix()
-        target = catalog.root / uri
-        tmp = target.with_name(f".{label_id}.{os.getpid()}.part.nii.gz")
-        volume = write_volume(result.label, affines[result.scan_id], tmp)
-        os.replace(tmp, target)
-        values = set(np.unique(result.label).tolist())
-        rows.append({
-            "label_id": label_id, "scan_id": result.scan_id, "uri": uri, "hash": volume.hash,
-            "label_map": label_map["label_map_id"], "origin": "pseudo",
-            "classes_present": [c for i, c in enumerate(classes, start=1) if i in values],
-            "classes_annotated": list(classes), "round": round_,
-            "teacher_run": ",".join(teachers),
-            "quality": {k: float(v) for k, v in result.figures.items() if v is not None},
-            "created_at": now, "source": f"pseudo-label {name} r{round_}",
-        })  # fmt: skip
-    if not rows:
-        return ids, 0
-    with catalog.transaction(f"pseudo-label {name} round {round_}") as txn:
-        txn.append("label_maps", [label_map], unique_by=["label_map_id"])
-        txn.append("labels", rows, unique_by=["label_id"])
-    return ids, txn.written.get("labels", 0)
+    writer = PseudoLabelWriter(catalog, name=name, round_=round_, teachers=teachers,
+                               digest=digest, classes=classes, unreliable=unreliable,
+                               scan_ids=[r.scan_id for r in results])  # fmt: skip
+    for result in results:
+        writer.add(result, affines[result.scan_id])
+    return writer.accepted, writer.commit()

@@ -39,7 +39,7 @@ from xds.catalog import Catalog, build_cohort, get_cohort
 from xds.catalog.cohorts import select_scans
 from xds.export.common import plan_export, remap_label
 from xds.labels import best_labels
-from xds.pseudo import Gates, Reference, judge_case, measure, register_pseudo_labels
+from xds.pseudo import Gates, PseudoLabelWriter, Reference, judge_case, measure
 from xds.schemas.errors import CohortError, RunError
 from xds.schemas.ids import stable_id
 from xds.splits import derive_split, get_split
@@ -192,13 +192,13 @@ def pseudo_label(
         folder = catalog.root / "pseudo" / name / f"r{k}"
         stored = _stored_round(folder, digest, current)
         if stored is None:
-            results, affines = _label_round(catalog, current, scans, classes, reference, gates,
-                                            previous, unreliable, voxel_entropy, flips, device,
-                                            progress, k)  # fmt: skip
-            accepted, added = register_pseudo_labels(
-                catalog, results, name=name, round_=k, teachers=current, digest=digest,
-                classes=classes, unreliable=unreliable, affines=affines,
-            )  # fmt: skip
+            writer = PseudoLabelWriter(catalog, name=name, round_=k, teachers=current,
+                                       digest=digest, classes=classes, unreliable=unreliable,
+                                       scan_ids=sorted(scans))  # fmt: skip
+            results = _label_round(catalog, current, scans, classes, reference, gates,
+                                   previous, unreliable, voxel_entropy, flips, device,
+                                   progress, k, writer)  # fmt: skip
+            accepted, added = writer.accepted, writer.commit()
             stored = {
                 "digest": digest, "teachers": current, "settings": settings,
                 "reference": reference.to_dict(), "accepted": accepted,
@@ -304,33 +304,34 @@ def _stored_round(folder: Path, digest: str, teachers: list[str]) -> dict | None
 
 
 def _label_round(catalog, teachers, scans, classes, reference, gates, previous, unreliable,
-                 voxel_entropy, flips, device, progress, k):  # fmt: skip
-    """Every candidate judged, and each candidate's affine (for writing its label)."""
+                 voxel_entropy, flips, device, progress, k, writer):  # fmt: skip
+    """Every candidate judged; ``writer`` stores each accepted label as it comes."""
     models = [load_teacher(catalog, t, device=device) for t in teachers]
     before = {}
     if previous:
         rows = catalog.read("labels", "list_contains(?, label_id)",
                             [sorted(previous.values())]).to_pylist()  # fmt: skip
         before = {r["scan_id"]: catalog.resolve(r["uri"]) for r in rows}
-    results, affines = [], {}
+    results = []
     bar = _progress(progress)
     with bar:
         task = bar.add_task(f"pseudo-label round {k}", total=len(scans))
         for scan_id, scan in sorted(scans.items()):
             path = catalog.resolve(scan["image_uri"])
             image = nib.load(str(path))
-            affines[scan_id] = image.affine
             members = (p for m in models for p in m.probabilities(path, FLIPS if flips else ((),)))
             prior = np.asanyarray(nib.load(str(before[scan_id])).dataobj) \
                 if scan_id in before else None  # fmt: skip
-            results.append(judge_case(
+            result = judge_case(
                 scan_id, members, image.get_fdata(dtype=np.float32),
                 image.header.get_zooms()[:3], classes, sequence=scan["sequence"],
                 reference=reference, gates=gates, previous=prior, unreliable=unreliable,
                 voxel_entropy=voxel_entropy,
-            ))  # fmt: skip
+            )  # fmt: skip
+            writer.add(result, image.affine)  # writes it if accepted; drops the voxels
+            results.append(result)
             bar.update(task, advance=1)
-    return results, affines
+    return results
 
 
 def _train_student(catalog, base, base_cohort, base_split, fold, name, k, labels, warm, epochs,
