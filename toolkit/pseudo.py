@@ -420,7 +420,6 @@ class PseudoLabelWriter:
             return
         uri = (self.folder / f"{label_id}.nii.gz").as_posix()
         target = self.catalog.root / uri
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{label_id}.{os.getpid()}.part.nii.gz")
         volume = write_volume(label, affine, tmp)
         os.replace(tmp, target)
