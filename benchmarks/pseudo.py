@@ -14,7 +14,7 @@ against the labels the split hides, and the mean gain.
 Usage::
 
     python benchmarks/pseudo.py [--subjects 12] [--sequences T1W,T2W,OOP] [--variability 1]
-        [--features 8] [--rounds 1] [--epochs 20] [--extra-epochs N] [--seeds 0,1,2]
+        [--features 8] [--workers 0] [--rounds 1] [--epochs 20] [--extra-epochs N] [--seeds 0,1,2]
         [--scratch] [--ceiling]
 """
 
@@ -90,17 +90,26 @@ def kept_quality(catalog: Catalog, split: str, name: str, round_: int) -> float:
 
 def one_seed(root: Path, seed: int, args) -> dict:
     """Teacher and students of one world; their test Dice and what the gates kept."""
+    started = time.perf_counter()
+
+    def step(what: str) -> None:  # each phase as it ends: a run cut short still says something
+        print(f"  seed {seed}: {what} ({time.perf_counter() - started:.0f} s)", flush=True)
+
     catalog, cohort, split = build(root, args.subjects, seed, args.sequences, args.variability)
-    config = TorchConfig.small(epochs=args.epochs, seed=seed, base_features=args.features)
+    step("world, catalog and split built")
+    config = TorchConfig.small(epochs=args.epochs, seed=seed, base_features=args.features,
+                               workers=args.workers)  # fmt: skip
     train_run(catalog, cohort, split=split, classes=["liver"], config=config, name="teacher",
               progress=False)  # fmt: skip
     roles = get_split(catalog, split).roles(0)
     out = {"teacher": score(catalog, "teacher"), "more": None, "rounds": [], "ceiling": None,
            "labelled": len(roles["train"]), "unlabeled": len(roles["unlabeled"])}  # fmt: skip
+    step(f"teacher {out['teacher']:.3f}")
     if args.ceiling or args.ceiling_only:
         train_run(catalog, cohort, split=split, fold=1, classes=["liver"], config=config,
                   name="ceiling", progress=False)  # fmt: skip
         out["ceiling"] = score(catalog, "ceiling")
+        step(f"ceiling {out['ceiling']:.3f}")
     if args.ceiling_only:
         return out
     report = pseudo_label(catalog, ["teacher"], rounds=args.rounds, name="pl",
@@ -109,6 +118,13 @@ def one_seed(root: Path, seed: int, args) -> dict:
                           warm_start=not args.scratch,
                           student_epochs=None if args.scratch else args.extra_epochs,
                           progress=False)  # fmt: skip
+    for r in report.rounds:
+        out["rounds"].append({
+            "dice": score(catalog, r.student), "kept": r.accepted, "of": r.candidates,
+            "reasons": r.reasons, "kept_quality": kept_quality(catalog, split, "pl", r.round),
+        })  # fmt: skip
+        step(f"round {r.round} student {out['rounds'][-1]['dice']:.3f}, kept {r.accepted}/"
+             f"{r.candidates} of Dice {out['rounds'][-1]['kept_quality']:.3f}")  # fmt: skip
     # the control: the teacher trained on as many more batches, on its labelled scans only
     more = replace(
         config, init_from=str(catalog.root / "models" / "teacher"), epochs=args.extra_epochs
@@ -116,11 +132,7 @@ def one_seed(root: Path, seed: int, args) -> dict:
     train_run(catalog, cohort, split=split, classes=["liver"], config=more, name="more",
               progress=False)  # fmt: skip
     out["more"] = score(catalog, "more")
-    for r in report.rounds:
-        out["rounds"].append({
-            "dice": score(catalog, r.student), "kept": r.accepted, "of": r.candidates,
-            "reasons": r.reasons, "kept_quality": kept_quality(catalog, split, "pl", r.round),
-        })  # fmt: skip
+    step(f"control (labelled only, the student's batches) {out['more']:.3f}")
     return out
 
 
@@ -135,6 +147,9 @@ def main() -> None:
                         help="anatomical differences between subjects (xds phantoms')")  # fmt: skip
     parser.add_argument("--features", type=int, default=8, help="the U-Net's base features "
                         "(the small profile's 8 fit three sequences' livers poorly)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=0, help="processes filling each patch "
+                        "queue (0: the trainer's own; more where there are cores to spare, as "
+                        "beside a GPU)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=20, help="the teacher's")
     parser.add_argument("--extra-epochs", type=int, help="the warm-started student's and the "

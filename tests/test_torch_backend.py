@@ -141,3 +141,30 @@ def test_semi_supervised_runs_train_on_the_unlabeled_role(catalog, tmp_path, met
     with pytest.raises(RunError, match="unlabeled"):
         train_run(catalog, "livers", split=holdout.name, classes=["liver"], config=config,
                   name="no-unlabeled", out=tmp_path / "none", progress=False)  # fmt: skip
+
+
+@pytest.mark.gpu
+def test_cuda_training_in_mixed_precision_predicts_as_the_cpu_does(catalog, tmp_path):
+    """The CUDA path: autocast + GradScaler training, patch-queue workers, and a checkpoint
+    that a machine without a GPU loads and predicts with nearly the same masks."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    build_cohort(catalog, "has_label AND list_contains(classes, 'liver')", "livers")
+    split = make_split(catalog, "livers", name="livers-h", seed=0)
+    train = cohort_subjects(catalog, "livers", split=split.name, role="train", classes=["liver"])
+    test = cohort_subjects(catalog, "livers", split=split.name, role="test", classes=["liver"])
+    config = TorchConfig.small(epochs=8, iterations=25, patch=(24, 24, 16),
+                               spacing=(10.0, 10.0, 10.0), workers=2)  # fmt: skip
+    result = train_torch(train, tmp_path / "run", config, progress=False)  # auto picks CUDA
+    assert result.device.startswith("cuda")
+    assert np.all(np.isfinite(result.epoch_losses))
+    assert result.epoch_losses[-1] < result.epoch_losses[0]
+
+    on_gpu = predict_torch(tmp_path / "run", test, tmp_path / "gpu", progress=False)
+    on_cpu = predict_torch(tmp_path / "run", test, tmp_path / "cpu", device="cpu", progress=False)
+    for a, b in zip(on_gpu, on_cpu, strict=True):
+        # bfloat16 logits move only voxels on the boundary
+        assert np.mean(nib.load(a).get_fdata() == nib.load(b).get_fdata()) > 0.98
+    report = evaluate(catalog, tmp_path / "gpu", cohort="livers", split=split.name,
+                      role="test", classes="liver", name="torch-cuda")  # fmt: skip
+    assert report.mean["liver"]["dice"] > 0.15
