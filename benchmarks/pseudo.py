@@ -14,8 +14,9 @@ against the labels the split hides, and the mean gain.
 Usage::
 
     python benchmarks/pseudo.py [--subjects 12] [--sequences T1W,T2W,OOP] [--variability 1]
-        [--features 8] [--workers 0] [--rounds 1] [--epochs 20] [--extra-epochs N] [--seeds 0,1,2]
-        [--scratch] [--ceiling]
+        [--features 8] [--workers 0] [--rounds 1] [--pseudo-share none] [--epochs 20]
+        [--extra-epochs N] [--seeds 0,1,2] [--scratch] [--ceiling]
+        [--students none/ignore,0.5/ignore,none/reject]
 """
 
 from __future__ import annotations
@@ -63,12 +64,27 @@ def build(root: Path, subjects: int, seed: int, sequences: tuple[str, ...] = ("T
 
 def score(catalog: Catalog, run: str) -> float:
     """Mean liver Dice of a run on its split's test role."""
+    return score_by_sequence(catalog, run)["all"]
+
+
+def score_by_sequence(catalog: Catalog, run: str) -> dict[str, float]:
+    """Mean liver Dice of a run on its split's test role: overall ("all") and per sequence."""
     prediction = predict_run(catalog, run, role="test")
     row = get_run(catalog, run)
     report = evaluate(catalog, prediction["uri"], cohort=get_cohort(catalog, row["cohort_id"]).name,
                       split=get_split(catalog, row["split_id"]).name, role="test", classes="liver",
                       name=f"{run}-test-{time.time_ns()}", jobs=1)  # fmt: skip
-    return report.mean["liver"]["dice"]
+    rows = catalog.sql(
+        "SELECT s.sequence, avg(m.dice) AS dice FROM metrics m JOIN scans s USING (scan_id) "
+        f"WHERE m.eval_id = '{report.eval_id}' AND m.class_name = 'liver' GROUP BY 1 ORDER BY 1"
+    ).to_pylist()
+    return {"all": report.mean["liver"]["dice"]} | {r["sequence"]: r["dice"] for r in rows}
+
+
+def shown(dice: dict[str, float]) -> str:
+    """``0.812 (T1W 0.9, T2W 0.8, OOP 0.7)``."""
+    rest = ", ".join(f"{k} {v:.3f}" for k, v in dice.items() if k != "all")
+    return f"{dice['all']:.3f} ({rest})"
 
 
 def kept_quality(catalog: Catalog, split: str, name: str, round_: int) -> float:
@@ -102,9 +118,10 @@ def one_seed(root: Path, seed: int, args) -> dict:
     train_run(catalog, cohort, split=split, classes=["liver"], config=config, name="teacher",
               progress=False)  # fmt: skip
     roles = get_split(catalog, split).roles(0)
-    out = {"teacher": score(catalog, "teacher"), "more": None, "rounds": [], "ceiling": None,
+    teacher = score_by_sequence(catalog, "teacher")
+    out = {"teacher": teacher["all"], "more": None, "variants": {}, "ceiling": None,
            "labelled": len(roles["train"]), "unlabeled": len(roles["unlabeled"])}  # fmt: skip
-    step(f"teacher {out['teacher']:.3f}")
+    step(f"teacher {shown(teacher)}")
     if args.ceiling or args.ceiling_only:
         train_run(catalog, cohort, split=split, fold=1, classes=["liver"], config=config,
                   name="ceiling", progress=False)  # fmt: skip
@@ -112,27 +129,33 @@ def one_seed(root: Path, seed: int, args) -> dict:
         step(f"ceiling {out['ceiling']:.3f}")
     if args.ceiling_only:
         return out
-    report = pseudo_label(catalog, ["teacher"], rounds=args.rounds, name="pl",
-                          gates=Gates.parse(args.gate or DEFAULT_GATES),
-                          unreliable=args.unreliable, voxel_entropy=args.voxel_entropy,
-                          warm_start=not args.scratch,
-                          student_epochs=None if args.scratch else args.extra_epochs,
-                          progress=False)  # fmt: skip
-    for r in report.rounds:
-        out["rounds"].append({
-            "dice": score(catalog, r.student), "kept": r.accepted, "of": r.candidates,
-            "reasons": r.reasons, "kept_quality": kept_quality(catalog, split, "pl", r.round),
-        })  # fmt: skip
-        step(f"round {r.round} student {out['rounds'][-1]['dice']:.3f}, kept {r.accepted}/"
-             f"{r.candidates} of Dice {out['rounds'][-1]['kept_quality']:.3f}")  # fmt: skip
+    for share, unreliable in args.students:
+        tag = ("pro rata" if share is None else f"share {share:g}") + f", {unreliable}"
+        name = f"pl-{'pr' if share is None else f'{share:g}'}-{unreliable}"
+        report = pseudo_label(catalog, ["teacher"], rounds=args.rounds, name=name,
+                              gates=Gates.parse(args.gate or DEFAULT_GATES),
+                              unreliable=unreliable, voxel_entropy=args.voxel_entropy,
+                              warm_start=not args.scratch,
+                              student_epochs=None if args.scratch else args.extra_epochs,
+                              pseudo_share=share, progress=False)  # fmt: skip
+        rounds = out["variants"][tag] = []
+        for r in report.rounds:
+            dice = score_by_sequence(catalog, r.student)
+            rounds.append({
+                "dice": dice["all"], "kept": r.accepted, "of": r.candidates, "reasons": r.reasons,
+                "kept_quality": kept_quality(catalog, split, name, r.round),
+            })  # fmt: skip
+            step(f"round {r.round} student ({tag}) {shown(dice)}, kept {r.accepted}/"
+                 f"{r.candidates} of Dice {rounds[-1]['kept_quality']:.3f}")  # fmt: skip
     # the control: the teacher trained on as many more batches, on its labelled scans only
     more = replace(
         config, init_from=str(catalog.root / "models" / "teacher"), epochs=args.extra_epochs
     )
     train_run(catalog, cohort, split=split, classes=["liver"], config=more, name="more",
               progress=False)  # fmt: skip
-    out["more"] = score(catalog, "more")
-    step(f"control (labelled only, the student's batches) {out['more']:.3f}")
+    more = score_by_sequence(catalog, "more")
+    out["more"] = more["all"]
+    step(f"control (labelled only, the student's batches) {shown(more)}")
     return out
 
 
@@ -158,8 +181,19 @@ def main() -> None:
     parser.add_argument("--gate", action="append",
                         help="as xds pseudo-label's (default: entropy=0.75, contrast=0.35: a "
                         "CPU-small teacher is soft)")  # fmt: skip
-    parser.add_argument("--unreliable", choices=["reject", "ignore"], default="ignore")
+    parser.add_argument("--unreliable", choices=["reject", "ignore"], default="ignore",
+                        help="what the students' labels do with unreliable voxels")  # fmt: skip
     parser.add_argument("--voxel-entropy", type=float, default=0.5)
+    parser.add_argument(
+        "--pseudo-share",
+        default="none",
+        help="students' share of patches "
+        "from pseudo-labelled scans ('none': in proportion to their numbers)",
+    )
+    parser.add_argument("--students", help="several students of one teacher, compared with "
+                        "one control: comma-separated SHARE/UNRELIABLE, e.g. "
+                        "none/ignore,0.5/ignore,none/reject (default: --pseudo-share and "
+                        "--unreliable)")  # fmt: skip
     parser.add_argument("--scratch", action="store_true", help="students from scratch (default: "
                         "warm-started from the teacher, as the control is)")  # fmt: skip
     parser.add_argument("--ceiling", action="store_true", help="also train on every train "
@@ -169,6 +203,11 @@ def main() -> None:
                         "world and budget?")  # fmt: skip
     args = parser.parse_args()
     args.extra_epochs = args.extra_epochs or args.epochs
+    pairs = args.students or f"{args.pseudo_share}/{args.unreliable}"
+    args.students = []
+    for pair in pairs.split(","):
+        share, unreliable = pair.strip().split("/")
+        args.students.append((None if share == "none" else float(share), unreliable))
     args.sequences = tuple(s.strip() for s in args.sequences.split(",") if s.strip())
     print(
         f"world: {args.subjects} subjects x 4 centers, {'/'.join(args.sequences)}, "
@@ -178,7 +217,7 @@ def main() -> None:
         print(f"teacher (10 % of labels) and ceiling (every label), {args.epochs} epochs x 20 "
               "batches each")  # fmt: skip
     else:
-        print(f"gates {args.gate or DEFAULT_GATES}, --unreliable {args.unreliable}, "
+        print(f"gates {args.gate or DEFAULT_GATES}, students {pairs} (share/unreliable), "
               f"--voxel-entropy {args.voxel_entropy}, teacher {args.epochs} epochs x 20 "
               "batches" + ("; students from scratch for as many" if args.scratch else
                            f"; then {args.extra_epochs} more for the warm-started student "
@@ -195,15 +234,16 @@ def main() -> None:
         if result["ceiling"] is not None:
             line += f", every train scan labelled (teacher's batches) {result['ceiling']:.3f}"
             gains.setdefault("ceiling - teacher", []).append(result["ceiling"] - result["teacher"])
-        for k, r in enumerate(result["rounds"], start=1):
-            gains.setdefault(f"round {k} student - teacher", []).append(
-                r["dice"] - result["teacher"]
-            )
-            gains.setdefault(f"round {k} student - labelled only, same batches", []).append(
-                r["dice"] - result["more"])  # fmt: skip
-            line += (f"; student r{k} {r['dice']:.3f}, kept {r['kept']}/{r['of']} "
-                     f"pseudo-labels of Dice {r['kept_quality']:.3f} against the hidden "
-                     "labels (ignored voxels aside)")  # fmt: skip
+        for tag, rounds in result["variants"].items():
+            for k, r in enumerate(rounds, start=1):
+                gains.setdefault(f"round {k} student ({tag}) - teacher", []).append(
+                    r["dice"] - result["teacher"]
+                )
+                gains.setdefault(f"round {k} student ({tag}) - labelled only, same batches",
+                                 []).append(r["dice"] - result["more"])  # fmt: skip
+                line += (f"; student r{k} ({tag}) {r['dice']:.3f}, kept {r['kept']}/{r['of']} "
+                         f"pseudo-labels of Dice {r['kept_quality']:.3f} against the hidden "
+                         "labels (ignored voxels aside)")  # fmt: skip
         print(line, flush=True)
     print("mean liver Dice on the test role:")
     for what, values in gains.items():

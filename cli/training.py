@@ -187,6 +187,11 @@ def predict_cmd(state, run, cohort, split_name, role, fold, out, device, as_json
     "--student-epochs", type=click.IntRange(1),
     help="The students' epochs (default: the teacher's; a warm-started student needs fewer).",
 )  # fmt: skip
+@click.option(
+    "--pseudo-share", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Torch students draw pseudo-labelled scans as this share of their patches, the "
+    "human-labelled as the rest (default: in proportion to their numbers).",
+)  # fmt: skip
 @click.option("--name", help="Name of the labelling, its students and splits (<name>-r<k>).")
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
@@ -194,8 +199,8 @@ def predict_cmd(state, run, cohort, split_name, role, fold, out, device, as_json
 @json_option
 @click.pass_obj
 def pseudo_label_cmd(state, teachers, cohort, split_name, role, rounds, gates, unreliable,
-                     voxel_entropy, flips, no_students, warm_start, student_epochs, name,
-                     device, as_json):  # fmt: skip
+                     voxel_entropy, flips, no_students, warm_start, student_epochs,
+                     pseudo_share, name, device, as_json):  # fmt: skip
     """Pseudo-label scans with trained runs, gate them, and train students on them.
 
     Each round predicts every candidate (teachers x flips), keeps the cases that pass
@@ -213,7 +218,8 @@ def pseudo_label_cmd(state, teachers, cohort, split_name, role, rounds, gates, u
         state.catalog(), list(teachers), cohort=cohort, split=split_name, role=role,
         rounds=rounds, gates=Gates.parse(gates), unreliable=unreliable,
         voxel_entropy=voxel_entropy, flips=flips, students=not no_students,
-        warm_start=warm_start, student_epochs=student_epochs, name=name,
+        warm_start=warm_start, student_epochs=student_epochs, pseudo_share=pseudo_share,
+        name=name,
         device=device, progress=not as_json,
     )  # fmt: skip
     if as_json:

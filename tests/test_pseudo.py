@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 pytest.importorskip("torchio")
 
+from xds import cohort_subjects  # noqa: E402
 from xds.audit import audit_split  # noqa: E402
 from xds.catalog import Catalog, build_cohort  # noqa: E402
 from xds.catalog.cohorts import select_scans  # noqa: E402
@@ -26,7 +27,7 @@ from xds.schemas.errors import RunError  # noqa: E402
 from xds.splits import derive_split, get_split, make_split, split_cohort  # noqa: E402
 from xds.trainers.pseudo import FLIPS, labelled_reference, pseudo_label  # noqa: E402
 from xds.trainers.runs import train_run  # noqa: E402
-from xds.trainers.torch_backend import TorchConfig  # noqa: E402
+from xds.trainers.torch_backend import TorchConfig, _subject_sampler  # noqa: E402
 
 
 class OracleTeacher:
@@ -189,7 +190,7 @@ def test_pseudo_label_rounds_provenance_idempotence_and_audit(livers, world, tmp
     base = ["--catalog", str(catalog.root)]
     command = [*base, "pseudo-label", "--teacher", "teacher", "--cohort", "nolabel",
                "--rounds", "2", "--name", "pl", "--no-flips", "--warm-start",
-               "--student-epochs", "1", "--json"]  # fmt: skip
+               "--student-epochs", "1", "--pseudo-share", "0.25", "--json"]  # fmt: skip
     command += [x for g in loose for x in ("--gate", g)]
     result = CliRunner().invoke(cli, command, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -214,6 +215,7 @@ def test_pseudo_label_rounds_provenance_idempotence_and_audit(livers, world, tmp
     assert configs["pl-r2"]["init_from"] == str(catalog.root / "models" / "pl-r1")
     assert configs["teacher"]["epochs"] == 2
     assert configs["pl-r1"]["epochs"] == configs["pl-r2"]["epochs"] == 1  # fine-tuned
+    assert configs["pl-r1"]["pseudo_share"] == configs["pl-r2"]["pseudo_share"] == 0.25
     assert all("change" in dict(r["quality"]) for r in rows if r["round"] == 2)
     # the scans had no label: a cohort can now ask for pseudo-labelled ones
     pseudo_scans = set(select_scans(catalog, "label_origin = 'pseudo'").column("scan_id")
@@ -230,22 +232,38 @@ def test_pseudo_label_rounds_provenance_idempotence_and_audit(livers, world, tmp
     assert {c.scan_id: c.label_id for c in plan.cases if c.scan_id in round_two} == round_two
     assert all(best_labels(catalog, [c.scan_id])[c.scan_id]["origin"] == "manual"
                for c in plan.cases if c.role == "test")  # fmt: skip
+    # the student's subjects say whose label they carry, and draws follow --pseudo-share
+    train = cohort_subjects(catalog, "pl-r2", split="pl-r2", role="train", classes=["liver"])
+    origins = {s["scan_id"]: s["label_origin"] for s in train}
+    assert {s for s, o in origins.items() if o == "pseudo"} == set(round_two)
+    assert set(origins.values()) == {"pseudo", "manual"}
+    torch.manual_seed(0)
+    sampler = _subject_sampler(train, 0.25)
+    draws = [train[i]["label_origin"] for _ in range(200) for i in sampler]
+    assert abs(np.mean([d == "pseudo" for d in draws]) - 0.25) < 0.05
+    assert _subject_sampler(train, None) is None
+    assert _subject_sampler([s for s in train if s["label_origin"] == "manual"], 0.25) is None
 
     # re-running adds nothing
     again = CliRunner().invoke(cli, command, catch_exceptions=False)
     assert [r["labels_added"] for r in json.loads(again.stdout)["rounds"]] == [0, 0]
     assert Catalog.open(catalog.root).count("labels") == catalog.count("labels")
 
-    # a split of the student's cohort where the teacher's training scans are test cases
-    reshuffled = split_cohort(catalog, "pl-r1", seed=5, name="reshuffled")
-    audit = audit_split(catalog, reshuffled.name, images=False)
-    leaks = [x for x in audit.leaks if x["kind"] == "teacher_trained_on_test"]
+    # a split of the student's cohort where the teacher's training scans are test cases and
+    # pseudo-labelled scans train; subject ids (and so splits) depend on the catalog's secret,
+    # so take the first seed that gives both
     learned = set(split.roles(0)["train"]) | set(split.roles(0).get("val", []))
-    tested = learned & set(reshuffled.roles(0)["test"])
-    trained = set(reshuffled.roles(0)["train"]) | set(reshuffled.roles(0).get("val", []))
-    pseudo_in_train = pseudo_scans & trained
+    for seed in range(5, 25):
+        reshuffled = split_cohort(catalog, "pl-r1", seed=seed, name=f"reshuffled-{seed}")
+        tested = learned & set(reshuffled.roles(0)["test"])
+        trained = set(reshuffled.roles(0)["train"]) | set(reshuffled.roles(0).get("val", []))
+        pseudo_in_train = pseudo_scans & trained
+        if tested and pseudo_in_train:
+            break
     assert tested
     assert pseudo_in_train
+    audit = audit_split(catalog, reshuffled.name, images=False)
+    leaks = [x for x in audit.leaks if x["kind"] == "teacher_trained_on_test"]
     assert {x["pseudo_labelled_scan"] for x in leaks} == pseudo_in_train
     assert {x["teacher_run"] for x in leaks} == {runs["teacher"], runs["pl-r1"]}
     assert all(set(x["roles"]["test"]) >= tested for x in leaks)
@@ -257,6 +275,8 @@ def test_pseudo_label_refuses_what_it_cannot_do(livers):
         pseudo_label(catalog, ["nope"])
     with pytest.raises(RunError, match="at least 1"):
         pseudo_label(catalog, ["nope"], rounds=0)
+    with pytest.raises(RunError, match="strictly between 0 and 1"):
+        pseudo_label(catalog, ["nope"], pseudo_share=1.0)
     derived = derive_split(catalog, split, 0, name="d", cohort_id=split.cohort_id,
                            roles={}, params={})  # fmt: skip
     again = derive_split(catalog, split, 0, name="d", cohort_id=split.cohort_id,

@@ -114,6 +114,7 @@ def pseudo_label(
     students: bool = True,
     warm_start: bool = False,
     student_epochs: int | None = None,
+    pseudo_share: float | None = None,
     name: str | None = None,
     device: str = "auto",
     progress: bool = True,
@@ -140,6 +141,9 @@ def pseudo_label(
             way, which does not inherit the teacher's mistakes through its weights).
         student_epochs: the students' epochs (default: the teacher's); a warm-started
             student fine-tunes, which takes fewer.
+        pseudo_share: torch students draw pseudo-labelled scans as this share of their
+            patches, the human-labelled ones as the rest (default: in proportion to their
+            numbers, which lets 60 pseudo-labels drown 8 human labels).
         name: the pseudo-labelling's name (default ``<first teacher>-pl``): label files,
             students (``<name>-r<k>``) and their splits are named after it.
         device: ``auto``, ``cpu``, ``cuda``...
@@ -153,6 +157,8 @@ def pseudo_label(
         raise RunError(f"--rounds must be at least 1, not {rounds}")
     if student_epochs is not None and student_epochs < 1:
         raise RunError(f"--student-epochs must be at least 1, not {student_epochs}")
+    if pseudo_share is not None and not 0 < pseudo_share < 1:
+        raise RunError(f"--pseudo-share must lie strictly between 0 and 1, not {pseudo_share}")
     if rounds > 1 and not students:
         raise RunError("rounds after the first need the previous round's student")
     if not teachers:
@@ -223,8 +229,8 @@ def pseudo_label(
                                "loosen --gate or improve the teacher")  # fmt: skip
             warm = get_run(catalog, current[0])["uri"] if warm_start else None
             student = _train_student(catalog, base, base_cohort, base_split, fold, name, k,
-                                     previous, warm, student_epochs, device,
-                                     progress)  # fmt: skip
+                                     previous, warm, student_epochs, pseudo_share,
+                                     device, progress)  # fmt: skip
             this.student, this.student_split = student
             current = [get_run(catalog, student[0])["run_id"]]
     return report
@@ -335,7 +341,7 @@ def _label_round(catalog, teachers, scans, classes, reference, gates, previous, 
 
 
 def _train_student(catalog, base, base_cohort, base_split, fold, name, k, labels, warm, epochs,
-                   device, progress) -> tuple[str, str]:  # fmt: skip
+                   pseudo_share, device, progress) -> tuple[str, str]:  # fmt: skip
     """Train round ``k``'s student on the teacher's fold plus the accepted pseudo-labels."""
     found = get_cohort(catalog, base_cohort)
     cohort = base_cohort
@@ -368,6 +374,8 @@ def _train_student(catalog, base, base_cohort, base_split, fold, name, k, labels
         config = replace(config, init_from=str(warm))
     if epochs is not None:
         config = replace(config, epochs=epochs)
+    if pseudo_share is not None and base["backend"] == "torch":
+        config = replace(config, pseudo_share=pseudo_share)
     run = train_run(catalog, cohort, split=split.name, fold=0, backend=base["backend"],
                     config=config, classes=list(base["classes"]), partial=True,
                     name=f"{name}-r{k}", device=device, progress=progress)  # fmt: skip

@@ -60,6 +60,7 @@ class TorchConfig:
     ssl: str = "none"  # none | uamt | cps, on the unlabeled role
     ssl_ramp: float = 50.0  # epochs over which the unsupervised weight ramps up
     init_from: str | None = None  # a run folder whose weights start training (a student)
+    pseudo_share: float | None = None  # share of draws from pseudo-labelled scans (None: pro rata)
     seed: int = 0
 
     @classmethod
@@ -182,7 +183,9 @@ def train_torch(
     dataset = tio.SubjectsDataset(subjects, transform=_preprocess(config, train=True))
     sampler = tio.LabelSampler(config.patch, "label",
                                {k: 1.0 for k in range(len(classes) + 1)})  # fmt: skip
+    draws = _subject_sampler(subjects, config.pseudo_share)
     queue = tio.Queue(dataset, config.queue_length, config.samples_per_volume, sampler,
+                      subject_sampler=draws, shuffle_subjects=draws is None,
                       num_workers=config.workers)  # fmt: skip
     loader = torch.utils.data.DataLoader(queue, batch_size=config.batch_size, num_workers=0)
     started = time.perf_counter()
@@ -295,7 +298,27 @@ def config_fields(settings: dict) -> dict:
 
 
 def _config_key(config: TorchConfig) -> str:
-    return json.dumps(asdict(config), sort_keys=True, default=list)
+    fields = asdict(config)
+    if fields["pseudo_share"] is None:  # added later: checkpoints from before still resume
+        del fields["pseudo_share"]
+    return json.dumps(fields, sort_keys=True, default=list)
+
+
+def _subject_sampler(subjects: list, share: float | None):
+    """A sampler drawing pseudo-labelled subjects as ``share`` of the queue's subjects.
+
+    The others make up the rest; draws are with replacement. None where the share is unset
+    or the subjects are all of one kind.
+    """
+    if share is None:
+        return None
+    pseudo = [s.get("label_origin") == "pseudo" for s in subjects]
+    n_pseudo = sum(pseudo)
+    if n_pseudo in (0, len(subjects)):
+        return None
+    other = len(subjects) - n_pseudo
+    weights = [share / n_pseudo if p else (1 - share) / other for p in pseudo]
+    return torch.utils.data.WeightedRandomSampler(weights, len(subjects), replacement=True)
 
 
 def _save_checkpoint(out, config, network, optimizer, schedule, objective, scaler, epoch,

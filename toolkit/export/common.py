@@ -82,6 +82,7 @@ class ExportCase:
     meta: dict = field(hash=False)  # META_COLUMNS
     fold: int | None = None  # k-fold splits: the fold whose validation set holds the case
     ready: bool = False  # written by xds harmonize in the exported classes: use as it is
+    origin: str | None = None  # the label's origin: manual, revised, pseudo, synthetic...
 
     @property
     def remap(self) -> tuple[int, ...] | None:
@@ -250,6 +251,7 @@ def plan_export(
                     meta={c: scan.get(c) for c in META_COLUMNS},
                     fold=val_fold.get(scan_id),
                     ready=set_name is not None,
+                    origin=label.get("origin") if label else None,
                 )
             )
     cases.sort(key=lambda c: (ROLE_ORDER.index(c.role), c.scan_id))

@@ -115,6 +115,7 @@ def cohort_subjects(
                 role=case.role,
                 fold=-1 if case.fold is None else case.fold,
                 has_label=case.label is not None,
+                label_origin=case.origin or _MISSING_TEXT,
                 annotated=annotated if case.label is not None else torch.zeros_like(annotated),
                 classes=names,
                 **meta,
