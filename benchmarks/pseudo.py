@@ -10,7 +10,10 @@ since a CPU-small teacher is soft, the others at their defaults; unreliable voxe
 and trains a student per round with the same settings. Both are scored on the same test
 role with ``xds evaluate``. One world per seed (the split differs too); prints each seed's
 teacher and student Dice, how many pseudo-labels the gates kept and how good those were
-against the labels the split hides, and the mean gain.
+against the labels the split hides, and the mean gain. ``--students`` trains several
+students of one teacher (patch share x unreliable voxels) against one control; each phase
+prints as it ends, with Dice per sequence. Beside a GPU, run one process per seed with
+``--workers 2`` (five at once filled an H200 to 76 % and 16 cores).
 Usage::
 
     python benchmarks/pseudo.py [--subjects 12] [--sequences T1W,T2W,OOP] [--variability 1]
