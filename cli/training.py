@@ -49,6 +49,11 @@ from xds.cli.output import emit_json, print_kv, print_table
     "--ssl", type=click.Choice(["none", "uamt", "cps"]), default="none", show_default=True,
     help="Semi-supervised method on the split's unlabeled role (a semi-supervised split).",
 )  # fmt: skip
+@click.option(
+    "--pseudo-share", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Draw scans whose best label is a pseudo-label as this share of the patches "
+    "(default: in proportion to their numbers).",
+)  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--name", help="Run name (default: <cohort>-<backend>-f<fold>-s<seed>).")
 @click.option("--out", type=click.Path(file_okay=False), help="Checkpoint folder.")
@@ -60,8 +65,8 @@ from xds.cli.output import emit_json, print_kv, print_table
 @click.pass_obj
 def train_cmd(state, cohort, split_name, fold, backend, classes, partial, train_where, profile,
               epochs,
-              iterations, lr, patch, spacing, groups, dg, randconv, synthetic_mix, ssl, seed,
-              name, out, device, as_json):  # fmt: skip
+              iterations, lr, patch, spacing, groups, dg, randconv, synthetic_mix, ssl,
+              pseudo_share, seed, name, out, device, as_json):  # fmt: skip
     """Train a model on the train role of a split; record the run in the catalog.
 
     The run row keeps the cohort, split, fold, catalog version, classes, every setting,
@@ -80,15 +85,17 @@ def train_cmd(state, cohort, split_name, fold, backend, classes, partial, train_
         torch_only = {"--lr": lr, "--patch": patch, "--spacing": spacing, "--groups": groups,
                       "--randconv": randconv or None, "--synthetic-mix": synthetic_mix or None,
                       "--dg": None if dg == "erm" else dg,
-                      "--ssl": None if ssl == "none" else ssl}  # fmt: skip
+                      "--ssl": None if ssl == "none" else ssl,
+                      "--pseudo-share": pseudo_share}  # fmt: skip
         given = [flag for flag, value in torch_only.items() if value is not None]
         if given:
             raise click.UsageError(f"{', '.join(given)}: torch backend options (nnU-Net plans)")
         kind = NnunetConfig
     else:
         changes.update(
-            groups=groups, dg=dg, randconv=randconv, synthetic_mix=synthetic_mix, ssl=ssl
-        )
+            groups=groups, dg=dg, randconv=randconv, synthetic_mix=synthetic_mix, ssl=ssl,
+            pseudo_share=pseudo_share,
+        )  # fmt: skip
         if lr is not None:
             changes["lr"] = lr
         for key, text in (("patch", patch), ("spacing", spacing)):

@@ -102,6 +102,10 @@ def test_train_predict_evaluate_commands_record_runs(catalog, tmp_path):
     other = CliRunner().invoke(cli, [*train[:-1], "--lr", "0.5"])
     assert other.exit_code == 1
     assert "exists with other settings" in other.output
+    nnunet = CliRunner().invoke(cli, [*base, "train", "livers", "--split", split.name,
+                                      "--backend", "nnunet", "--pseudo-share", "0.5"])  # fmt: skip
+    assert nnunet.exit_code == 2
+    assert "--pseudo-share: torch backend options" in nnunet.output
 
     result = CliRunner().invoke(cli, [*base, "predict", "livers-torch-f0-s0", "--json"])
     assert result.exit_code == 0, result.output
