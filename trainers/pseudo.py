@@ -166,6 +166,9 @@ def pseudo_label(
     gates = gates or Gates()
     runs = [get_run(catalog, t) for t in teachers]
     base = runs[0]
+    if pseudo_share is not None and base["backend"] != "torch":
+        raise RunError(f"--pseudo-share: {base['name']} is a {base['backend']} run; only torch "
+                       "students draw their patches by label origin")  # fmt: skip
     classes = list(base["classes"])
     for run in runs[1:]:
         if list(run["classes"]) != classes:
@@ -374,7 +377,7 @@ def _train_student(catalog, base, base_cohort, base_split, fold, name, k, labels
         config = replace(config, init_from=str(warm))
     if epochs is not None:
         config = replace(config, epochs=epochs)
-    if pseudo_share is not None and base["backend"] == "torch":
+    if pseudo_share is not None:
         config = replace(config, pseudo_share=pseudo_share)
     run = train_run(catalog, cohort, split=split.name, fold=0, backend=base["backend"],
                     config=config, classes=list(base["classes"]), partial=True,
