@@ -81,6 +81,14 @@ def cli(ctx: click.Context, catalog: str) -> None:
     help="How much subjects' anatomy differs: scales organ position jitter, size spread "
     "and deformation (3: a handful of labelled subjects no longer covers the rest).",
 )
+@click.option(
+    "--scanner-shift",
+    type=click.FloatRange(0, 3),
+    default=0.0,
+    show_default=True,
+    help="How far the last center's scanner departs from the others: noise x (1 + 3 S), "
+    "bias field x (1 + 2 S). A new center's scans for pseudo-labelling.",
+)
 @jobs_option
 @json_option
 def phantoms(
@@ -94,6 +102,7 @@ def phantoms(
     fmt,
     no_broken,
     variability,
+    scanner_shift,
     jobs,
     as_json,
 ):
@@ -118,6 +127,7 @@ def phantoms(
         format=fmt,
         broken=not no_broken,
         variability=variability,
+        scanner_shift=scanner_shift,
     )
     if as_json:
         emit_json(manifest)

@@ -106,3 +106,33 @@ def test_variability_spreads_anatomy_and_leaves_the_default_world_alone():
     # variability 0: every subject (of one body size) has the same organs
     same = [Anatomy(np.random.default_rng(s), variability=0.0).tissue_map(grid) for s in (1, 2)]
     assert np.array_equal(*same)
+
+
+def test_scanner_shift_makes_the_last_center_noisier_and_leaves_the_others_alone(tmp_path):
+    small = {"centers": 2, "subjects_per_center": 2, "sequences": ("T1W",), "shape": (24, 24, 12),
+             "missing": 0.0, "seed": 3}  # fmt: skip
+    plain = generate_world(tmp_path / "plain", **small)
+    shifted = generate_world(tmp_path / "shifted", scanner_shift=1.0, **small)
+    assert shifted["scanner_shift"] == 1.0
+    first, last = plain["centers"]
+    assert shifted["centers"][0]["noise"] == first["noise"]
+    assert shifted["centers"][1]["noise"] == 4 * last["noise"]
+    assert shifted["centers"][1]["bias"] == 3 * last["bias"]
+
+    def images(root, center):
+        return sorted(p for p in (root / center["path"]).rglob("*.nii.gz")
+                      if "label" not in str(p).lower())  # fmt: skip
+
+    # the other center's files are the same bytes; the last center's images are noisier
+    for a, b in zip(images(tmp_path / "plain", first), images(tmp_path / "shifted", first),
+                    strict=True):  # fmt: skip
+        assert a.read_bytes() == b.read_bytes()
+
+    def roughness(path):  # the air's signal is Rician noise: its level over the body's
+        data = nib.load(path).get_fdata()
+        return np.percentile(data, 5) / np.percentile(data, 99)
+
+    before = [roughness(p) for p in images(tmp_path / "plain", last)]
+    after = [roughness(p) for p in images(tmp_path / "shifted", last)]
+    assert before
+    assert min(after) > 3 * max(before)  # noise x 4

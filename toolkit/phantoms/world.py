@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -302,6 +302,7 @@ def generate_world(
     format: str = "nifti",
     broken: bool = True,
     variability: float = 1.0,
+    scanner_shift: float = 0.0,
 ) -> dict:
     """Write a phantom world under ``out`` and return its manifest (also ``out/world.json``).
 
@@ -320,19 +321,28 @@ def generate_world(
             besides good series (text, a report, broken and inconsistent series).
         variability: how much subjects' anatomy differs (see :class:`Anatomy`); 1 is the
             default world, larger values make labelled subjects cover less of the rest.
+        scanner_shift: how far the last center's scanner departs from the others': its
+            noise is multiplied by 1 + 3 x shift and its bias field by 1 + 2 x shift (at 1, a
+            body-coil scanner with 3-4 times the others' noise), which intensity
+            normalization does not undo. 0 leaves the world as it always was.
     """
     out = Path(out)
     if format not in ("nifti", "dicom"):
         raise ValueError(f"unknown format {format!r}: nifti or dicom")
     if not 0 <= variability <= 5:
         raise ValueError(f"variability must be between 0 and 5, not {variability}")
+    if not 0 <= scanner_shift <= 3:
+        raise ValueError(f"scanner_shift must be between 0 and 3, not {scanner_shift}")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: directory is not empty")
     specs = make_centers(centers, tuple(sequences), tuple(shape), seed)
+    if scanner_shift:
+        last = specs[-1]
+        specs[-1] = replace(last, noise=last.noise * (1 + 3 * scanner_shift),
+                            bias=last.bias * (1 + 2 * scanner_shift))  # fmt: skip
     if format == "dicom":
-        return _generate_dicom(
-            out, specs, subjects_per_center, sequences, missing, seed, jobs, broken, variability
-        )
+        return _generate_dicom(out, specs, subjects_per_center, sequences, missing, seed, jobs,
+                               broken, variability, scanner_shift)  # fmt: skip
     jobs_list, manifest_centers = [], []
     for spec in specs:
         rng = np.random.default_rng([seed, 3, hash_name(spec.name)])
@@ -359,6 +369,8 @@ def generate_world(
                 "scanner_model": spec.scanner_model,
                 "field_strength": spec.field_strength,
                 "orientation": spec.orientation,
+                "noise": spec.noise,
+                "bias": spec.bias,
                 "spacing": list(spec.spacing),
                 "shape": list(spec.shape),
                 "classes": list(spec.classes),
@@ -377,6 +389,7 @@ def generate_world(
     manifest = {
         "seed": seed,
         "variability": variability,
+        "scanner_shift": scanner_shift,
         "sequences": list(sequences),
         "shape": list(shape),
         "n_scans": sum(sum(v.values()) for v in counts.values()),
@@ -453,8 +466,9 @@ def _write_label_map(folder: Path, spec: CenterSpec) -> str:
 
 
 def _generate_dicom(
-    out, specs, subjects_per_center, sequences, missing, seed, jobs, broken, variability
-):
+    out, specs, subjects_per_center, sequences, missing, seed, jobs, broken, variability,
+    scanner_shift,
+):  # fmt: skip
     jobs_list, manifest_centers, people = [], [], {}
     for c, spec in enumerate(specs):
         rng = np.random.default_rng([seed, 6, hash_name(spec.name)])
@@ -535,6 +549,7 @@ def _generate_dicom(
         "format": "dicom",
         "seed": seed,
         "variability": variability,
+        "scanner_shift": scanner_shift,
         "sequences": list(sequences),
         "n_scans": sum(len(c["series"]) for c in manifest_centers),
         "centers": manifest_centers,
