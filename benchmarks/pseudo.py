@@ -53,9 +53,10 @@ def build(
     sequences: tuple[str, ...] = ("T1W", "T2W", "OOP"),
     variability: float = 1.0,
     scanner_shift: float = 0.0,
+    centers: int = 4,
 ) -> tuple[Catalog, str, str, str]:
     """World, catalog, liver cohort, a 10 %-labelled semi-supervised split; the last center."""
-    world = generate_world(root / "world", centers=4, subjects_per_center=subjects,
+    world = generate_world(root / "world", centers=centers, subjects_per_center=subjects,
                            shape=(48, 48, 24), seed=seed, jobs=2, broken=False,
                            sequences=sequences, variability=variability,
                            scanner_shift=scanner_shift)  # fmt: skip
@@ -123,8 +124,10 @@ def one_seed(root: Path, seed: int, args) -> dict:
     def step(what: str) -> None:  # each phase as it ends: a run cut short still says something
         print(f"  seed {seed}: {what} ({time.perf_counter() - started:.0f} s)", flush=True)
 
+    # a fifth center for --new-center: the fourth labels the pancreas only (CrossPan's way)
     catalog, cohort, split, last = build(root, args.subjects, seed, args.sequences,
-                                         args.variability, args.scanner_shift)  # fmt: skip
+                                         args.variability, args.scanner_shift,
+                                         5 if args.new_center else 4)  # fmt: skip
     # --new-center: the last center sends images only; teacher and control never see its labels
     where = f"center <> '{last}'" if args.new_center else None
     by = "center" if args.new_center else "sequence"
@@ -233,7 +236,8 @@ def main() -> None:
         args.students.append((None if share == "none" else float(share), unreliable))
     args.sequences = tuple(s.strip() for s in args.sequences.split(",") if s.strip())
     print(
-        f"world: {args.subjects} subjects x 4 centers, {'/'.join(args.sequences)}, "
+        f"world: {args.subjects} subjects x {5 if args.new_center else 4} centers, "
+        f"{'/'.join(args.sequences)}, "
         f"variability {args.variability}, scanner shift {args.scanner_shift}"
         + (" (new center: no labels from the last)" if args.new_center else "")
         + f"; U-Net base features {args.features}"
