@@ -150,12 +150,13 @@ def one_seed(root: Path, seed: int, args) -> dict:
         step(f"ceiling {out['ceiling']:.3f}")
     if args.ceiling_only:
         return out
-    for share, unreliable in args.students:
+    for share, unreliable, entropy in args.students:
         tag = ("pro rata" if share is None else f"share {share:g}") + f", {unreliable}"
-        name = f"pl-{'pr' if share is None else f'{share:g}'}-{unreliable}"
+        tag += f" > {entropy:g}" if unreliable == "ignore" else ""
+        name = f"pl-{'pr' if share is None else f'{share:g}'}-{unreliable}-{entropy:g}"
         report = pseudo_label(catalog, ["teacher"], rounds=args.rounds, name=name,
                               gates=Gates.parse(args.gate or DEFAULT_GATES),
-                              unreliable=unreliable, voxel_entropy=args.voxel_entropy,
+                              unreliable=unreliable, voxel_entropy=entropy,
                               warm_start=not args.scratch,
                               student_epochs=None if args.scratch else args.extra_epochs,
                               pseudo_share=share, progress=False)  # fmt: skip
@@ -217,9 +218,9 @@ def main() -> None:
         "from pseudo-labelled scans ('none': in proportion to their numbers)",
     )
     parser.add_argument("--students", help="several students of one teacher, compared with "
-                        "one control: comma-separated SHARE/UNRELIABLE, e.g. "
-                        "none/ignore,0.5/ignore,none/reject (default: --pseudo-share and "
-                        "--unreliable)")  # fmt: skip
+                        "one control: comma-separated SHARE/UNRELIABLE[/VOXEL_ENTROPY], e.g. "
+                        "none/ignore,0.5/ignore,none/reject,none/ignore/0.9 (default: "
+                        "--pseudo-share, --unreliable and --voxel-entropy)")  # fmt: skip
     parser.add_argument("--scratch", action="store_true", help="students from scratch (default: "
                         "warm-started from the teacher, as the control is)")  # fmt: skip
     parser.add_argument("--ceiling", action="store_true", help="also train on every train "
@@ -232,8 +233,9 @@ def main() -> None:
     pairs = args.students or f"{args.pseudo_share}/{args.unreliable}"
     args.students = []
     for pair in pairs.split(","):
-        share, unreliable = pair.strip().split("/")
-        args.students.append((None if share == "none" else float(share), unreliable))
+        share, unreliable, *entropy = pair.strip().split("/")
+        args.students.append((None if share == "none" else float(share), unreliable,
+                              float(entropy[0]) if entropy else args.voxel_entropy))  # fmt: skip
     args.sequences = tuple(s.strip() for s in args.sequences.split(",") if s.strip())
     print(
         f"world: {args.subjects} subjects x {5 if args.new_center else 4} centers, "
