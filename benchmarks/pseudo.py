@@ -12,14 +12,17 @@ role with ``xds evaluate``. One world per seed (the split differs too); prints e
 teacher and student Dice, how many pseudo-labels the gates kept and how good those were
 against the labels the split hides, and the mean gain. ``--students`` trains several
 students of one teacher (patch share x unreliable voxels) against one control; each phase
-prints as it ends, with Dice per sequence. Beside a GPU, run one process per seed with
-``--workers 2`` (five at once filled an H200 to 76 % and 16 cores).
+prints as it ends, with Dice per sequence. ``--new-center`` withholds a fifth center's
+labels from teacher and control (with ``--scanner-shift``, its scanner differs) and reports
+Dice per center. Beside a GPU, run one process per seed with ``--workers 2`` (five at once
+filled an H200 to 76 % and 16 cores).
 Usage::
 
     python benchmarks/pseudo.py [--subjects 12] [--sequences T1W,T2W,OOP] [--variability 1]
         [--features 8] [--workers 0] [--rounds 1] [--pseudo-share none] [--epochs 20]
         [--extra-epochs N] [--seeds 0,1,2] [--scratch] [--ceiling]
-        [--students none/ignore,0.5/ignore,none/reject]
+        [--students none/ignore,0.5/ignore,none/reject,none/ignore/0.9]
+        [--new-center] [--scanner-shift 1]
 """
 
 from __future__ import annotations
