@@ -217,8 +217,8 @@ def main() -> None:
     parser.add_argument(
         "--pseudo-share",
         default="none",
-        help="students' share of patches "
-        "from pseudo-labelled scans ('none': in proportion to their numbers)",
+        help="students' share of patches from pseudo-labelled scans ('none': in proportion "
+        "to their numbers)",
     )
     parser.add_argument("--students", help="several students of one teacher, compared with "
                         "one control: comma-separated SHARE/UNRELIABLE[/VOXEL_ENTROPY], e.g. "
@@ -251,7 +251,7 @@ def main() -> None:
         print(f"teacher (10 % of labels) and ceiling (every label), {args.epochs} epochs x 20 "
               "batches each")  # fmt: skip
     else:
-        print(f"gates {args.gate or DEFAULT_GATES}, students {pairs} (share/unreliable), "
+        print(f"gates {args.gate or DEFAULT_GATES}, students {pairs} (share/unreliable[/entropy]), "
               f"--voxel-entropy {args.voxel_entropy}, teacher {args.epochs} epochs x 20 "
               "batches" + ("; students from scratch for as many" if args.scratch else
                            f"; then {args.extra_epochs} more for the warm-started student "
