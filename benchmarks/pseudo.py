@@ -22,7 +22,7 @@ Usage::
         [--features 8] [--workers 0] [--rounds 1] [--pseudo-share none] [--epochs 20]
         [--extra-epochs N] [--seeds 0,1,2] [--scratch] [--ceiling]
         [--students none/ignore,0.5/ignore,none/reject,none/ignore/0.9]
-        [--new-center] [--scanner-shift 1]
+        [--new-center] [--scanner-shift 1] [--protocol-shift]
 """
 
 from __future__ import annotations
@@ -57,12 +57,13 @@ def build(
     variability: float = 1.0,
     scanner_shift: float = 0.0,
     centers: int = 4,
+    protocol_shift: bool = False,
 ) -> tuple[Catalog, str, str, str]:
     """World, catalog, liver cohort, a 10 %-labelled semi-supervised split; the last center."""
     world = generate_world(root / "world", centers=centers, subjects_per_center=subjects,
                            shape=(48, 48, 24), seed=seed, jobs=2, broken=False,
                            sequences=sequences, variability=variability,
-                           scanner_shift=scanner_shift)  # fmt: skip
+                           scanner_shift=scanner_shift, protocol_shift=protocol_shift)  # fmt: skip
     catalog = Catalog.create(root / "catalog")
     for c in world["centers"]:
         ingest_nifti(catalog, root / "world" / c["path"], center=c["name"], dataset="pw",
@@ -130,7 +131,8 @@ def one_seed(root: Path, seed: int, args) -> dict:
     # a fifth center for --new-center: the fourth labels the pancreas only (CrossPan's way)
     catalog, cohort, split, last = build(root, args.subjects, seed, args.sequences,
                                          args.variability, args.scanner_shift,
-                                         5 if args.new_center else 4)  # fmt: skip
+                                         5 if args.new_center else 4,
+                                         args.protocol_shift)  # fmt: skip
     # --new-center: the last center sends images only; teacher and control never see its labels
     where = f"center <> '{last}'" if args.new_center else None
     by = "center" if args.new_center else "sequence"
@@ -195,6 +197,9 @@ def main() -> None:
                         help="anatomical differences between subjects (xds phantoms')")  # fmt: skip
     parser.add_argument("--scanner-shift", type=float, default=0.0, help="how far the last "
                         "center's scanner departs from the others' (xds phantoms')")  # fmt: skip
+    parser.add_argument("--protocol-shift", action="store_true", help="the last center's "
+                        "T1W is native, without the others' contrast agent "
+                        "(xds phantoms')")  # fmt: skip
     parser.add_argument("--new-center", action="store_true", help="the last center sends "
                         "images only: teacher and control never see its labels, its scans are "
                         "pseudo-labelled with the rest; Dice per center")  # fmt: skip
@@ -244,6 +249,7 @@ def main() -> None:
         f"world: {args.subjects} subjects x {5 if args.new_center else 4} centers, "
         f"{'/'.join(args.sequences)}, "
         f"variability {args.variability}, scanner shift {args.scanner_shift}"
+        + (", the last center's T1W native" if args.protocol_shift else "")
         + (" (new center: no labels from the last)" if args.new_center else "")
         + f"; U-Net base features {args.features}"
     )

@@ -89,6 +89,12 @@ def cli(ctx: click.Context, catalog: str) -> None:
     help="How far the last center's scanner departs from the others: noise x (1 + 3 S), "
     "bias field x (1 + 2 S). A new center's scans for pseudo-labelling.",
 )
+@click.option(
+    "--protocol-shift",
+    is_flag=True,
+    help="The last center acquires T1W native, without the contrast agent the others give: "
+    "a protocol no other center's labels show.",
+)
 @jobs_option
 @json_option
 def phantoms(
@@ -103,6 +109,7 @@ def phantoms(
     no_broken,
     variability,
     scanner_shift,
+    protocol_shift,
     jobs,
     as_json,
 ):
@@ -128,6 +135,7 @@ def phantoms(
         broken=not no_broken,
         variability=variability,
         scanner_shift=scanner_shift,
+        protocol_shift=protocol_shift,
     )
     if as_json:
         emit_json(manifest)

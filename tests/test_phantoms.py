@@ -1,4 +1,5 @@
 import hashlib
+import json
 
 import nibabel as nib
 import numpy as np
@@ -136,3 +137,37 @@ def test_scanner_shift_makes_the_last_center_noisier_and_leaves_the_others_alone
     after = [roughness(p) for p in images(tmp_path / "shifted", last)]
     assert before
     assert min(after) > 3 * max(before)  # noise x 4
+
+
+def test_protocol_shift_drops_the_last_centers_contrast_agent_from_t1w_only(tmp_path):
+    small = {"centers": 2, "subjects_per_center": 2, "sequences": ("T1W", "T2W"),
+             "shape": (24, 24, 12), "missing": 0.0, "seed": 3}  # fmt: skip
+    plain = generate_world(tmp_path / "plain", **small)
+    shifted = generate_world(tmp_path / "shifted", protocol_shift=True, **small)
+    assert shifted["protocol_shift"] is True
+    assert shifted["centers"][0] == plain["centers"][0]
+    protocols = shifted["centers"][1]["protocols"]
+    assert protocols["T1W"]["contrast_agent"] is False
+    assert plain["centers"][1]["protocols"]["T1W"]["contrast_agent"] is True
+    assert protocols["T2W"] == plain["centers"][1]["protocols"]["T2W"]
+
+    def liver_enhancement(root):  # liver over the rest of the body, T1W, mean of subjects
+        folder = root / "Boreal"  # the second center's layout is nnU-Net's
+        liver = json.loads((folder / "dataset.json").read_text())["labels"]["liver"]
+        ratios = []
+        for label_path in sorted((folder / "labelsTr").glob("*_T1W.nii.gz")):
+            image = nib.load(folder / "imagesTr" / label_path.name.replace(".nii", "_0000.nii"))
+            data, label = image.get_fdata(), nib.load(label_path).get_fdata()
+            ratios.append(data[label == liver].mean() / data[(label > 0) & (label != liver)].mean())
+        assert ratios
+        return float(np.mean(ratios))
+
+    assert shifted["centers"][1]["name"] == "Boreal"
+    # without gadolinium the other organs lose more of their T1 enhancement than the liver:
+    # it now outshines the rest of the body instead of matching it
+    plain_ratio, native_ratio = (
+        liver_enhancement(tmp_path / "plain"),
+        liver_enhancement(tmp_path / "shifted"),
+    )
+    assert plain_ratio < 1.1
+    assert native_ratio > 1.3 * plain_ratio

@@ -303,6 +303,7 @@ def generate_world(
     broken: bool = True,
     variability: float = 1.0,
     scanner_shift: float = 0.0,
+    protocol_shift: bool = False,
 ) -> dict:
     """Write a phantom world under ``out`` and return its manifest (also ``out/world.json``).
 
@@ -325,6 +326,10 @@ def generate_world(
             noise is multiplied by 1 + 3 x shift and its bias field by 1 + 2 x shift (at 1, a
             body-coil scanner with 3-4 times the others' noise), which intensity
             normalization does not undo. 0 leaves the world as it always was.
+        protocol_shift: the last center acquires its T1W scans native, without the contrast
+            agent every other center gives: the liver, which enhanced kidneys, vessels and
+            pancreas match or outshine, becomes the brightest organ (the DICOM tags say no
+            contrast too). A protocol no other center's labels show.
     """
     out = Path(out)
     if format not in ("nifti", "dicom"):
@@ -340,9 +345,14 @@ def generate_world(
         last = specs[-1]
         specs[-1] = replace(last, noise=last.noise * (1 + 3 * scanner_shift),
                             bias=last.bias * (1 + 2 * scanner_shift))  # fmt: skip
+    if protocol_shift:
+        protocols = dict(specs[-1].protocols)
+        if "T1W" in protocols:
+            protocols["T1W"] = replace(protocols["T1W"], contrast_agent=False)
+        specs[-1] = replace(specs[-1], protocols=protocols)
     if format == "dicom":
         return _generate_dicom(out, specs, subjects_per_center, sequences, missing, seed, jobs,
-                               broken, variability, scanner_shift)  # fmt: skip
+                               broken, variability, scanner_shift, protocol_shift)  # fmt: skip
     jobs_list, manifest_centers = [], []
     for spec in specs:
         rng = np.random.default_rng([seed, 3, hash_name(spec.name)])
@@ -390,6 +400,7 @@ def generate_world(
         "seed": seed,
         "variability": variability,
         "scanner_shift": scanner_shift,
+        "protocol_shift": protocol_shift,
         "sequences": list(sequences),
         "shape": list(shape),
         "n_scans": sum(sum(v.values()) for v in counts.values()),
@@ -467,7 +478,7 @@ def _write_label_map(folder: Path, spec: CenterSpec) -> str:
 
 def _generate_dicom(
     out, specs, subjects_per_center, sequences, missing, seed, jobs, broken, variability,
-    scanner_shift,
+    scanner_shift, protocol_shift,
 ):  # fmt: skip
     jobs_list, manifest_centers, people = [], [], {}
     for c, spec in enumerate(specs):
@@ -550,6 +561,7 @@ def _generate_dicom(
         "seed": seed,
         "variability": variability,
         "scanner_shift": scanner_shift,
+        "protocol_shift": protocol_shift,
         "sequences": list(sequences),
         "n_scans": sum(len(c["series"]) for c in manifest_centers),
         "centers": manifest_centers,
