@@ -144,7 +144,7 @@ def one_seed(root: Path, seed: int, args) -> dict:
     roles = get_split(catalog, split).roles(0)
     labelled = catalog.rows_for("scans", roles["train"], ["center"]).column("center").to_pylist()
     teacher = score_by(catalog, "teacher", by)
-    out = {"teacher": teacher["all"], "more": None, "variants": {}, "ceiling": None,
+    out = {"teacher": teacher["all"], "more": [], "variants": {}, "ceiling": None,
            "labelled": sum(not where or c != last for c in labelled),
            "unlabeled": len(roles["unlabeled"])}  # fmt: skip
     step(f"teacher {shown(teacher)}")
@@ -169,20 +169,25 @@ def one_seed(root: Path, seed: int, args) -> dict:
         for r in report.rounds:
             dice = score_by(catalog, r.student, by)
             rounds.append({
-                "dice": dice["all"], "kept": r.accepted, "of": r.candidates, "reasons": r.reasons,
+                "dice": dice["all"], "by": dice, "kept": r.accepted, "of": r.candidates,
+                "reasons": r.reasons,
                 "kept_quality": kept_quality(catalog, split, name, r.round),
             })  # fmt: skip
             step(f"round {r.round} student ({tag}) {shown(dice)}, kept {r.accepted}/"
                  f"{r.candidates} of Dice {rounds[-1]['kept_quality']:.3f}")  # fmt: skip
-    # the control: the teacher trained on as many more batches, on its labelled scans only
-    more = replace(
-        config, init_from=str(catalog.root / "models" / "teacher"), epochs=args.extra_epochs
-    )
-    train_run(catalog, cohort, split=split, classes=["liver"], config=more, name="more",
-              train_where=where, progress=False)  # fmt: skip
-    more = score_by(catalog, "more", by)
-    out["more"] = more["all"]
-    step(f"control (labelled only, the student's batches) {shown(more)}")
+    # the control: the teacher trained on as many more batches, on its labelled scans only;
+    # one per round, each warm-started from the last, as round k's student has k x the batches
+    start = "teacher"
+    for k in range(1, args.rounds + 1):
+        name = "more" if k == 1 else f"more-r{k}"
+        more = replace(config, init_from=str(catalog.root / "models" / start),
+                       epochs=args.extra_epochs)  # fmt: skip
+        train_run(catalog, cohort, split=split, classes=["liver"], config=more, name=name,
+                  train_where=where, progress=False)  # fmt: skip
+        out["more"].append(score_by(catalog, name, by))
+        start = name
+        step(f"control {k} (labelled only, round {k} student's batches) "
+             f"{shown(out['more'][-1])}")  # fmt: skip
     return out
 
 
@@ -264,13 +269,14 @@ def main() -> None:
                            "and the control"))  # fmt: skip
     started = time.perf_counter()
     gains: dict[str, list[float]] = {}
+    per: dict[str, dict[str, list[float]]] = {}  # student -> center or sequence -> gains
     for seed in (int(s) for s in args.seeds.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             result = one_seed(Path(tmp), seed, args)
         line = (f"seed {seed} ({result['labelled']} labelled train scans, "
                 f"{result['unlabeled']} unlabeled): teacher {result['teacher']:.3f}")  # fmt: skip
-        if result["more"] is not None:
-            line += f", labelled only with the student's extra batches {result['more']:.3f}"
+        for k, more in enumerate(result["more"], start=1):
+            line += f", labelled only with round {k} student's extra batches {more['all']:.3f}"
         if result["ceiling"] is not None:
             line += f", every train scan labelled (teacher's batches) {result['ceiling']:.3f}"
             gains.setdefault("ceiling - teacher", []).append(result["ceiling"] - result["teacher"])
@@ -279,8 +285,13 @@ def main() -> None:
                 gains.setdefault(f"round {k} student ({tag}) - teacher", []).append(
                     r["dice"] - result["teacher"]
                 )
+                control = result["more"][k - 1]
                 gains.setdefault(f"round {k} student ({tag}) - labelled only, same batches",
-                                 []).append(r["dice"] - result["more"])  # fmt: skip
+                                 []).append(r["dice"] - control["all"])  # fmt: skip
+                for value, dice in r["by"].items():
+                    if value != "all" and value in control:
+                        per.setdefault(f"round {k} student ({tag})", {}).setdefault(
+                            value, []).append(dice - control[value])  # fmt: skip
                 line += (f"; student r{k} ({tag}) {r['dice']:.3f}, kept {r['kept']}/{r['of']} "
                          f"pseudo-labels of Dice {r['kept_quality']:.3f} against the hidden "
                          "labels (ignored voxels aside)")  # fmt: skip
@@ -290,6 +301,10 @@ def main() -> None:
         v = np.asarray(values)
         print(f"  {what}: {v.mean():+.3f} (sd {v.std(ddof=1) if len(v) > 1 else 0:.3f}; "
               f"better in {(v > 0).sum()} of {len(v)} seeds)")  # fmt: skip
+    for what, values in per.items():
+        print(f"  {what} - labelled only, by {'center' if args.new_center else 'sequence'}: "
+              + ", ".join(f"{k} {np.mean(v):+.3f} ({sum(x > 0 for x in v)}/{len(v)})"
+                          for k, v in sorted(values.items())))  # fmt: skip
     print(f"{time.perf_counter() - started:.0f} s")
 
 
