@@ -21,7 +21,7 @@ Usage::
     python benchmarks/pseudo.py [--subjects 12] [--sequences T1W,T2W,OOP] [--variability 1]
         [--features 8] [--workers 0] [--rounds 1] [--pseudo-share none] [--epochs 20]
         [--extra-epochs N] [--seeds 0,1,2] [--scratch] [--ceiling]
-        [--students none/ignore,0.5/ignore,none/reject,none/ignore/0.9]
+        [--students none/ignore,0.5/ignore,none/reject,none/ignore/0.9,0.5/reject@new]
         [--new-center] [--scanner-shift 1] [--protocol-shift]
 """
 
@@ -155,11 +155,18 @@ def one_seed(root: Path, seed: int, args) -> dict:
         step(f"ceiling {out['ceiling']:.3f}")
     if args.ceiling_only:
         return out
-    for share, unreliable, entropy in args.students:
+    if any(only_new for *_, only_new in args.students):
+        build_cohort(catalog, f"list_contains(classes, 'liver') AND center = '{last}'",
+                     "new-center")  # fmt: skip
+    for share, unreliable, entropy, only_new in args.students:
         tag = ("pro rata" if share is None else f"share {share:g}") + f", {unreliable}"
         tag += f" > {entropy:g}" if unreliable == "ignore" else ""
         name = f"pl-{'pr' if share is None else f'{share:g}'}-{unreliable}-{entropy:g}"
-        report = pseudo_label(catalog, ["teacher"], rounds=args.rounds, name=name,
+        cohort_of_new = None
+        if only_new:  # the issue's case: label the new center's unlabeled scans only
+            tag, name, cohort_of_new = f"{tag}, new center only", f"{name}-new", "new-center"
+        report = pseudo_label(catalog, ["teacher"], cohort=cohort_of_new, rounds=args.rounds,
+                              name=name,
                               gates=Gates.parse(args.gate or DEFAULT_GATES),
                               unreliable=unreliable, voxel_entropy=entropy,
                               warm_start=not args.scratch,
@@ -231,9 +238,11 @@ def main() -> None:
         "to their numbers)",
     )
     parser.add_argument("--students", help="several students of one teacher, compared with "
-                        "one control: comma-separated SHARE/UNRELIABLE[/VOXEL_ENTROPY], e.g. "
-                        "none/ignore,0.5/ignore,none/reject,none/ignore/0.9 (default: "
-                        "--pseudo-share, --unreliable and --voxel-entropy)")  # fmt: skip
+                        "one control: comma-separated SHARE/UNRELIABLE[/VOXEL_ENTROPY][@new], "
+                        "e.g. none/ignore,0.5/ignore,none/reject,none/ignore/0.9,0.5/reject@new "
+                        "(@new: with --new-center, label only the new center's unlabeled "
+                        "scans; default: --pseudo-share, --unreliable and "
+                        "--voxel-entropy)")  # fmt: skip
     parser.add_argument("--scratch", action="store_true", help="students from scratch (default: "
                         "warm-started from the teacher, as the control is)")  # fmt: skip
     parser.add_argument("--ceiling", action="store_true", help="also train on every train "
@@ -246,9 +255,13 @@ def main() -> None:
     pairs = args.students or f"{args.pseudo_share}/{args.unreliable}"
     args.students = []
     for pair in pairs.split(","):
-        share, unreliable, *entropy = pair.strip().split("/")
+        spec, at, where = pair.strip().partition("@")
+        if at and (where != "new" or not args.new_center):
+            parser.error(f"{pair}: the only @ is @new, and it needs --new-center")
+        share, unreliable, *entropy = spec.split("/")
         args.students.append((None if share == "none" else float(share), unreliable,
-                              float(entropy[0]) if entropy else args.voxel_entropy))  # fmt: skip
+                              float(entropy[0]) if entropy else args.voxel_entropy,
+                              bool(at)))  # fmt: skip
     args.sequences = tuple(s.strip() for s in args.sequences.split(",") if s.strip())
     print(
         f"world: {args.subjects} subjects x {5 if args.new_center else 4} centers, "
