@@ -43,6 +43,7 @@ from xds.harmonize import IGNORE
 from xds.ingest import ingest_nifti
 from xds.phantoms import generate_world
 from xds.pseudo import Gates
+from xds.schemas.errors import RunError
 from xds.splits import get_split, make_split
 from xds.trainers.pseudo import pseudo_label
 from xds.trainers.runs import get_run, predict_run, train_run
@@ -165,13 +166,18 @@ def one_seed(root: Path, seed: int, args) -> dict:
         cohort_of_new = None
         if only_new:  # the case: label the new center's unlabeled scans only
             tag, name, cohort_of_new = f"{tag}, new center only", f"{name}-new", "new-center"
-        report = pseudo_label(catalog, ["teacher"], cohort=cohort_of_new, rounds=args.rounds,
-                              name=name,
-                              gates=Gates.parse(args.gate or DEFAULT_GATES),
-                              unreliable=unreliable, voxel_entropy=entropy,
-                              warm_start=not args.scratch,
-                              student_epochs=None if args.scratch else args.extra_epochs,
-                              pseudo_share=share, progress=False)  # fmt: skip
+        try:
+            report = pseudo_label(catalog, ["teacher"], cohort=cohort_of_new,
+                                  rounds=args.rounds, name=name,
+                                  gates=Gates.parse(args.gate or DEFAULT_GATES),
+                                  unreliable=unreliable, voxel_entropy=entropy,
+                                  warm_start=not args.scratch,
+                                  student_epochs=None if args.scratch else args.extra_epochs,
+                                  pseudo_share=share, progress=False)  # fmt: skip
+        except RunError as error:  # the gates rejected every case: no student, no mean
+            step(f"no student ({tag}): {error}")
+            out["variants"][tag] = []
+            continue
         rounds = out["variants"][tag] = []
         for r in report.rounds:
             dice = score_by(catalog, r.student, by)
@@ -294,6 +300,8 @@ def main() -> None:
             line += f", every train scan labelled (teacher's batches) {result['ceiling']:.3f}"
             gains.setdefault("ceiling - teacher", []).append(result["ceiling"] - result["teacher"])
         for tag, rounds in result["variants"].items():
+            if not rounds:  # left out of the means below
+                line += f"; no student ({tag}): the gates rejected every case"
             for k, r in enumerate(rounds, start=1):
                 gains.setdefault(f"round {k} student ({tag}) - teacher", []).append(
                     r["dice"] - result["teacher"]
