@@ -327,9 +327,9 @@ def generate_world(
             body-coil scanner with 3-4 times the others' noise), which intensity
             normalization does not undo. 0 leaves the world as it always was.
         protocol_shift: the last center acquires its T1W scans native, without the contrast
-            agent every other center gives: the liver, which enhanced kidneys, vessels and
-            pancreas match or outshine, becomes the brightest organ (the DICOM tags say no
-            contrast too). A protocol no other center's labels show.
+            agent every other center gives: the kidneys, vessels and pancreas then lose more
+            signal than the liver, which outshines the body around it instead of matching it
+            (the DICOM tags say no contrast too). A protocol no other center's labels show.
     """
     out = Path(out)
     if format not in ("nifti", "dicom"):
