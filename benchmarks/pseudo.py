@@ -166,6 +166,7 @@ def one_seed(root: Path, seed: int, args) -> dict:
         cohort_of_new = None
         if only_new:  # the case: label the new center's unlabeled scans only
             tag, name, cohort_of_new = f"{tag}, new center only", f"{name}-new", "new-center"
+        rounds = out["variants"][tag] = []  # stays empty when the gates reject every case
         try:
             report = pseudo_label(catalog, ["teacher"], cohort=cohort_of_new,
                                   rounds=args.rounds, name=name,
@@ -176,9 +177,7 @@ def one_seed(root: Path, seed: int, args) -> dict:
                                   pseudo_share=share, progress=False)  # fmt: skip
         except RunError as error:  # the gates rejected every case: no student, no mean
             step(f"no student ({tag}): {error}")
-            out["variants"][tag] = []
             continue
-        rounds = out["variants"][tag] = []
         for r in report.rounds:
             dice = score_by(catalog, r.student, by)
             rounds.append({
@@ -261,8 +260,8 @@ def main() -> None:
     pairs = args.students or f"{args.pseudo_share}/{args.unreliable}"
     args.students = []
     for pair in pairs.split(","):
-        spec, at, where = pair.strip().partition("@")
-        if at and (where != "new" or not args.new_center):
+        spec, at, suffix = pair.strip().partition("@")
+        if at and (suffix != "new" or not args.new_center):
             parser.error(f"{pair}: the only @ is @new, and it needs --new-center")
         share, unreliable, *entropy = spec.split("/")
         args.students.append((None if share == "none" else float(share), unreliable,
