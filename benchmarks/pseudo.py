@@ -21,7 +21,7 @@ Usage::
     python benchmarks/pseudo.py [--subjects 12] [--sequences T1W,T2W,OOP] [--variability 1]
         [--features 8] [--workers 0] [--rounds 1] [--pseudo-share none] [--epochs 20]
         [--extra-epochs N] [--seeds 0,1,2] [--scratch] [--ceiling]
-        [--students none/ignore,0.5/ignore,none/reject,none/ignore/0.9,0.5/reject@new]
+        [--students none/ignore,0.5/ignore,+2/reject,none/ignore/0.9,0.5/reject@new]
         [--new-center] [--scanner-shift 1] [--protocol-shift]
 """
 
@@ -145,7 +145,7 @@ def one_seed(root: Path, seed: int, args) -> dict:
     roles = get_split(catalog, split).roles(0)
     labelled = catalog.rows_for("scans", roles["train"], ["center"]).column("center").to_pylist()
     teacher = score_by(catalog, "teacher", by)
-    out = {"teacher": teacher["all"], "more": [], "variants": {}, "ceiling": None,
+    out = {"teacher": teacher["all"], "more": [], "variants": {}, "ceiling": None, "wide": None,
            "labelled": sum(not where or c != last for c in labelled),
            "unlabeled": len(roles["unlabeled"])}  # fmt: skip
     step(f"teacher {shown(teacher)}")
@@ -160,9 +160,14 @@ def one_seed(root: Path, seed: int, args) -> dict:
         build_cohort(catalog, f"list_contains(classes, 'liver') AND center = '{last}'",
                      "new-center")  # fmt: skip
     for share, unreliable, entropy, only_new in args.students:
-        tag = ("pro rata" if share is None else f"share {share:g}") + f", {unreliable}"
-        tag += f" > {entropy:g}" if unreliable == "ignore" else ""
-        name = f"pl-{'pr' if share is None else f'{share:g}'}-{unreliable}-{entropy:g}"
+        if isinstance(share, int):  # +N: N pseudo-labelled patches on top of each batch
+            tag, short, mixing = f"+{share} per batch", f"add{share}", {"pseudo_batch": share}
+        else:
+            tag = "pro rata" if share is None else f"share {share:g}"
+            short = "pr" if share is None else f"{share:g}"
+            mixing = {"pseudo_share": share}
+        tag += f", {unreliable}" + (f" > {entropy:g}" if unreliable == "ignore" else "")
+        name = f"pl-{short}-{unreliable}-{entropy:g}"
         cohort_of_new = None
         if only_new:  # the issue's case: label the new center's unlabeled scans only
             tag, name, cohort_of_new = f"{tag}, new center only", f"{name}-new", "new-center"
@@ -174,7 +179,7 @@ def one_seed(root: Path, seed: int, args) -> dict:
                                   unreliable=unreliable, voxel_entropy=entropy,
                                   warm_start=not args.scratch,
                                   student_epochs=None if args.scratch else args.extra_epochs,
-                                  pseudo_share=share, progress=False)  # fmt: skip
+                                  progress=False, **mixing)  # fmt: skip
         except RunError as error:  # the gates rejected every case: no student, no mean
             step(f"no student ({tag}): {error}")
             continue
@@ -200,6 +205,14 @@ def one_seed(root: Path, seed: int, args) -> dict:
         start = name
         step(f"control {k} (labelled only, round {k} student's batches) "
              f"{shown(out['more'][-1])}")  # fmt: skip
+    if args.wide_control:  # as many patches per batch as a +N student's, labelled only
+        wide = max([share for share, *_ in args.students if isinstance(share, int)], default=0)
+        more = replace(config, init_from=str(catalog.root / "models" / "teacher"),
+                       epochs=args.extra_epochs, batch_size=config.batch_size + wide)  # fmt: skip
+        train_run(catalog, cohort, split=split, classes=["liver"], config=more, name="wide",
+                  train_where=where, progress=False)  # fmt: skip
+        out["wide"] = score_by(catalog, "wide", by)
+        step(f"wide control (labelled only, batches of {more.batch_size}) {shown(out['wide'])}")
     return out
 
 
@@ -244,10 +257,14 @@ def main() -> None:
     )
     parser.add_argument("--students", help="several students of one teacher, compared with "
                         "one control: comma-separated SHARE/UNRELIABLE[/VOXEL_ENTROPY][@new], "
-                        "e.g. none/ignore,0.5/ignore,none/reject,none/ignore/0.9,0.5/reject@new "
-                        "(@new: with --new-center, label only the new center's unlabeled "
-                        "scans; default: --pseudo-share, --unreliable and "
+                        "e.g. none/ignore,0.5/ignore,+2/reject,none/ignore/0.9,0.5/reject@new "
+                        "(SHARE: none, a share of the batch, or +N pseudo-labelled patches on "
+                        "top of each batch; @new: with --new-center, label only the new "
+                        "center's unlabeled scans; default: --pseudo-share, --unreliable and "
                         "--voxel-entropy)")  # fmt: skip
+    parser.add_argument("--wide-control", action="store_true", help="also a labelled-only "
+                        "control with as many patches per batch as the +N students see (their "
+                        "compute), beside the one with as many human-labelled batches")  # fmt: skip
     parser.add_argument("--scratch", action="store_true", help="students from scratch (default: "
                         "warm-started from the teacher, as the control is)")  # fmt: skip
     parser.add_argument("--ceiling", action="store_true", help="also train on every train "
@@ -264,7 +281,8 @@ def main() -> None:
         if at and (suffix != "new" or not args.new_center):
             parser.error(f"{pair}: the only @ is @new, and it needs --new-center")
         share, unreliable, *entropy = spec.split("/")
-        args.students.append((None if share == "none" else float(share), unreliable,
+        share = None if share == "none" else int(share) if share[0] == "+" else float(share)
+        args.students.append((share, unreliable,
                               float(entropy[0]) if entropy else args.voxel_entropy,
                               bool(at)))  # fmt: skip
     args.sequences = tuple(s.strip() for s in args.sequences.split(",") if s.strip())
@@ -295,6 +313,8 @@ def main() -> None:
                 f"{result['unlabeled']} unlabeled): teacher {result['teacher']:.3f}")  # fmt: skip
         for k, more in enumerate(result["more"], start=1):
             line += f", labelled only with round {k} student's extra batches {more['all']:.3f}"
+        if result["wide"] is not None:
+            line += f", labelled only in wider batches {result['wide']['all']:.3f}"
         if result["ceiling"] is not None:
             line += f", every train scan labelled (teacher's batches) {result['ceiling']:.3f}"
             gains.setdefault("ceiling - teacher", []).append(result["ceiling"] - result["teacher"])
@@ -312,6 +332,12 @@ def main() -> None:
                     if value != "all" and value in control:
                         per.setdefault(f"round {k} student ({tag})", {}).setdefault(
                             value, []).append(dice - control[value])  # fmt: skip
+                    if k == 1 and result["wide"] and value in result["wide"] and value != "all":
+                        per.setdefault(f"round 1 student ({tag}) vs wide", {}).setdefault(
+                            value, []).append(dice - result["wide"][value])  # fmt: skip
+                if k == 1 and result["wide"] is not None:
+                    gains.setdefault(f"round 1 student ({tag}) - labelled only, as many patches",
+                                     []).append(r["dice"] - result["wide"]["all"])  # fmt: skip
                 line += (f"; student r{k} ({tag}) {r['dice']:.3f}, kept {r['kept']}/{r['of']} "
                          f"pseudo-labels of Dice {r['kept_quality']:.3f} against the hidden "
                          "labels (ignored voxels aside)")  # fmt: skip

@@ -8,6 +8,33 @@ from xds.cli.options import csv_list, json_option
 from xds.cli.output import emit_json, print_kv, print_table
 
 
+def pseudo_mixing_options(command):
+    """Add ``--pseudo-share`` and ``--pseudo-batch`` to a command (train, pseudo-label).
+
+    They say how a torch run mixes pseudo-labelled scans (those whose best label is a
+    pseudo-label) with human-labelled ones.
+    """
+    share = click.option(
+        "--pseudo-share", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        help="Draw pseudo-labelled scans as this share of the batch's patches, human-labelled "
+        "ones as the rest (default: in proportion to their numbers).",
+    )  # fmt: skip
+    batch = click.option(
+        "--pseudo-batch", type=click.IntRange(1),
+        help="Instead, add N pseudo-labelled patches to each batch of human-labelled ones and "
+        "their mean loss to the batch's: the human labels keep every batch and gradient "
+        "they would have alone (FixMatch's way; N = the batch size is a start).",
+    )  # fmt: skip
+    return share(batch(command))
+
+
+def _pseudo_mixing(share: float | None, batch: int | None) -> dict:
+    if share is not None and batch is not None:
+        raise click.UsageError("--pseudo-share mixes pseudo-labels into the batch, "
+                               "--pseudo-batch adds them on top: choose one")  # fmt: skip
+    return {"pseudo_share": share, "pseudo_batch": batch or 0}
+
+
 @click.command("train")
 @click.argument("cohort")
 @click.option("--split", "split_name", required=True, help="Split whose train role is used.")
@@ -49,11 +76,7 @@ from xds.cli.output import emit_json, print_kv, print_table
     "--ssl", type=click.Choice(["none", "uamt", "cps"]), default="none", show_default=True,
     help="Semi-supervised method on the split's unlabeled role (a semi-supervised split).",
 )  # fmt: skip
-@click.option(
-    "--pseudo-share", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    help="Draw scans whose best label is a pseudo-label as this share of the patches "
-    "(default: in proportion to their numbers).",
-)  # fmt: skip
+@pseudo_mixing_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--name", help="Run name (default: <cohort>-<backend>-f<fold>-s<seed>).")
 @click.option("--out", type=click.Path(file_okay=False), help="Checkpoint folder.")
@@ -66,7 +89,7 @@ from xds.cli.output import emit_json, print_kv, print_table
 def train_cmd(state, cohort, split_name, fold, backend, classes, partial, train_where, profile,
               epochs,
               iterations, lr, patch, spacing, groups, dg, randconv, synthetic_mix, ssl,
-              pseudo_share, seed, name, out, device, as_json):  # fmt: skip
+              pseudo_share, pseudo_batch, seed, name, out, device, as_json):  # fmt: skip
     """Train a model on the train role of a split; record the run in the catalog.
 
     The run row keeps the cohort, split, fold, catalog version, classes, every setting,
@@ -86,7 +109,8 @@ def train_cmd(state, cohort, split_name, fold, backend, classes, partial, train_
                       "--randconv": randconv or None, "--synthetic-mix": synthetic_mix or None,
                       "--dg": None if dg == "erm" else dg,
                       "--ssl": None if ssl == "none" else ssl,
-                      "--pseudo-share": pseudo_share}  # fmt: skip
+                      "--pseudo-share": pseudo_share,
+                      "--pseudo-batch": pseudo_batch}  # fmt: skip
         given = [flag for flag, value in torch_only.items() if value is not None]
         if given:
             raise click.UsageError(f"{', '.join(given)}: torch backend options (nnU-Net plans)")
@@ -94,7 +118,7 @@ def train_cmd(state, cohort, split_name, fold, backend, classes, partial, train_
     else:
         changes.update(
             groups=groups, dg=dg, randconv=randconv, synthetic_mix=synthetic_mix, ssl=ssl,
-            pseudo_share=pseudo_share,
+            **_pseudo_mixing(pseudo_share, pseudo_batch),
         )  # fmt: skip
         if lr is not None:
             changes["lr"] = lr
@@ -194,11 +218,7 @@ def predict_cmd(state, run, cohort, split_name, role, fold, out, device, as_json
     "--student-epochs", type=click.IntRange(1),
     help="The students' epochs (default: the teacher's; a warm-started student needs fewer).",
 )  # fmt: skip
-@click.option(
-    "--pseudo-share", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    help="Torch students draw pseudo-labelled scans as this share of their patches, the "
-    "human-labelled as the rest (default: in proportion to their numbers).",
-)  # fmt: skip
+@pseudo_mixing_options
 @click.option("--name", help="Name of the labelling, its students and splits (<name>-r<k>).")
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
@@ -207,7 +227,7 @@ def predict_cmd(state, run, cohort, split_name, role, fold, out, device, as_json
 @click.pass_obj
 def pseudo_label_cmd(state, teachers, cohort, split_name, role, rounds, gates, unreliable,
                      voxel_entropy, flips, no_students, warm_start, student_epochs,
-                     pseudo_share, name, device, as_json):  # fmt: skip
+                     pseudo_share, pseudo_batch, name, device, as_json):  # fmt: skip
     """Pseudo-label scans with trained runs, gate them, and train students on them.
 
     Each round predicts every candidate (teachers x flips), keeps the cases that pass
@@ -225,8 +245,8 @@ def pseudo_label_cmd(state, teachers, cohort, split_name, role, rounds, gates, u
         state.catalog(), list(teachers), cohort=cohort, split=split_name, role=role,
         rounds=rounds, gates=Gates.parse(gates), unreliable=unreliable,
         voxel_entropy=voxel_entropy, flips=flips, students=not no_students,
-        warm_start=warm_start, student_epochs=student_epochs, pseudo_share=pseudo_share,
-        name=name,
+        warm_start=warm_start, student_epochs=student_epochs,
+        **_pseudo_mixing(pseudo_share, pseudo_batch), name=name,
         device=device, progress=not as_json,
     )  # fmt: skip
     if as_json:

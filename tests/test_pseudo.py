@@ -277,6 +277,8 @@ def test_pseudo_label_refuses_what_it_cannot_do(livers):
         pseudo_label(catalog, ["nope"], rounds=0)
     with pytest.raises(RunError, match="strictly between 0 and 1"):
         pseudo_label(catalog, ["nope"], pseudo_share=1.0)
+    with pytest.raises(RunError, match="choose one"):
+        pseudo_label(catalog, ["nope"], pseudo_share=0.5, pseudo_batch=2)
     derived = derive_split(catalog, split, 0, name="d", cohort_id=split.cohort_id,
                            roles={}, params={})  # fmt: skip
     again = derive_split(catalog, split, 0, name="d", cohort_id=split.cohort_id,

@@ -4,6 +4,7 @@ empty mask, a re-run resumes from the checkpoint, predictions score with ``xds e
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -17,7 +18,12 @@ from xds.catalog import Catalog, build_cohort  # noqa: E402
 from xds.evaluate import evaluate  # noqa: E402
 from xds.schemas.errors import RunError  # noqa: E402
 from xds.splits import make_split  # noqa: E402
-from xds.trainers.torch_backend import TorchConfig, predict_torch, train_torch  # noqa: E402
+from xds.trainers.torch_backend import (  # noqa: E402
+    TorchConfig,
+    _training_batches,
+    predict_torch,
+    train_torch,
+)
 
 
 @pytest.mark.slow
@@ -106,6 +112,10 @@ def test_train_predict_evaluate_commands_record_runs(catalog, tmp_path):
                                       "--backend", "nnunet", "--pseudo-share", "0.5"])  # fmt: skip
     assert nnunet.exit_code == 2
     assert "--pseudo-share: torch backend options" in nnunet.output
+    both = CliRunner().invoke(cli, [*base, "train", "livers", "--split", split.name,
+                                    "--pseudo-share", "0.5", "--pseudo-batch", "2"])  # fmt: skip
+    assert both.exit_code == 2
+    assert "choose one" in both.output
 
     result = CliRunner().invoke(cli, [*base, "predict", "livers-torch-f0-s0", "--json"])
     assert result.exit_code == 0, result.output
@@ -120,6 +130,40 @@ def test_train_predict_evaluate_commands_record_runs(catalog, tmp_path):
     missing = CliRunner().invoke(cli, [*base, "evaluate", "--pred", "no-run", "--cohort", "livers"])
     assert missing.exit_code == 1
     assert "no run of that name" in missing.output
+
+
+def test_pseudo_batch_adds_pseudo_labelled_patches_on_top_of_human_ones(catalog, tmp_path):
+    build_cohort(catalog, "has_label AND list_contains(classes, 'liver')", "livers")
+    train = cohort_subjects(catalog, "livers", classes=["liver"])
+    for subject in train[::3]:  # the trainer tells them apart by label origin only
+        subject["label_origin"] = "pseudo"
+    pseudo = {s["scan_id"] for s in train[::3]}
+    config = TorchConfig.small(epochs=1, iterations=3, patch=(24, 24, 16),
+                               spacing=(10.0, 10.0, 10.0), pseudo_batch=3)  # fmt: skip
+    batches = _training_batches(config, train, 2)
+    for _ in range(8):
+        batch = next(batches)
+        assert batch["human"] == config.batch_size == 2
+        assert batch["image"].shape[0] == batch["label"].shape[0] == len(batch["scan_id"]) == 5
+        assert not set(batch["scan_id"][:2]) & pseudo  # the human labels keep their batch
+        assert set(batch["scan_id"][2:]) <= pseudo
+    # without it, one queue draws both kinds into batches of 2
+    mixed = _training_batches(replace(config, pseudo_batch=0), train, 2)
+    drawn = [next(mixed) for _ in range(20)]
+    assert {b["human"] for b in drawn} == {2}
+    seen = {s for b in drawn for s in b["scan_id"]}
+    assert seen & pseudo
+    assert seen - pseudo
+
+    result = train_torch(train, tmp_path / "run", config, progress=False)
+    assert np.isfinite(result.epoch_losses[0])
+    with pytest.raises(ValueError, match="human-labelled"):
+        next(_training_batches(config, train[::3], 2))
+    with pytest.raises(ValueError, match="choose one"):
+        train_torch(train, tmp_path / "other", replace(config, pseudo_share=0.5), progress=False)
+    with pytest.raises(ValueError, match="strictly between"):
+        train_torch(train, tmp_path / "other", replace(config, pseudo_batch=0, pseudo_share=1.0),
+                    progress=False)  # fmt: skip
 
 
 @pytest.mark.parametrize("method", ["uamt", "cps"])

@@ -115,6 +115,7 @@ def pseudo_label(
     warm_start: bool = False,
     student_epochs: int | None = None,
     pseudo_share: float | None = None,
+    pseudo_batch: int = 0,
     name: str | None = None,
     device: str = "auto",
     progress: bool = True,
@@ -144,6 +145,9 @@ def pseudo_label(
         pseudo_share: torch students draw pseudo-labelled scans as this share of their
             patches, the human-labelled ones as the rest (default: in proportion to their
             numbers, which lets 60 pseudo-labels drown 8 human labels).
+        pseudo_batch: torch students instead add this many pseudo-labelled patches to each
+            batch of human-labelled ones, and their mean loss to the batch's, so the human
+            labels keep the batches and gradient of a labelled-only run (FixMatch's way).
         name: the pseudo-labelling's name (default ``<first teacher>-pl``): label files,
             students (``<name>-r<k>``) and their splits are named after it.
         device: ``auto``, ``cpu``, ``cuda``...
@@ -159,6 +163,11 @@ def pseudo_label(
         raise RunError(f"--student-epochs must be at least 1, not {student_epochs}")
     if pseudo_share is not None and not 0 < pseudo_share < 1:
         raise RunError(f"--pseudo-share must lie strictly between 0 and 1, not {pseudo_share}")
+    if pseudo_batch < 0:
+        raise RunError(f"--pseudo-batch must be at least 1, not {pseudo_batch}")
+    if pseudo_batch and pseudo_share is not None:
+        raise RunError("--pseudo-share mixes pseudo-labels into the batch, --pseudo-batch adds "
+                       "them on top: choose one")  # fmt: skip
     if rounds > 1 and not students:
         raise RunError("rounds after the first need the previous round's student")
     if not teachers:
@@ -166,8 +175,9 @@ def pseudo_label(
     gates = gates or Gates()
     runs = [get_run(catalog, t) for t in teachers]
     base = runs[0]
-    if pseudo_share is not None and base["backend"] != "torch":
-        raise RunError(f"--pseudo-share: {base['name']} is a {base['backend']} run; only torch "
+    if (pseudo_share is not None or pseudo_batch) and base["backend"] != "torch":
+        flag = "--pseudo-share" if pseudo_share is not None else "--pseudo-batch"
+        raise RunError(f"{flag}: {base['name']} is a {base['backend']} run; only torch "
                        "students draw their patches by label origin")  # fmt: skip
     classes = list(base["classes"])
     for run in runs[1:]:
@@ -232,8 +242,8 @@ def pseudo_label(
                                "loosen --gate or improve the teacher")  # fmt: skip
             warm = get_run(catalog, current[0])["uri"] if warm_start else None
             student = _train_student(catalog, base, base_cohort, base_split, fold, name, k,
-                                     previous, warm, student_epochs, pseudo_share,
-                                     device, progress)  # fmt: skip
+                                     previous, warm, student_epochs,
+                                     (pseudo_share, pseudo_batch), device, progress)  # fmt: skip
             this.student, this.student_split = student
             current = [get_run(catalog, student[0])["run_id"]]
     return report
@@ -344,7 +354,7 @@ def _label_round(catalog, teachers, scans, classes, reference, gates, previous, 
 
 
 def _train_student(catalog, base, base_cohort, base_split, fold, name, k, labels, warm, epochs,
-                   pseudo_share, device, progress) -> tuple[str, str]:  # fmt: skip
+                   mixing, device, progress) -> tuple[str, str]:  # fmt: skip
     """Train round ``k``'s student on the teacher's fold plus the accepted pseudo-labels."""
     found = get_cohort(catalog, base_cohort)
     cohort = base_cohort
@@ -377,8 +387,11 @@ def _train_student(catalog, base, base_cohort, base_split, fold, name, k, labels
         config = replace(config, init_from=str(warm))
     if epochs is not None:
         config = replace(config, epochs=epochs)
+    pseudo_share, pseudo_batch = mixing
     if pseudo_share is not None:
-        config = replace(config, pseudo_share=pseudo_share)
+        config = replace(config, pseudo_share=pseudo_share, pseudo_batch=0)
+    if pseudo_batch:
+        config = replace(config, pseudo_batch=pseudo_batch, pseudo_share=None)
     run = train_run(catalog, cohort, split=split.name, fold=0, backend=base["backend"],
                     config=config, classes=list(base["classes"]), partial=True,
                     name=f"{name}-r{k}", device=device, progress=progress)  # fmt: skip

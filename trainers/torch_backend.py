@@ -61,6 +61,10 @@ class TorchConfig:
     ssl_ramp: float = 50.0  # epochs over which the unsupervised weight ramps up
     init_from: str | None = None  # a run folder whose weights start training (a student)
     pseudo_share: float | None = None  # share of draws from pseudo-labelled scans (None: pro rata)
+    # pseudo-labelled patches added to each batch of ``batch_size`` human-labelled ones, as
+    # FixMatch adds its unlabeled batch: the human labels keep the labelled-only run's batches
+    # and gradient, and the pseudo-labels' mean loss is added to theirs (0: one queue for both)
+    pseudo_batch: int = 0
     seed: int = 0
 
     @classmethod
@@ -131,6 +135,7 @@ def train_torch(
     subjects = [s for s in subjects if "label" in s]
     if not subjects:
         raise ValueError("no training subject has a label")
+    _check_pseudo(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _seed(config.seed)
@@ -180,29 +185,22 @@ def train_torch(
             raise ValueError(f"{config.init_from}: no checkpoint of a run with classes {classes}")
         network.load_state_dict(warm["model"])
 
-    dataset = tio.SubjectsDataset(subjects, transform=_preprocess(config, train=True))
-    sampler = tio.LabelSampler(config.patch, "label",
-                               {k: 1.0 for k in range(len(classes) + 1)})  # fmt: skip
-    draws = _subject_sampler(subjects, config.pseudo_share)
-    queue = tio.Queue(dataset, config.queue_length, config.samples_per_volume, sampler,
-                      subject_sampler=draws, shuffle_subjects=draws is None,
-                      num_workers=config.workers)  # fmt: skip
-    loader = torch.utils.data.DataLoader(queue, batch_size=config.batch_size, num_workers=0)
     started = time.perf_counter()
     bar = _progress(progress)
     with bar:
         task = bar.add_task("train", total=(config.epochs - start) * config.iterations)
-        batches = _forever(loader)
+        batches = _training_batches(config, subjects, len(classes) + 1)
         for epoch in range(start, config.epochs):
             network.train()
             running = []
             for _ in range(config.iterations):
                 batch = next(batches)
-                image = batch["image"][tio.DATA].to(where).float()
-                target = batch["label"][tio.DATA][:, 0].to(where).long()
+                image = batch["image"].to(where).float()
+                target = batch["label"].to(where).long()
                 annotated = batch["annotated"].to(where).bool()
-                index = torch.tensor([group_index.get(str(g), 0) for g in
-                                      batch.get(config.groups, ["all"] * len(image))])  # fmt: skip
+                human = batch["human"]  # samples [:human] carry human labels, the rest pseudo
+                index = torch.tensor([group_index.get(str(g), 0)
+                                      for g in batch["groups"][:human]])  # fmt: skip
                 if synthetic is not None:
                     image, target, _ = synthetic(image, target)
                 if randconv is not None:
@@ -211,11 +209,14 @@ def train_torch(
                 with autocast(where):
                     logits = network(image)
                     per_sample = loss_fn(logits, target, annotated)
-                    loss = objective(per_sample, index.to(where), features.value, logits)
+                    loss = objective(per_sample[:human], index.to(where),
+                                     _head(features.value, human), logits[:human])  # fmt: skip
+                    if human < len(per_sample):
+                        loss = loss + per_sample[human:].mean()
                     if ssl is not None:
-                        extra = next(unlabeled_batches)["image"][tio.DATA].to(where).float()
+                        plain = next(unlabeled_batches)["image"][tio.DATA].to(where).float()
                         loss = loss + ssl.supervised(loss_fn, image, target, annotated)
-                        loss = loss + ssl.unsupervised(network, extra, epoch)
+                        loss = loss + ssl.unsupervised(network, plain, epoch)
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
@@ -234,6 +235,73 @@ def train_torch(
                              epoch + 1, losses, classes, groups, ssl)  # fmt: skip
     return TrainResult(str(out), str(where), classes, groups, losses,
                        round(time.perf_counter() - started, 2), start)  # fmt: skip
+
+
+def _check_pseudo(config: TorchConfig) -> None:
+    """Raise ValueError on pseudo-label settings that cannot hold together."""
+    if config.pseudo_share is not None and not 0 < config.pseudo_share < 1:
+        raise ValueError(f"pseudo_share must lie strictly between 0 and 1, not "
+                         f"{config.pseudo_share}")  # fmt: skip
+    if config.pseudo_batch < 0:
+        raise ValueError(f"pseudo_batch must be at least 0, not {config.pseudo_batch}")
+    if config.pseudo_batch and config.pseudo_share is not None:
+        raise ValueError("pseudo_share mixes pseudo-labels into the batch, pseudo_batch adds "
+                         "them on top of it: choose one")  # fmt: skip
+
+
+def _training_batches(config: TorchConfig, subjects: list, n_classes: int):
+    """Endless training batches, each a dict.
+
+    Keys: ``image`` (B, 1, *patch), ``label`` (B, *patch), ``annotated`` (B, classes), the
+    ``groups`` attribute and ``scan_id`` per sample, and ``human``: the first ``human``
+    samples carry human labels.
+
+    Label-balanced patches from a torchio queue; with ``config.pseudo_batch``, a second
+    queue over the pseudo-labelled subjects adds that many patches to each batch of
+    ``batch_size`` human-labelled ones (``human`` = ``batch_size``); otherwise both kinds
+    share one queue (pro rata, or by ``config.pseudo_share``).
+
+    Raises:
+        ValueError: ``pseudo_batch`` without any human-labelled subject.
+    """
+    import torchio as tio
+
+    sampler = tio.LabelSampler(config.patch, "label", dict.fromkeys(range(n_classes), 1.0))
+    pseudo = [s for s in subjects if s.get("label_origin") == "pseudo"]
+    if config.pseudo_batch and pseudo:
+        subjects = [s for s in subjects if s.get("label_origin") != "pseudo"]
+        if not subjects:
+            raise ValueError("--pseudo-batch needs human-labelled training scans besides the "
+                             "pseudo-labelled ones")  # fmt: skip
+
+    def stream(chosen: list, size: int, draws=None):
+        dataset = tio.SubjectsDataset(chosen, transform=_preprocess(config, train=True))
+        queue = tio.Queue(dataset, config.queue_length, config.samples_per_volume, sampler,
+                          subject_sampler=draws, shuffle_subjects=draws is None,
+                          num_workers=config.workers)  # fmt: skip
+        return _forever(torch.utils.data.DataLoader(queue, batch_size=size, num_workers=0))
+
+    main = stream(subjects, config.batch_size, _subject_sampler(subjects, config.pseudo_share))
+    extra = stream(pseudo, config.pseudo_batch) if config.pseudo_batch and pseudo else None
+    for batch in main:
+        parts = [batch, next(extra)] if extra is not None else [batch]
+
+        def listed(key: str, parts=parts) -> list:
+            return [x for p in parts for x in p.get(key, [None] * len(p["annotated"]))]
+
+        yield {
+            "image": torch.cat([p["image"][tio.DATA] for p in parts]),
+            "label": torch.cat([p["label"][tio.DATA][:, 0] for p in parts]),
+            "annotated": torch.cat([p["annotated"] for p in parts]),
+            "groups": listed(config.groups) if config.groups else ["all"] * sum(
+                len(p["annotated"]) for p in parts),
+            "scan_id": listed("scan_id"),
+            "human": len(batch["annotated"]),
+        }  # fmt: skip
+
+
+def _head(value: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    return None if value is None else value[:n]
 
 
 def _semi_supervised(config: TorchConfig, network, build, n_classes: int, unlabeled):
@@ -299,8 +367,9 @@ def config_fields(settings: dict) -> dict:
 
 def _config_key(config: TorchConfig) -> str:
     fields = asdict(config)
-    if fields["pseudo_share"] is None:  # added later: checkpoints from before still resume
-        del fields["pseudo_share"]
+    for key, unset in (("pseudo_share", None), ("pseudo_batch", 0)):
+        if fields[key] == unset:  # added later: checkpoints from before still resume
+            del fields[key]
     return json.dumps(fields, sort_keys=True, default=list)
 
 
