@@ -165,7 +165,7 @@ def one_seed(root: Path, seed: int, args) -> dict:
         else:
             tag = "pro rata" if share is None else f"share {share:g}"
             short = "pr" if share is None else f"{share:g}"
-            mixing = {"pseudo_share": share}
+            mixing = {"pseudo_share": share, "pseudo_batch": 0}
         tag += f", {unreliable}" + (f" > {entropy:g}" if unreliable == "ignore" else "")
         name = f"pl-{short}-{unreliable}-{entropy:g}"
         cohort_of_new = None

@@ -8,8 +8,8 @@ from xds.cli.options import csv_list, json_option
 from xds.cli.output import emit_json, print_kv, print_table
 
 
-def pseudo_mixing_options(command):
-    """Add ``--pseudo-share`` and ``--pseudo-batch`` to a command (train, pseudo-label).
+def pseudo_mixing_options(students: bool):
+    """Add ``--pseudo-share`` and ``--pseudo-batch`` to train, or (``students``) pseudo-label.
 
     They say how a torch run mixes pseudo-labelled scans (those whose best label is a
     pseudo-label) with human-labelled ones.
@@ -17,22 +17,28 @@ def pseudo_mixing_options(command):
     share = click.option(
         "--pseudo-share", type=click.FloatRange(0, 1, min_open=True, max_open=True),
         help="Draw pseudo-labelled scans as this share of the batch's patches, human-labelled "
-        "ones as the rest (default: in proportion to their numbers).",
+        "ones as the rest" + ("." if students else
+                              " (default: in proportion to their numbers)."),
     )  # fmt: skip
     batch = click.option(
-        "--pseudo-batch", type=click.IntRange(1),
-        help="Instead, add N pseudo-labelled patches to each batch of human-labelled ones and "
-        "their mean loss to the batch's: the human labels keep every batch and gradient "
-        "they would have alone (FixMatch's way; N = the batch size is a start).",
+        "--pseudo-batch", type=click.IntRange(0),
+        help="Add N pseudo-labelled patches to each batch of human-labelled ones and their "
+        "mean loss to the batch's, so the human labels keep every batch and gradient they "
+        "would have alone (FixMatch's way; 0: one queue for both, in proportion to their "
+        "numbers)" + (" [default: the teacher's batch size]." if students else "."),
     )  # fmt: skip
-    return share(batch(command))
+
+    def decorate(command):
+        return share(batch(command))
+
+    return decorate
 
 
 def _pseudo_mixing(share: float | None, batch: int | None) -> dict:
-    if share is not None and batch is not None:
+    if share is not None and batch:
         raise click.UsageError("--pseudo-share mixes pseudo-labels into the batch, "
                                "--pseudo-batch adds them on top: choose one")  # fmt: skip
-    return {"pseudo_share": share, "pseudo_batch": batch or 0}
+    return {"pseudo_share": share, "pseudo_batch": batch}
 
 
 @click.command("train")
@@ -76,7 +82,7 @@ def _pseudo_mixing(share: float | None, batch: int | None) -> dict:
     "--ssl", type=click.Choice(["none", "uamt", "cps"]), default="none", show_default=True,
     help="Semi-supervised method on the split's unlabeled role (a semi-supervised split).",
 )  # fmt: skip
-@pseudo_mixing_options
+@pseudo_mixing_options(students=False)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--name", help="Run name (default: <cohort>-<backend>-f<fold>-s<seed>).")
 @click.option("--out", type=click.Path(file_okay=False), help="Checkpoint folder.")
@@ -118,7 +124,7 @@ def train_cmd(state, cohort, split_name, fold, backend, classes, partial, train_
     else:
         changes.update(
             groups=groups, dg=dg, randconv=randconv, synthetic_mix=synthetic_mix, ssl=ssl,
-            **_pseudo_mixing(pseudo_share, pseudo_batch),
+            **_pseudo_mixing(pseudo_share, pseudo_batch or 0),
         )  # fmt: skip
         if lr is not None:
             changes["lr"] = lr
@@ -218,7 +224,7 @@ def predict_cmd(state, run, cohort, split_name, role, fold, out, device, as_json
     "--student-epochs", type=click.IntRange(1),
     help="The students' epochs (default: the teacher's; a warm-started student needs fewer).",
 )  # fmt: skip
-@pseudo_mixing_options
+@pseudo_mixing_options(students=True)
 @click.option("--name", help="Name of the labelling, its students and splits (<name>-r<k>).")
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True

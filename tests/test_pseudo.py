@@ -26,7 +26,7 @@ from xds.pseudo import Gates, PseudoLabelWriter, judge_case  # noqa: E402
 from xds.schemas.errors import RunError  # noqa: E402
 from xds.splits import derive_split, get_split, make_split, split_cohort  # noqa: E402
 from xds.trainers.pseudo import FLIPS, labelled_reference, pseudo_label  # noqa: E402
-from xds.trainers.runs import train_run  # noqa: E402
+from xds.trainers.runs import get_run, train_run  # noqa: E402
 from xds.trainers.torch_backend import TorchConfig, _subject_sampler  # noqa: E402
 
 
@@ -216,6 +216,7 @@ def test_pseudo_label_rounds_provenance_idempotence_and_audit(livers, world, tmp
     assert configs["teacher"]["epochs"] == 2
     assert configs["pl-r1"]["epochs"] == configs["pl-r2"]["epochs"] == 1  # fine-tuned
     assert configs["pl-r1"]["pseudo_share"] == configs["pl-r2"]["pseudo_share"] == 0.25
+    assert configs["pl-r1"]["pseudo_batch"] == 0  # a share given: one queue for both
     assert all("change" in dict(r["quality"]) for r in rows if r["round"] == 2)
     # the scans had no label: a cohort can now ask for pseudo-labelled ones
     pseudo_scans = set(select_scans(catalog, "label_origin = 'pseudo'").column("scan_id")
@@ -267,6 +268,16 @@ def test_pseudo_label_rounds_provenance_idempotence_and_audit(livers, world, tmp
     assert {x["pseudo_labelled_scan"] for x in leaks} == pseudo_in_train
     assert {x["teacher_run"] for x in leaks} == {runs["teacher"], runs["pl-r1"]}
     assert all(set(x["roles"]["test"]) >= tested for x in leaks)
+
+    # by default a torch student adds a batch of pseudo-labelled patches to each human one
+    command = [*base, "pseudo-label", "--teacher", "teacher", "--cohort", "nolabel",
+               "--name", "pl-added", "--no-flips", "--warm-start", "--student-epochs", "1",
+               "--json"] + [x for g in loose for x in ("--gate", g)]  # fmt: skip
+    result = CliRunner().invoke(cli, command, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    added = json.loads(get_run(Catalog.open(catalog.root), "pl-added-r1")["config"])
+    assert added["pseudo_batch"] == added["batch_size"] == configs["teacher"]["batch_size"]
+    assert added["pseudo_share"] is None
 
 
 def test_pseudo_label_refuses_what_it_cannot_do(livers):

@@ -115,7 +115,7 @@ def pseudo_label(
     warm_start: bool = False,
     student_epochs: int | None = None,
     pseudo_share: float | None = None,
-    pseudo_batch: int = 0,
+    pseudo_batch: int | None = None,
     name: str | None = None,
     device: str = "auto",
     progress: bool = True,
@@ -143,11 +143,13 @@ def pseudo_label(
         student_epochs: the students' epochs (default: the teacher's); a warm-started
             student fine-tunes, which takes fewer.
         pseudo_share: torch students draw pseudo-labelled scans as this share of their
-            patches, the human-labelled ones as the rest (default: in proportion to their
-            numbers, which lets 60 pseudo-labels drown 8 human labels).
-        pseudo_batch: torch students instead add this many pseudo-labelled patches to each
-            batch of human-labelled ones, and their mean loss to the batch's, so the human
-            labels keep the batches and gradient of a labelled-only run (FixMatch's way).
+            patches, the human-labelled ones as the rest (with ``pseudo_batch`` 0 and no
+            share: in proportion to their numbers, which lets 60 pseudo-labels drown 8
+            human labels).
+        pseudo_batch: torch students add this many pseudo-labelled patches to each batch of
+            human-labelled ones, and their mean loss to the batch's, so the human labels keep
+            the batches and gradient of a labelled-only run (FixMatch's way). Default: the
+            teacher's batch size, unless ``pseudo_share`` is given; 0: one queue for both.
         name: the pseudo-labelling's name (default ``<first teacher>-pl``): label files,
             students (``<name>-r<k>``) and their splits are named after it.
         device: ``auto``, ``cpu``, ``cuda``...
@@ -163,8 +165,8 @@ def pseudo_label(
         raise RunError(f"--student-epochs must be at least 1, not {student_epochs}")
     if pseudo_share is not None and not 0 < pseudo_share < 1:
         raise RunError(f"--pseudo-share must lie strictly between 0 and 1, not {pseudo_share}")
-    if pseudo_batch < 0:
-        raise RunError(f"--pseudo-batch must be at least 1, not {pseudo_batch}")
+    if pseudo_batch is not None and pseudo_batch < 0:
+        raise RunError(f"--pseudo-batch must be at least 0, not {pseudo_batch}")
     if pseudo_batch and pseudo_share is not None:
         raise RunError("--pseudo-share mixes pseudo-labels into the batch, --pseudo-batch adds "
                        "them on top: choose one")  # fmt: skip
@@ -179,6 +181,9 @@ def pseudo_label(
         flag = "--pseudo-share" if pseudo_share is not None else "--pseudo-batch"
         raise RunError(f"{flag}: {base['name']} is a {base['backend']} run; only torch "
                        "students draw their patches by label origin")  # fmt: skip
+    if pseudo_batch is None:  # the human labels keep their batches; pseudo-labels come on top
+        torch_student = base["backend"] == "torch" and pseudo_share is None
+        pseudo_batch = json.loads(base["config"])["batch_size"] if torch_student else 0
     classes = list(base["classes"])
     for run in runs[1:]:
         if list(run["classes"]) != classes:
@@ -387,11 +392,8 @@ def _train_student(catalog, base, base_cohort, base_split, fold, name, k, labels
         config = replace(config, init_from=str(warm))
     if epochs is not None:
         config = replace(config, epochs=epochs)
-    pseudo_share, pseudo_batch = mixing
-    if pseudo_share is not None:
-        config = replace(config, pseudo_share=pseudo_share, pseudo_batch=0)
-    if pseudo_batch:
-        config = replace(config, pseudo_batch=pseudo_batch, pseudo_share=None)
+    if base["backend"] == "torch":  # (pseudo_share, pseudo_batch), checked: not both
+        config = replace(config, pseudo_share=mixing[0], pseudo_batch=mixing[1])
     run = train_run(catalog, cohort, split=split.name, fold=0, backend=base["backend"],
                     config=config, classes=list(base["classes"]), partial=True,
                     name=f"{name}-r{k}", device=device, progress=progress)  # fmt: skip

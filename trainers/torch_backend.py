@@ -4,10 +4,11 @@ Data: ``xds.cohort_subjects`` (labels remapped to the cohort's classes, ``annota
 scan), then canonical (RAS) orientation, resampling to ``spacing`` (mm, torchio's x, y, z
 order), per-volume z-score normalization and padding up to the patch; a torchio ``Queue``
 draws label-balanced patches (``LabelSampler``: background and every class equally
-likely). Training: SGD with Nesterov momentum and poly learning-rate decay (nnU-Net's and
-CrossPan's schedule), the partial-label Dice + CE loss per sample, a DG objective over groups
-from a catalog column, optional RandConv and Anatomix renderings (``synthetic_mix``),
-mixed precision on CUDA, seeded, a checkpoint per
+likely); pseudo-labelled scans share that queue or, with ``pseudo_batch``, come from
+a second one on top of each batch. Training: SGD with Nesterov momentum and poly
+learning-rate decay (nnU-Net's and CrossPan's schedule), the partial-label Dice + CE loss
+per sample, a DG objective over groups from a catalog column, optional RandConv and
+Anatomix renderings (``synthetic_mix``), mixed precision on CUDA, seeded, a checkpoint per
 epoch that a re-run resumes from. Prediction: sliding windows with half-patch overlap,
 Gaussian-weighted (nnU-Net's weights), resampled back onto each scan's own grid.
 """
