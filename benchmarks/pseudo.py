@@ -45,6 +45,7 @@ from xds.phantoms import generate_world
 from xds.pseudo import Gates
 from xds.schemas.errors import RunError
 from xds.splits import get_split, make_split
+from xds.stats import bootstrap_ci, wilcoxon
 from xds.trainers.pseudo import pseudo_label
 from xds.trainers.runs import get_run, predict_run, train_run
 from xds.trainers.torch_backend import TorchConfig
@@ -345,7 +346,10 @@ def main() -> None:
     print("mean liver Dice on the test role:")
     for what, values in gains.items():
         v = np.asarray(values)
+        low, high = bootstrap_ci(v)  # over seeds; nan with fewer than two
+        _, p = wilcoxon(v, np.zeros_like(v))
         print(f"  {what}: {v.mean():+.3f} (sd {v.std(ddof=1) if len(v) > 1 else 0:.3f}; "
+              f"95 % CI {low:+.3f} to {high:+.3f}; Wilcoxon p {p:.2f}; "
               f"better in {(v > 0).sum()} of {len(v)} seeds)")  # fmt: skip
     for what, values in per.items():
         print(f"  {what} - labelled only, by {'center' if args.new_center else 'sequence'}: "
