@@ -199,7 +199,7 @@ def train_torch(
                 image = batch["image"].to(where).float()
                 target = batch["label"].to(where).long()
                 annotated = batch["annotated"].to(where).bool()
-                human = batch["human"]  # samples [:human] carry human labels, the rest pseudo
+                human = batch["human"]  # the DG objective takes [:human]; the rest are pseudo
                 index = torch.tensor([group_index.get(str(g), 0)
                                       for g in batch["groups"][:human]])  # fmt: skip
                 if synthetic is not None:
@@ -254,8 +254,9 @@ def _training_batches(config: TorchConfig, subjects: list, n_classes: int):
     """Endless training batches, each a dict.
 
     Keys: ``image`` (B, 1, *patch), ``label`` (B, *patch), ``annotated`` (B, classes), the
-    ``groups`` attribute and ``scan_id`` per sample, and ``human``: the first ``human``
-    samples carry human labels.
+    ``groups`` attribute and ``scan_id`` per sample, and ``human``: the DG objective's
+    samples come first, ``human`` of them (with a second queue, the human-labelled ones;
+    with one, every sample, pseudo-labelled ones among them).
 
     Label-balanced patches from a torchio queue; with ``config.pseudo_batch``, a second
     queue over the pseudo-labelled subjects adds that many patches to each batch of
