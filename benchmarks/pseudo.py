@@ -160,9 +160,12 @@ def one_seed(root: Path, seed: int, args) -> dict:
     if any(only_new for *_, only_new in args.students):
         build_cohort(catalog, f"list_contains(classes, 'liver') AND center = '{last}'",
                      "new-center")  # fmt: skip
-    for share, unreliable, entropy, only_new in args.students:
+    for share, unreliable, entropy, weight, only_new in args.students:
         if isinstance(share, int):  # +N: N pseudo-labelled patches on top of each batch
-            tag, short, mixing = f"+{share} per batch", f"add{share}", {"pseudo_batch": share}
+            tag, short = f"+{share} per batch", f"add{share}"
+            mixing = {"pseudo_batch": share, "pseudo_weight": weight}
+            if weight != 1.0:
+                tag, short = f"{tag} weighing {weight:g}", f"{short}w{weight:g}"
         else:
             tag = "pro rata" if share is None else f"share {share:g}"
             short = "pr" if share is None else f"{share:g}"
@@ -258,11 +261,11 @@ def main() -> None:
     )
     parser.add_argument("--students", help="several students of one teacher, compared with "
                         "one control: comma-separated SHARE/UNRELIABLE[/VOXEL_ENTROPY][@new], "
-                        "e.g. none/ignore,0.5/ignore,+2/reject,none/ignore/0.9,0.5/reject@new "
-                        "(SHARE: none, a share of the batch, or +N pseudo-labelled patches on "
-                        "top of each batch; @new: with --new-center, label only the new "
-                        "center's unlabeled scans; default: --pseudo-share, --unreliable and "
-                        "--voxel-entropy)")  # fmt: skip
+                        "e.g. none/ignore,0.5/ignore,+2/reject,+2*0.5/ignore,none/ignore/0.9,"
+                        "0.5/reject@new (SHARE: none, a share of the batch, or +N pseudo-labelled "
+                        "patches on top of each batch, *W: their loss weighing W; @new: with "
+                        "--new-center, label only the new center's unlabeled scans; default: "
+                        "--pseudo-share, --unreliable and --voxel-entropy)")  # fmt: skip
     parser.add_argument("--wide-control", action="store_true", help="also a labelled-only "
                         "control with as many patches per batch as the +N students see (their "
                         "compute), beside the one with as many human-labelled batches")  # fmt: skip
@@ -282,10 +285,13 @@ def main() -> None:
         if at and (suffix != "new" or not args.new_center):
             parser.error(f"{pair}: the only @ is @new, and it needs --new-center")
         share, unreliable, *entropy = spec.split("/")
+        share, star, weight = share.partition("*")
+        if star and share[0] != "+":
+            parser.error(f"{pair}: *WEIGHT goes with +N students only")
         share = None if share == "none" else int(share) if share[0] == "+" else float(share)
         args.students.append((share, unreliable,
                               float(entropy[0]) if entropy else args.voxel_entropy,
-                              bool(at)))  # fmt: skip
+                              float(weight) if star else 1.0, bool(at)))  # fmt: skip
     args.sequences = tuple(s.strip() for s in args.sequences.split(",") if s.strip())
     print(
         f"world: {args.subjects} subjects x {5 if args.new_center else 4} centers, "

@@ -28,17 +28,27 @@ def pseudo_mixing_options(students: bool):
         "numbers)" + (" [default: the teacher's batch size]." if students else "."),
     )  # fmt: skip
 
+    weight = click.option(
+        "--pseudo-weight", type=click.FloatRange(0, min_open=True), default=1.0,
+        show_default=True,
+        help="Weight of the added pseudo-labelled patches' mean loss (FixMatch's lambda_u); "
+        "below 1 the student leans less on its teacher's mistakes. Needs --pseudo-batch.",
+    )  # fmt: skip
+
     def decorate(command):
-        return share(batch(command))
+        return share(batch(weight(command)))
 
     return decorate
 
 
-def _pseudo_mixing(share: float | None, batch: int | None) -> dict:
+def _pseudo_mixing(share: float | None, batch: int | None, weight: float) -> dict:
     if share is not None and batch:
         raise click.UsageError("--pseudo-share mixes pseudo-labels into the batch, "
                                "--pseudo-batch adds them on top: choose one")  # fmt: skip
-    return {"pseudo_share": share, "pseudo_batch": batch}
+    if weight != 1.0 and (share is not None or batch == 0):
+        raise click.UsageError("--pseudo-weight weighs the patches --pseudo-batch adds on top "
+                               "of each batch: it needs --pseudo-batch above 0")  # fmt: skip
+    return {"pseudo_share": share, "pseudo_batch": batch, "pseudo_weight": weight}
 
 
 @click.command("train")
@@ -95,7 +105,8 @@ def _pseudo_mixing(share: float | None, batch: int | None) -> dict:
 def train_cmd(state, cohort, split_name, fold, backend, classes, partial, train_where, profile,
               epochs,
               iterations, lr, patch, spacing, groups, dg, randconv, synthetic_mix, ssl,
-              pseudo_share, pseudo_batch, seed, name, out, device, as_json):  # fmt: skip
+              pseudo_share, pseudo_batch, pseudo_weight, seed, name, out, device,
+              as_json):  # fmt: skip
     """Train a model on the train role of a split; record the run in the catalog.
 
     The run row keeps the cohort, split, fold, catalog version, classes, every setting,
@@ -116,7 +127,9 @@ def train_cmd(state, cohort, split_name, fold, backend, classes, partial, train_
                       "--dg": None if dg == "erm" else dg,
                       "--ssl": None if ssl == "none" else ssl,
                       "--pseudo-share": pseudo_share,
-                      "--pseudo-batch": pseudo_batch}  # fmt: skip
+                      "--pseudo-batch": pseudo_batch,
+                      "--pseudo-weight":
+                          None if pseudo_weight == 1.0 else pseudo_weight}  # fmt: skip
         given = [flag for flag, value in torch_only.items() if value is not None]
         if given:
             raise click.UsageError(f"{', '.join(given)}: torch backend options (nnU-Net plans)")
@@ -124,7 +137,7 @@ def train_cmd(state, cohort, split_name, fold, backend, classes, partial, train_
     else:
         changes.update(
             groups=groups, dg=dg, randconv=randconv, synthetic_mix=synthetic_mix, ssl=ssl,
-            **_pseudo_mixing(pseudo_share, pseudo_batch or 0),
+            **_pseudo_mixing(pseudo_share, pseudo_batch or 0, pseudo_weight),
         )  # fmt: skip
         if lr is not None:
             changes["lr"] = lr
@@ -233,7 +246,7 @@ def predict_cmd(state, run, cohort, split_name, role, fold, out, device, as_json
 @click.pass_obj
 def pseudo_label_cmd(state, teachers, cohort, split_name, role, rounds, gates, unreliable,
                      voxel_entropy, flips, no_students, warm_start, student_epochs,
-                     pseudo_share, pseudo_batch, name, device, as_json):  # fmt: skip
+                     pseudo_share, pseudo_batch, pseudo_weight, name, device, as_json):  # fmt: skip
     """Pseudo-label scans with trained runs, gate them, and train students on them.
 
     Each round predicts every candidate (teachers x flips), keeps the cases that pass
@@ -252,7 +265,7 @@ def pseudo_label_cmd(state, teachers, cohort, split_name, role, rounds, gates, u
         rounds=rounds, gates=Gates.parse(gates), unreliable=unreliable,
         voxel_entropy=voxel_entropy, flips=flips, students=not no_students,
         warm_start=warm_start, student_epochs=student_epochs,
-        **_pseudo_mixing(pseudo_share, pseudo_batch), name=name,
+        **_pseudo_mixing(pseudo_share, pseudo_batch, pseudo_weight), name=name,
         device=device, progress=not as_json,
     )  # fmt: skip
     if as_json:

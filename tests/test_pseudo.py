@@ -270,14 +270,31 @@ def test_pseudo_label_rounds_provenance_idempotence_and_audit(livers, world, tmp
     assert all(set(x["roles"]["test"]) >= tested for x in leaks)
 
     # by default a torch student adds a batch of pseudo-labelled patches to each human one
-    command = [*base, "pseudo-label", "--teacher", "teacher", "--cohort", "nolabel",
-               "--name", "pl-added", "--no-flips", "--warm-start", "--student-epochs", "1",
-               "--json"] + [x for g in loose for x in ("--gate", g)]  # fmt: skip
+    # (here weighing their loss by a half)
+    command = [
+        *base,
+        "pseudo-label",
+        "--teacher",
+        "teacher",
+        "--cohort",
+        "nolabel",
+        "--name",
+        "pl-added",
+        "--no-flips",
+        "--warm-start",
+        "--student-epochs",
+        "1",
+        "--pseudo-weight",
+        "0.5",
+        "--json",
+    ]
+    command += [x for g in loose for x in ("--gate", g)]
     result = CliRunner().invoke(cli, command, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     added = json.loads(get_run(Catalog.open(catalog.root), "pl-added-r1")["config"])
     assert added["pseudo_batch"] == added["batch_size"] == configs["teacher"]["batch_size"]
     assert added["pseudo_share"] is None
+    assert added["pseudo_weight"] == 0.5
 
 
 def test_pseudo_label_refuses_what_it_cannot_do(livers):
@@ -290,6 +307,8 @@ def test_pseudo_label_refuses_what_it_cannot_do(livers):
         pseudo_label(catalog, ["nope"], pseudo_share=1.0)
     with pytest.raises(RunError, match="choose one"):
         pseudo_label(catalog, ["nope"], pseudo_share=0.5, pseudo_batch=2)
+    with pytest.raises(RunError, match="above 0"):
+        pseudo_label(catalog, ["nope"], pseudo_batch=2, pseudo_weight=0.0)
     derived = derive_split(catalog, split, 0, name="d", cohort_id=split.cohort_id,
                            roles={}, params={})  # fmt: skip
     again = derive_split(catalog, split, 0, name="d", cohort_id=split.cohort_id,

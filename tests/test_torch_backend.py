@@ -116,6 +116,10 @@ def test_train_predict_evaluate_commands_record_runs(catalog, tmp_path):
                                     "--pseudo-share", "0.5", "--pseudo-batch", "2"])  # fmt: skip
     assert both.exit_code == 2
     assert "choose one" in both.output
+    alone = CliRunner().invoke(cli, [*base, "train", "livers", "--split", split.name,
+                                     "--pseudo-weight", "0.5"])  # fmt: skip
+    assert alone.exit_code == 2
+    assert "needs --pseudo-batch" in alone.output
 
     result = CliRunner().invoke(cli, [*base, "predict", "livers-torch-f0-s0", "--json"])
     assert result.exit_code == 0, result.output
@@ -164,6 +168,17 @@ def test_pseudo_batch_adds_pseudo_labelled_patches_on_top_of_human_ones(catalog,
     with pytest.raises(ValueError, match="strictly between"):
         train_torch(train, tmp_path / "other", replace(config, pseudo_batch=0, pseudo_share=1.0),
                     progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="needs pseudo_batch"):
+        train_torch(train, tmp_path / "other", replace(config, pseudo_batch=0, pseudo_weight=0.5),
+                    progress=False)  # fmt: skip
+
+    # --pseudo-weight scales the added patches' loss: one step of one seed, the same batch
+    def first_loss(weight: float) -> float:
+        step = replace(config, iterations=1, pseudo_weight=weight)
+        return train_torch(train, tmp_path / f"w{weight}", step, progress=False).epoch_losses[0]
+
+    whole, quarter = first_loss(1.0), first_loss(0.25)
+    assert 0 < quarter < whole
 
 
 @pytest.mark.parametrize("method", ["uamt", "cps"])

@@ -116,6 +116,7 @@ def pseudo_label(
     student_epochs: int | None = None,
     pseudo_share: float | None = None,
     pseudo_batch: int | None = None,
+    pseudo_weight: float = 1.0,
     name: str | None = None,
     device: str = "auto",
     progress: bool = True,
@@ -150,6 +151,7 @@ def pseudo_label(
             human-labelled ones, and their mean loss to the batch's, so the human labels keep
             the batches and gradient of a labelled-only run (FixMatch's way). Default: the
             teacher's batch size, unless ``pseudo_share`` is given; 0: one queue for both.
+        pseudo_weight: the weight of those added patches' mean loss (FixMatch's lambda_u).
         name: the pseudo-labelling's name (default ``<first teacher>-pl``): label files,
             students (``<name>-r<k>``) and their splits are named after it.
         device: ``auto``, ``cpu``, ``cuda``...
@@ -167,6 +169,8 @@ def pseudo_label(
         raise RunError(f"--pseudo-share must lie strictly between 0 and 1, not {pseudo_share}")
     if pseudo_batch is not None and pseudo_batch < 0:
         raise RunError(f"--pseudo-batch must be at least 0, not {pseudo_batch}")
+    if pseudo_weight <= 0:
+        raise RunError(f"--pseudo-weight must be above 0, not {pseudo_weight}")
     if pseudo_batch and pseudo_share is not None:
         raise RunError("--pseudo-share mixes pseudo-labels into the batch, --pseudo-batch adds "
                        "them on top: choose one")  # fmt: skip
@@ -184,6 +188,9 @@ def pseudo_label(
     if pseudo_batch is None:  # the human labels keep their batches; pseudo-labels come on top
         torch_student = base["backend"] == "torch" and pseudo_share is None
         pseudo_batch = json.loads(base["config"])["batch_size"] if torch_student else 0
+    if pseudo_weight != 1.0 and not pseudo_batch:
+        raise RunError("--pseudo-weight weighs the patches --pseudo-batch adds on top of each "
+                       "batch; with --pseudo-share or --pseudo-batch 0 there are none")  # fmt: skip
     classes = list(base["classes"])
     for run in runs[1:]:
         if list(run["classes"]) != classes:
@@ -248,7 +255,8 @@ def pseudo_label(
             warm = get_run(catalog, current[0])["uri"] if warm_start else None
             student = _train_student(catalog, base, base_cohort, base_split, fold, name, k,
                                      previous, warm, student_epochs,
-                                     (pseudo_share, pseudo_batch), device, progress)  # fmt: skip
+                                     (pseudo_share, pseudo_batch, pseudo_weight), device,
+                                     progress)  # fmt: skip
             this.student, this.student_split = student
             current = [get_run(catalog, student[0])["run_id"]]
     return report
@@ -392,8 +400,9 @@ def _train_student(catalog, base, base_cohort, base_split, fold, name, k, labels
         config = replace(config, init_from=str(warm))
     if epochs is not None:
         config = replace(config, epochs=epochs)
-    if base["backend"] == "torch":  # (pseudo_share, pseudo_batch), checked: not both
-        config = replace(config, pseudo_share=mixing[0], pseudo_batch=mixing[1])
+    if base["backend"] == "torch":  # (pseudo_share, pseudo_batch, pseudo_weight), checked
+        config = replace(config, pseudo_share=mixing[0], pseudo_batch=mixing[1],
+                         pseudo_weight=mixing[2])  # fmt: skip
     run = train_run(catalog, cohort, split=split.name, fold=0, backend=base["backend"],
                     config=config, classes=list(base["classes"]), partial=True,
                     name=f"{name}-r{k}", device=device, progress=progress)  # fmt: skip

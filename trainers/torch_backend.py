@@ -66,6 +66,9 @@ class TorchConfig:
     # FixMatch adds its unlabeled batch: the human labels keep the labelled-only run's batches
     # and gradient, and the pseudo-labels' mean loss is added to theirs (0: one queue for both)
     pseudo_batch: int = 0
+    # the weight of the added pseudo-labels' mean loss (FixMatch's lambda_u), below 1 where
+    # they pull the student towards its teacher's mistakes
+    pseudo_weight: float = 1.0
     seed: int = 0
 
     @classmethod
@@ -213,7 +216,7 @@ def train_torch(
                     loss = objective(per_sample[:human], index.to(where),
                                      _head(features.value, human), logits[:human])  # fmt: skip
                     if human < len(per_sample):
-                        loss = loss + per_sample[human:].mean()
+                        loss = loss + config.pseudo_weight * per_sample[human:].mean()
                     if ssl is not None:
                         plain = next(unlabeled_batches)["image"][tio.DATA].to(where).float()
                         loss = loss + ssl.supervised(loss_fn, image, target, annotated)
@@ -248,6 +251,11 @@ def _check_pseudo(config: TorchConfig) -> None:
     if config.pseudo_batch and config.pseudo_share is not None:
         raise ValueError("pseudo_share mixes pseudo-labels into the batch, pseudo_batch adds "
                          "them on top of it: choose one")  # fmt: skip
+    if config.pseudo_weight != 1.0 and not config.pseudo_batch:
+        raise ValueError("pseudo_weight weighs the patches pseudo_batch adds: it needs "
+                         "pseudo_batch")  # fmt: skip
+    if config.pseudo_weight <= 0:
+        raise ValueError(f"pseudo_weight must be above 0, not {config.pseudo_weight}")
 
 
 def _training_batches(config: TorchConfig, subjects: list, n_classes: int):
@@ -369,7 +377,7 @@ def config_fields(settings: dict) -> dict:
 
 def _config_key(config: TorchConfig) -> str:
     fields = asdict(config)
-    for key, unset in (("pseudo_share", None), ("pseudo_batch", 0)):
+    for key, unset in (("pseudo_share", None), ("pseudo_batch", 0), ("pseudo_weight", 1.0)):
         if fields[key] == unset:  # added later: checkpoints from before still resume
             del fields[key]
     return json.dumps(fields, sort_keys=True, default=list)
