@@ -29,10 +29,11 @@ def pseudo_mixing_options(students: bool):
     )  # fmt: skip
 
     weight = click.option(
-        "--pseudo-weight", type=click.FloatRange(0, min_open=True), default=1.0,
-        show_default=True,
+        "--pseudo-weight", type=click.FloatRange(0, min_open=True),
+        default=None if students else 1.0, show_default=not students,
         help="Weight of the added pseudo-labelled patches' mean loss (FixMatch's lambda_u); "
-        "below 1 the student leans less on its teacher's mistakes. Needs --pseudo-batch.",
+        "below 1 the student leans less on its teacher's mistakes. Needs --pseudo-batch"
+        + (" [default: 0.25 with it, the benchmark's best]." if students else "."),
     )  # fmt: skip
 
     def decorate(command):
@@ -41,11 +42,11 @@ def pseudo_mixing_options(students: bool):
     return decorate
 
 
-def _pseudo_mixing(share: float | None, batch: int | None, weight: float) -> dict:
+def _pseudo_mixing(share: float | None, batch: int | None, weight: float | None) -> dict:
     if share is not None and batch:
         raise click.UsageError("--pseudo-share mixes pseudo-labels into the batch, "
                                "--pseudo-batch adds them on top: choose one")  # fmt: skip
-    if weight != 1.0 and (share is not None or batch == 0):
+    if weight not in (None, 1.0) and (share is not None or batch == 0):
         raise click.UsageError("--pseudo-weight weighs the patches --pseudo-batch adds on top "
                                "of each batch: it needs --pseudo-batch above 0")  # fmt: skip
     return {"pseudo_share": share, "pseudo_batch": batch, "pseudo_weight": weight}

@@ -25,7 +25,12 @@ from xds.labels import best_labels  # noqa: E402
 from xds.pseudo import Gates, PseudoLabelWriter, judge_case  # noqa: E402
 from xds.schemas.errors import RunError  # noqa: E402
 from xds.splits import derive_split, get_split, make_split, split_cohort  # noqa: E402
-from xds.trainers.pseudo import FLIPS, labelled_reference, pseudo_label  # noqa: E402
+from xds.trainers.pseudo import (  # noqa: E402
+    FLIPS,
+    STUDENT_PSEUDO_WEIGHT,
+    labelled_reference,
+    pseudo_label,
+)
 from xds.trainers.runs import get_run, train_run  # noqa: E402
 from xds.trainers.torch_backend import TorchConfig, _subject_sampler  # noqa: E402
 
@@ -153,8 +158,11 @@ def test_unreliable_voxels_get_the_ignore_label_and_gates_parse(livers):
     unsure[:, edge] = 0.5
     members = [confident, unsure]
     args = (image.get_fdata(dtype=np.float32), image.header.get_zooms()[:3], ["liver"])
+    # the split (keyed by the catalog's secret) picks the scan: an OOP liver's contrast or an
+    # odd volume must not reject it here, where the ignore label is under test
     kept = judge_case(scan_id, iter(members), *args, sequence=sequence, reference=reference,
-                      gates=Gates.parse(["agreement=0.5"]), unreliable="ignore")  # fmt: skip
+                      gates=Gates.parse(["agreement=0.5", "contrast=off", "volume=off"]),
+                      unreliable="ignore")  # fmt: skip
     assert kept.accepted, kept.failures
     assert np.array_equal(kept.label == IGNORE, edge)
     assert np.array_equal(kept.label[~edge], label[~edge])
@@ -217,6 +225,7 @@ def test_pseudo_label_rounds_provenance_idempotence_and_audit(livers, world, tmp
     assert configs["pl-r1"]["epochs"] == configs["pl-r2"]["epochs"] == 1  # fine-tuned
     assert configs["pl-r1"]["pseudo_share"] == configs["pl-r2"]["pseudo_share"] == 0.25
     assert configs["pl-r1"]["pseudo_batch"] == 0  # a share given: one queue for both
+    assert configs["pl-r1"]["pseudo_weight"] == 1.0  # and nothing added to weigh
     assert all("change" in dict(r["quality"]) for r in rows if r["round"] == 2)
     # the scans had no label: a cohort can now ask for pseudo-labelled ones
     pseudo_scans = set(select_scans(catalog, "label_origin = 'pseudo'").column("scan_id")
@@ -269,8 +278,8 @@ def test_pseudo_label_rounds_provenance_idempotence_and_audit(livers, world, tmp
     assert {x["teacher_run"] for x in leaks} == {runs["teacher"], runs["pl-r1"]}
     assert all(set(x["roles"]["test"]) >= tested for x in leaks)
 
-    # by default a torch student adds a batch of pseudo-labelled patches to each human one
-    # (here weighing their loss by a half)
+    # by default a torch student adds a batch of pseudo-labelled patches to each human one,
+    # their loss weighing STUDENT_PSEUDO_WEIGHT
     command = [
         *base,
         "pseudo-label",
@@ -284,8 +293,6 @@ def test_pseudo_label_rounds_provenance_idempotence_and_audit(livers, world, tmp
         "--warm-start",
         "--student-epochs",
         "1",
-        "--pseudo-weight",
-        "0.5",
         "--json",
     ]
     command += [x for g in loose for x in ("--gate", g)]
@@ -294,7 +301,7 @@ def test_pseudo_label_rounds_provenance_idempotence_and_audit(livers, world, tmp
     added = json.loads(get_run(Catalog.open(catalog.root), "pl-added-r1")["config"])
     assert added["pseudo_batch"] == added["batch_size"] == configs["teacher"]["batch_size"]
     assert added["pseudo_share"] is None
-    assert added["pseudo_weight"] == 0.5
+    assert added["pseudo_weight"] == STUDENT_PSEUDO_WEIGHT < 1
 
 
 def test_pseudo_label_refuses_what_it_cannot_do(livers):
