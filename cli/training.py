@@ -43,12 +43,11 @@ def pseudo_mixing_options(students: bool):
 
 
 def _pseudo_mixing(share: float | None, batch: int | None, weight: float | None) -> dict:
-    if share is not None and batch:
-        raise click.UsageError("--pseudo-share mixes pseudo-labels into the batch, "
-                               "--pseudo-batch adds them on top: choose one")  # fmt: skip
-    if weight not in (None, 1.0) and (share is not None or batch == 0):
-        raise click.UsageError("--pseudo-weight weighs the patches --pseudo-batch adds on top "
-                               "of each batch: it needs --pseudo-batch above 0")  # fmt: skip
+    from xds.trainers.torch_backend import pseudo_mixing_problem
+
+    problem = pseudo_mixing_problem(share, batch, weight, flags=True)
+    if problem:
+        raise click.UsageError(problem)
     return {"pseudo_share": share, "pseudo_batch": batch, "pseudo_weight": weight}
 
 

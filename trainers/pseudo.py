@@ -45,7 +45,12 @@ from xds.schemas.ids import stable_id
 from xds.splits import derive_split, get_split
 from xds.trainers.nnunet_backend import NnunetConfig, NnunetTeacher
 from xds.trainers.runs import BACKENDS, get_run, train_run
-from xds.trainers.torch_backend import TorchTeacher, _progress, config_fields
+from xds.trainers.torch_backend import (
+    TorchTeacher,
+    _progress,
+    config_fields,
+    pseudo_mixing_problem,
+)
 
 HUMAN_ORIGINS = ("manual", "revised")
 FLIPS = ((), (0,), (1,), (2,))
@@ -172,15 +177,9 @@ def pseudo_label(
         raise RunError(f"--rounds must be at least 1, not {rounds}")
     if student_epochs is not None and student_epochs < 1:
         raise RunError(f"--student-epochs must be at least 1, not {student_epochs}")
-    if pseudo_share is not None and not 0 < pseudo_share < 1:
-        raise RunError(f"--pseudo-share must lie strictly between 0 and 1, not {pseudo_share}")
-    if pseudo_batch is not None and pseudo_batch < 0:
-        raise RunError(f"--pseudo-batch must be at least 0, not {pseudo_batch}")
-    if pseudo_weight is not None and pseudo_weight <= 0:
-        raise RunError(f"--pseudo-weight must be above 0, not {pseudo_weight}")
-    if pseudo_batch and pseudo_share is not None:
-        raise RunError("--pseudo-share mixes pseudo-labels into the batch, --pseudo-batch adds "
-                       "them on top: choose one")  # fmt: skip
+    problem = pseudo_mixing_problem(pseudo_share, pseudo_batch, pseudo_weight, flags=True)
+    if problem:
+        raise RunError(problem)
     if rounds > 1 and not students:
         raise RunError("rounds after the first need the previous round's student")
     if not teachers:
@@ -197,9 +196,9 @@ def pseudo_label(
         pseudo_batch = json.loads(base["config"])["batch_size"] if torch_student else 0
     if pseudo_weight is None:
         pseudo_weight = STUDENT_PSEUDO_WEIGHT if pseudo_batch else 1.0
-    if pseudo_weight != 1.0 and not pseudo_batch:
-        raise RunError("--pseudo-weight weighs the patches --pseudo-batch adds on top of each "
-                       "batch; with --pseudo-share or --pseudo-batch 0 there are none")  # fmt: skip
+    problem = pseudo_mixing_problem(pseudo_share, pseudo_batch, pseudo_weight, flags=True)
+    if problem:  # a weight given where the defaults add no pseudo-labelled patches
+        raise RunError(problem)
     classes = list(base["classes"])
     for run in runs[1:]:
         if list(run["classes"]) != classes:

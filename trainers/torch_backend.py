@@ -139,7 +139,10 @@ def train_torch(
     subjects = [s for s in subjects if "label" in s]
     if not subjects:
         raise ValueError("no training subject has a label")
-    _check_pseudo(config)
+    problem = pseudo_mixing_problem(config.pseudo_share, config.pseudo_batch,
+                                    config.pseudo_weight)  # fmt: skip
+    if problem:
+        raise ValueError(problem)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _seed(config.seed)
@@ -241,21 +244,31 @@ def train_torch(
                        round(time.perf_counter() - started, 2), start)  # fmt: skip
 
 
-def _check_pseudo(config: TorchConfig) -> None:
-    """Raise ValueError on pseudo-label settings that cannot hold together."""
-    if config.pseudo_share is not None and not 0 < config.pseudo_share < 1:
-        raise ValueError(f"pseudo_share must lie strictly between 0 and 1, not "
-                         f"{config.pseudo_share}")  # fmt: skip
-    if config.pseudo_batch < 0:
-        raise ValueError(f"pseudo_batch must be at least 0, not {config.pseudo_batch}")
-    if config.pseudo_batch and config.pseudo_share is not None:
-        raise ValueError("pseudo_share mixes pseudo-labels into the batch, pseudo_batch adds "
-                         "them on top of it: choose one")  # fmt: skip
-    if config.pseudo_weight != 1.0 and not config.pseudo_batch:
-        raise ValueError("pseudo_weight weighs the patches pseudo_batch adds: it needs "
-                         "pseudo_batch")  # fmt: skip
-    if config.pseudo_weight <= 0:
-        raise ValueError(f"pseudo_weight must be above 0, not {config.pseudo_weight}")
+def pseudo_mixing_problem(share: float | None, batch: int | None, weight: float | None,
+                          *, flags: bool = False) -> str | None:  # fmt: skip
+    """What makes these pseudo-label settings impossible, or None.
+
+    One set of rules for the trainer, ``pseudo_label`` and the CLI; ``batch`` or ``weight``
+    None (a default not yet chosen) skips the rules about it. ``flags`` names the settings
+    as command-line options (``--pseudo-share``) rather than ``TorchConfig`` fields.
+    """
+
+    def name(field: str) -> str:
+        return "--" + field.replace("_", "-") if flags else field
+
+    if share is not None and not 0 < share < 1:
+        return f"{name('pseudo_share')} must lie strictly between 0 and 1, not {share}"
+    if batch is not None and batch < 0:
+        return f"{name('pseudo_batch')} must be at least 0, not {batch}"
+    if weight is not None and weight <= 0:
+        return f"{name('pseudo_weight')} must be above 0, not {weight}"
+    if batch and share is not None:
+        return (f"{name('pseudo_share')} mixes pseudo-labels into the batch, "
+                f"{name('pseudo_batch')} adds them on top of it: choose one")  # fmt: skip
+    if weight not in (None, 1.0) and (share is not None or batch == 0):
+        return (f"{name('pseudo_weight')} weighs the patches {name('pseudo_batch')} adds on "
+                f"top of each batch: it needs {name('pseudo_batch')} above 0")  # fmt: skip
+    return None
 
 
 def _training_batches(config: TorchConfig, subjects: list, n_classes: int):
