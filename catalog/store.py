@@ -44,6 +44,7 @@ from filelock import FileLock
 from xds.catalog import sql as _sql
 from xds.catalog.views import VIEWS
 from xds.schemas.errors import CatalogError, CatalogNotFoundError
+from xds.schemas.ids import acquisition_time_key
 from xds.schemas.tables import SCHEMA_VERSION, TABLES, schema_for, to_table
 
 VERSIONS_TABLE = "_versions"
@@ -486,7 +487,9 @@ def migrate(root: str | os.PathLike) -> list[str]:
     """Bring a catalog written by an older xds to :data:`SCHEMA_VERSION`; say what changed.
 
     Migrations are additive: new tables are created, new (nullable) columns are added and
-    each changed table is rewritten once so its newest files carry every column. The change
+    each changed table is rewritten once so its newest files carry every column (and no
+    column the schema dropped: schema 5 turns ``scans.acquisition_time_s`` into its keyed
+    hash, ``acquisition_time_key``; older versions keep their files as they were). The change
     is one new catalog version; older versions stay readable (their views fill the missing
     columns with nulls). A catalog already current is left alone.
 
@@ -525,9 +528,13 @@ def migrate(root: str | os.PathLike) -> list[str]:
             if missing:
                 data = dt.to_pyarrow_table()
                 for name in missing:
-                    data = data.append_column(
-                        schema.field(name), pa.nulls(len(data), schema.field(name).type)
+                    derive = _DERIVED.get((table, name))
+                    column = (
+                        derive(data, root)
+                        if derive is not None
+                        else pa.nulls(len(data), schema.field(name).type)
                     )
+                    data = data.append_column(schema.field(name), column)
                 write_deltalake(
                     path,
                     data.select(schema.names).cast(schema),
@@ -548,6 +555,19 @@ def migrate(root: str | os.PathLike) -> list[str]:
             f"migrate schema {found} -> {SCHEMA_VERSION}",
         )
     return changes
+
+
+def _acquisition_time_keys(data: pa.Table, root: Path) -> pa.Array:
+    """Schema 5: the keyed hash of each scan's time of day, from the raw seconds before."""
+    if "acquisition_time_s" not in data.column_names:
+        return pa.nulls(len(data), pa.string())
+    secret = (root / _SECRET).read_bytes()
+    seconds = data.column("acquisition_time_s").to_pylist()
+    return pa.array([acquisition_time_key(secret, s) for s in seconds], pa.string())
+
+
+# Columns a migration computes from the old ones rather than filling with nulls.
+_DERIVED = {("scans", "acquisition_time_key"): _acquisition_time_keys}
 
 
 def _version_rows(root: Path) -> list[dict]:

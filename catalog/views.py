@@ -32,7 +32,7 @@ SELECT s.scan_id, s.subject_id, s.study_id, s.dataset, s.center, s.modality, s.s
        s.orientation, s.image_uri, s.image_hash, s.acquired_on, s.added_at,
        s.sequence_rule, s.sequence_confidence, s.series_description, s.body_part,
        s.echo_time_ms, s.repetition_time_ms, s.inversion_time_ms, s.flip_angle_deg,
-       s.contrast, s.image_type, s.acquisition_time_s,
+       s.contrast, s.image_type, s.acquisition_time_key,
        p.sex, p.age, p.age_bin, p.race, p.ethnicity, p.diagnosis,
        coalesce(l.n_labels, 0) > 0 AS has_label,
        coalesce(l.n_labels, 0) AS n_labels,

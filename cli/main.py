@@ -12,7 +12,14 @@ import sys
 import click
 
 from xds.cli import evaluation, exports, synth, training
-from xds.cli.options import State, XdsGroup, center_source, jobs_option, json_option
+from xds.cli.options import (
+    State,
+    XdsGroup,
+    center_source,
+    jobs_option,
+    json_option,
+    show_paths_option,
+)
 from xds.cli.options import resolve_jobs as _jobs
 from xds.cli.output import emit_json, print_kv, print_table, warn
 
@@ -200,6 +207,7 @@ def ingest():
 @click.option("--scanner-model")
 @click.option("--field-strength", type=float, help="Tesla.")
 @click.option("--copy", is_flag=True, help="Copy files into the catalog instead of hard-linking.")
+@show_paths_option
 @jobs_option
 @json_option
 @click.pass_obj
@@ -218,6 +226,7 @@ def ingest_nifti_cmd(
     scanner_model,
     field_strength,
     copy,
+    show_paths,
     jobs,
     as_json,
 ):
@@ -245,7 +254,7 @@ def ingest_nifti_cmd(
         jobs=_jobs(jobs),
         link=not copy,
     )
-    _print_ingest(report, f"ingest {center}", as_json)
+    _print_ingest(report, f"ingest {center}", as_json, show_paths)
 
 
 @ingest.command("dicom")
@@ -263,11 +272,12 @@ def ingest_nifti_cmd(
     show_default=True,
     help="Series per catalog commit: an interrupted run loses at most this many.",
 )
+@show_paths_option
 @jobs_option
 @json_option
 @click.pass_obj
 def ingest_dicom_cmd(
-    state, directory, center, dataset, sequence_overrides, commit_every, jobs, as_json
+    state, directory, center, dataset, sequence_overrides, commit_every, show_paths, jobs, as_json
 ):
     """Convert, classify, de-identify and register a center's DICOM export.
 
@@ -290,7 +300,7 @@ def ingest_dicom_cmd(
         sequence_overrides=sequence_overrides,
         commit_every=commit_every,
     )
-    _print_ingest(report, f"ingest {center}", as_json)
+    _print_ingest(report, f"ingest {center}", as_json, show_paths)
 
 
 @ingest.command("dataset")
@@ -302,10 +312,11 @@ def ingest_dicom_cmd(
 )
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--dataset", help="Dataset name in the catalog (default: NAME).")
+@show_paths_option
 @jobs_option
 @json_option
 @click.pass_obj
-def ingest_dataset_cmd(state, name, directory, dataset, jobs, as_json):
+def ingest_dataset_cmd(state, name, directory, dataset, show_paths, jobs, as_json):
     """Ingest a downloaded public dataset: its layout, split, sheet and label map are known.
 
     \b
@@ -323,13 +334,19 @@ def ingest_dataset_cmd(state, name, directory, dataset, jobs, as_json):
     report = ingest_dataset(
         state.catalog(create=True), name, directory, dataset=dataset, jobs=_jobs(jobs)
     )
-    _print_ingest(report, f"ingest {name}", as_json)
+    _print_ingest(report, f"ingest {name}", as_json, show_paths)
 
 
-def _print_ingest(report, title: str, as_json: bool) -> None:
-    """Each quarantined file on stderr, then the report as JSON or a table."""
-    for path, error in report.problems:
-        warn(f"quarantined {path}: {error}")
+def _print_ingest(report, title: str, as_json: bool, show_paths: bool = False) -> None:
+    """Each quarantined file on stderr, then the report as JSON or a table.
+
+    Files are named as the quarantine table stores them (scrubbed, relative to the source
+    folder); ``show_paths`` names them by their real paths, bytes that are not UTF-8 escaped.
+    """
+    for (shown, error), real in zip(report.problems, report.sources, strict=True):
+        if show_paths:
+            shown = real.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        warn(f"quarantined {shown}: {error}")
     summary = report.summary()
     if as_json:
         emit_json(summary)

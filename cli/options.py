@@ -53,6 +53,17 @@ def center_source(fn):
     return click.argument("directory", type=click.Path(exists=True, file_okay=False))(fn)
 
 
+def show_paths_option(fn):
+    """Add ``--show-paths``: name quarantined files by their real source paths."""
+    return click.option(
+        "--show-paths",
+        is_flag=True,
+        help="Print quarantined files by their real paths (on your own machine only). By "
+        "default they are shown relative to DIRECTORY with identifier-like names hashed, "
+        "as the catalog stores them.",
+    )(fn)
+
+
 def jobs_option(fn):
     """Add ``--jobs`` (worker processes) to a command."""
     return click.option(

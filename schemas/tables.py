@@ -15,11 +15,13 @@ import pyarrow as pa
 
 from xds.schemas.errors import SchemaError
 
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 """Bumped whenever a table's columns change. Version 2 added the DICOM acquisition columns
 of ``scans``, the ``studies`` table and the harmonization columns of ``labels``; version 3
 the ``evaluations``, ``metrics`` and ``set_metrics`` tables; version 4 the ``runs`` and
-``predictions`` tables. ``xds migrate`` brings an older catalog up to date."""
+``predictions`` tables; version 5 replaced ``scans.acquisition_time_s`` (the time of day,
+which the DICOM basic de-identification profile removes) by ``acquisition_time_key``, a
+keyed hash of it. ``xds migrate`` brings an older catalog up to date."""
 
 _TS = pa.timestamp("us", tz="UTC")
 _STR = pa.string()
@@ -85,7 +87,9 @@ _FIELDS: dict[str, list[pa.Field]] = {
         pa.field("sidecar_uri", _STR),  # de-identified BIDS sidecar beside the image
         # Added in schema version 3 (leakage audit).
         pa.field("fingerprint", pa.binary()),  # world-grid cell means (xds.fingerprint)
-        pa.field("acquisition_time_s", pa.int32()),  # seconds after midnight (a time, no date)
+        # keyed hash of the acquisition's time of day: equal for one acquisition registered
+        # twice (the leakage audit's test), not reversible without the catalog's key
+        pa.field("acquisition_time_key", _STR),
     ],
     "studies": [
         pa.field("study_id", _STR, nullable=False),  # keyed pseudonym of the study UID
@@ -185,7 +189,7 @@ _FIELDS: dict[str, list[pa.Field]] = {
         pa.field("label_id", _STR),  # the reference label
         pa.field("prediction_hash", _STR),  # sha256 of the prediction's decoded voxels
     ],
-    "set_metrics": [  # Set Dice (seed 002) per set x class
+    "set_metrics": [  # Set Dice (Pancakes) per set x class
         pa.field("eval_id", _STR, nullable=False),
         pa.field("set_by", _STR, nullable=False),  # the scan_view column that forms sets
         pa.field("set_value", _STR, nullable=False),

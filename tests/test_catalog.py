@@ -133,7 +133,7 @@ def _downgrade_to_v1(root) -> None:
     v2_only = {"sequence_rule", "sequence_confidence", "series_description", "body_part",
                "echo_time_ms", "repetition_time_ms", "inversion_time_ms", "flip_angle_deg",
                "contrast", "image_type", "protocol", "sidecar_uri", "classes_annotated",
-               "derived_from", "class_set", "fingerprint", "acquisition_time_s"}  # fmt: skip
+               "derived_from", "class_set", "fingerprint", "acquisition_time_key"}  # fmt: skip
     newer_tables = ("studies", "evaluations", "metrics", "set_metrics")
     for name in newer_tables:
         shutil.rmtree(root / name)

@@ -115,8 +115,10 @@ def test_bad_files_are_quarantined_and_the_rest_ingested(world, tmp_path):
     n = sum(c["scans_per_sequence"].values())
     assert report.scans_added == n - 2
     assert report.labels_added == n - 3
-    reasons = {path: error for path, error in report.problems}
+    reasons = {real: error for real, (_, error) in zip(report.sources, report.problems)}
     assert len(reasons) == 3
+    # Files are named relative to the source folder, the MRN folder hashed.
+    assert all(not shown.startswith("/") and "MRN" not in shown for shown, _ in report.problems)
     assert "unreadable NIfTI" in reasons[str(truncated)]
     assert "expected a 3D image, got 4D" in reasons[str(four_d)]
     assert "differs from image shape" in reasons[str(bad_label)]
@@ -155,7 +157,16 @@ def test_cli_prints_one_line_per_quarantined_file(world, tmp_path):
     assert result.exit_code == 0
     lines = [line for line in result.stderr.splitlines() if line.startswith("quarantined")]
     assert len(lines) == 3
-    assert all(str(p) in result.stderr for p in bad)
+    # By default neither the source folder nor the MRN-named folders are printed...
+    assert str(folder) not in result.stderr and "MRN" not in result.stderr
+    # ...--show-paths prints the real paths, for a user on their own machine.
+    shown = CliRunner().invoke(
+        cli,
+        ["--catalog", str(tmp_path / "cat"), "ingest", "nifti", str(folder), "--center", "Bad",
+         "--label-map", str(folder / "labels.csv"), "--show-paths", "-j", "1"],
+    )  # fmt: skip
+    assert shown.exit_code == 0
+    assert all(str(p) in shown.stderr for p in bad)
 
 
 def test_header_free_text_is_removed(tmp_path, world):

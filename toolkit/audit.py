@@ -46,7 +46,7 @@ KINDS = (
     "study_under_two_subjects", "teacher_trained_on_test",
 )  # fmt: skip
 _META = ["scan_id", "subject_id", "image_hash", "study_id", "modality", "vendor",
-         "scanner_model", "field_strength", "acquisition_time_s", "image_uri"]  # fmt: skip
+         "scanner_model", "field_strength", "acquisition_time_key", "image_uri"]  # fmt: skip
 
 
 @dataclass
@@ -169,7 +169,7 @@ def _fingerprint_file(path: str) -> bytes | None:
 def _pair_kind(a: dict, b: dict) -> str:
     same_scanner = all(
         a.get(k) is not None and a.get(k) == b.get(k)
-        for k in ("vendor", "scanner_model", "acquisition_time_s")
+        for k in ("vendor", "scanner_model", "acquisition_time_key")
     )
     return "study_under_two_subjects" if same_scanner else "near_duplicate_in_two_roles"
 

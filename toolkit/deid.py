@@ -126,3 +126,128 @@ def clean_sidecar(sidecar: dict, phi: list[str] = ()) -> dict:
             else:
                 out[key] = cleaned
     return out
+
+
+# -- source paths and messages -----------------------------------------------------------------
+#
+# Folder and file names of a hospital export carry identifiers (``SMITH_JOHN_MRN778899_t2.nii``,
+# files named by their SOP instance UIDs). What is shown or stored of a source path keeps a
+# component only when every word of it is known to be structural; any other component becomes
+# a keyed hash with its extension kept ("when in doubt, hash").
+
+_PSEUDONYM = re.compile(r"(?<![A-Za-z0-9])(?:sub|stu|ser|scn|lbl|x)-[0-9a-f]{16}(?![0-9a-f])")
+_UID = re.compile(r"(?<![\w.])\d+(?:\.\d+){3,}(?![\w])")
+_ABS_PATH = re.compile(r"(?<![\w.<])(?:[A-Za-z]:\\|/)[^\s'\"`,;()\[\]{}<>]*")
+_EXTENSIONS = (
+    ".nii.gz", ".nii", ".dcm", ".ima", ".json", ".csv", ".tsv", ".txt", ".png", ".jpg",
+    ".jpeg", ".mha", ".mhd", ".nrrd", ".xml", ".pdf", ".zip", ".gz", ".img", ".hdr",
+)  # fmt: skip
+# Words of folder layouts, dataset conventions, sequences, vendors and file kinds: a path
+# component made only of these (and of pseudonyms and numbers of up to four digits) is kept.
+SAFE_WORDS = frozenset(
+    """
+    anat func dwi fmap perf derivatives sourcedata rawdata raw data labels label labelstr
+    labelsts labelsva labelsval images image imagestr imagests imagesva imagesval img imgs
+    mask masks seg segs segmentation segmentations dseg gt ground truth groundtruth manual
+    train training test testing val valid validation tr ts va case cases subject subjects
+    sub patient patients study studies series scan scans volume volumes session ses run
+    acq rec dicom dicomdir dcm nii gz json csv tsv txt png jpg notes readme report
+    localizer scout survey secondary derived original primary other misc unknown ct mr mri
+    pet pt t1 t1w t2 t2w t1wi t2wi pd flair oop opp ip inp in out of phase opposed dual
+    echo haste vibe lava thrive flash gre space ssfse fse tse fs fat water sat dixon adc
+    trace ax cor sag tra axial coronal sagittal pre post art arterial ven venous portal
+    delayed del native contrast ce gd enhanced phase1 phase2 phase3 abdomen abdominal
+    pancreas liver kidney kidneys spleen siemens ge philips toshiba canon hitachi uih
+    healthcare medical systems center centre site source crosspan amos flare flare22 word
+    totalsegmentator btcv chaos msd task07 task pancreas_ ct_ mr_ ground_ dicom_anon anon
+    inphase outphase t1dual t2spir spir bids nnunet folders flat imagests_ world phantoms
+    metadata clinical sheet map lut dataset datasets
+    """.split()
+)
+_SAFE_TOKEN = re.compile(
+    r"^(?:\d{1,4}|(?:im|img|i|mr|ct|se|s|slice|file|image|series|run|echo|e|t|b)\d{1,6})$"
+)
+
+
+def _tokens(stem: str) -> list[str]:
+    return [t for t in re.split(r"[^A-Za-z0-9]+", _PSEUDONYM.sub(" ", stem)) if t]
+
+
+def _is_safe_name(component: str, keep: frozenset[str]) -> bool:
+    try:
+        component.encode("utf-8")
+    except UnicodeEncodeError:  # surrogate-escaped bytes of a name that is not UTF-8
+        return False
+    stem, _ = split_extension(component)
+    if _UID.search(stem) or _DATE_LIKE.search(stem):
+        return False
+    return all(
+        t.lower() in SAFE_WORDS or t.lower() in keep or _SAFE_TOKEN.match(t.lower())
+        for t in _tokens(stem)
+    )
+
+
+def split_extension(name: str) -> tuple[str, str]:
+    """``name`` as (stem, known extension); ``("1.2.840.113", "")`` for a dotted UID."""
+    lowered = name.lower()
+    for ext in _EXTENSIONS:
+        if lowered.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)], name[-len(ext) :]
+    return name, ""
+
+
+def scrub_name(secret: bytes, component: str, keep: frozenset[str] = frozenset()) -> str:
+    """One path component as it may be shown or stored: kept when every word of it is
+    structural (:data:`SAFE_WORDS`, pseudonyms, short numbers, ``keep``), else a keyed hash
+    ``x-<16 hex>`` with the extension kept.
+
+    >>> scrub_name(b"k", "SMITH_JOHN_MRN778899_t2.nii.gz")[-7:]
+    '.nii.gz'
+    >>> scrub_name(b"k", "imagesTr")
+    'imagesTr'
+    """
+    if component in ("", ".", ".."):
+        return component
+    if _is_safe_name(component, keep):
+        return component
+    raw = component.encode("utf-8", "surrogateescape")
+    stem, ext = split_extension(component)
+    digest = hmac.new(secret, b"path-name\0" + raw, hashlib.sha256).hexdigest()[:16]
+    return f"x-{digest}{ext if _is_safe_name(ext, frozenset()) else ''}"
+
+
+def scrub_path(secret: bytes, rel: str, keep: frozenset[str] = frozenset()) -> str:
+    """A relative source path with every component passed through :func:`scrub_name`."""
+    return "/".join(scrub_name(secret, part, keep) for part in rel.split("/"))
+
+
+def identifying_tokens(rel: str, keep: frozenset[str] = frozenset()) -> set[str]:
+    """The words of a source path that :func:`scrub_name` would hide (lower case)."""
+    out = set()
+    for part in rel.split("/"):
+        try:
+            part.encode("utf-8")
+        except UnicodeEncodeError:
+            continue
+        stem, _ = split_extension(part)
+        for token in _tokens(stem):
+            low = token.lower()
+            if len(low) >= 4 and low not in SAFE_WORDS and low not in keep:
+                if not _SAFE_TOKEN.match(low):
+                    out.add(low)
+    return out
+
+
+def scrub_message(text: str, replacements: dict[str, str] | None = None) -> str:
+    """An error message safe to store and print: the given source strings replaced by their
+    scrubbed forms (longest first), then any other absolute path, DICOM UID and date-like
+    string replaced by ``<path>``, ``<uid>`` and ``<date>``; bytes that are not UTF-8 escaped.
+    """
+    out = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    for raw, shown in sorted((replacements or {}).items(), key=lambda kv: -len(kv[0])):
+        if raw:
+            safe = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            out = out.replace(safe, shown)
+    out = _ABS_PATH.sub("<path>", out)
+    out = _UID.sub("<uid>", out)
+    return _DATE_LIKE.sub("<date>", out)

@@ -53,10 +53,58 @@ def progress_imap(
         # The server imports fn's module once and every worker forks from it, instead of
         # each worker importing xds (about 0.6 s) again. Only the first pool sets this.
         context.set_forkserver_preload([fn.__module__])
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=context,
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             for result in pool.map(fn, items, chunksize=max(1, len(items) // (jobs * 8))):
                 bar.advance(task)
                 yield result
+
+
+def die_with_parent(parent: int | None = None) -> None:
+    """Make this process end when ``parent`` (default: its parent) does.
+
+    A worker pool's processes otherwise outlive a ``kill -9`` of the command that started
+    them and go on writing into the catalog. On Linux the kernel sends SIGKILL when the
+    parent exits (``PR_SET_PDEATHSIG``); with a fork server the parent is the server, so a
+    thread also watches the command's own process and ends this one within half a second.
+    """
+    import signal
+    import threading
+    import time
+
+    set_parent_death_signal(signal.SIGKILL)
+    parent = parent or os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, name="xds-parent-watch", daemon=True).start()
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Linux: ask the kernel to send ``sig`` to this process when its parent exits."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def default_jobs() -> int:

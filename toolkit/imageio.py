@@ -150,12 +150,17 @@ def store_volume(volume: Volume, dest: Path, *, link: bool = True) -> None:
     stem = dest.name[: -len(".nii.gz")]
     tmp = dest.with_name(f"{stem}.{os.getpid()}-{secrets.token_hex(4)}.part.nii.gz")
     if not has_free_text(volume.image) and volume.path.name.endswith(".nii.gz"):
-        try:
-            if not link:
-                raise OSError("copy requested")
-            os.link(volume.path, tmp)
-        except OSError:
-            shutil.copyfile(volume.path, tmp)
+        if not gzip_header_is_clean(volume.path):
+            # The source's gzip header names the file it was made from and when (FNAME,
+            # MTIME): the same compressed data goes in under a header that says nothing.
+            rewrite_gzip_headers(volume.path, tmp)
+        else:
+            try:
+                if not link:
+                    raise OSError("copy requested")
+                os.link(volume.path, tmp)
+            except OSError:
+                shutil.copyfile(volume.path, tmp)
     else:
         image = nib.Nifti1Image(volume.data, volume.affine, header=volume.image.header.copy())
         for name in _TEXT_FIELDS:
@@ -164,6 +169,9 @@ def store_volume(volume: Volume, dest: Path, *, link: bool = True) -> None:
         image.header.extensions.clear()
         nib.save(image, tmp)
     os.replace(tmp, dest)  # readers never see a half-written file
+    # Renaming a hard link onto another name of the same inode (a re-run that links the
+    # same source again) is a no-op that leaves the temporary name behind.
+    tmp.unlink(missing_ok=True)
 
 
 def sweep_partials(folder: Path) -> int:
@@ -196,3 +204,96 @@ def process_alive(pid: int) -> bool:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else ""
+
+
+# -- gzip headers ------------------------------------------------------------------------------
+# RFC 1952: magic 1f 8b, method 8, flags, mtime (4), extra flags, OS, then the optional
+# fields the flags announce. FNAME holds the original file name, FCOMMENT free text.
+_FTEXT, _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 1, 2, 4, 8, 16
+_CLEAN_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no flags, mtime 0, OS unknown
+
+
+def _header_end(data: bytes | memoryview, start: int) -> tuple[int, int, int]:
+    """(flags, mtime, offset of the deflate data) of the gzip member at ``start``."""
+    if bytes(data[start : start + 3]) != b"\x1f\x8b\x08":
+        raise ValueError("not a gzip member")
+    flags = data[start + 3]
+    mtime = int.from_bytes(bytes(data[start + 4 : start + 8]), "little")
+    pos = start + 10
+    if flags & _FEXTRA:
+        pos += 2 + int.from_bytes(bytes(data[pos : pos + 2]), "little")
+    for flag in (_FNAME, _FCOMMENT):  # zero-terminated strings
+        if flags & flag:
+            pos = bytes(data[pos : pos + 65536]).index(b"\0") + pos + 1
+    if flags & _FHCRC:
+        pos += 2
+    return flags, mtime, pos
+
+
+def gzip_header_is_clean(path: str | os.PathLike) -> bool:
+    """True when a gzip file's first member carries no name, comment, extra field or time.
+
+    Only the first header is read (one small read). NIfTI writers (nibabel, ITK, dcm2niix)
+    write a single member; :func:`gzip_members` reads every member when it matters.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(10)
+    return (
+        len(head) == 10
+        and head[:3] == b"\x1f\x8b\x08"
+        and head[3] & ~_FTEXT == 0
+        and head[4:8] == b"\0\0\0\0"
+    )
+
+
+def gzip_members(data: bytes | memoryview) -> list[tuple[int, int, int, int]]:
+    """(flags, mtime, deflate start, deflate end) of every member of a gzip stream.
+
+    Each member's end is found by inflating it (output discarded).
+
+    Raises:
+        ValueError: not a valid gzip stream.
+    """
+    import zlib
+
+    data = memoryview(data)
+    members = []
+    start = 0
+    while start < len(data):
+        flags, mtime, pos = _header_end(data, start)
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        cursor = pos
+        try:
+            while not inflater.eof:
+                if cursor >= len(data):
+                    raise ValueError("truncated gzip stream")
+                inflater.decompress(data[cursor : cursor + (1 << 20)], 1 << 16)
+                while inflater.unconsumed_tail and not inflater.eof:
+                    inflater.decompress(inflater.unconsumed_tail, 1 << 16)
+                cursor += 1 << 20
+        except zlib.error as exc:
+            raise ValueError(f"corrupt gzip stream ({exc})") from None
+        end = min(cursor, len(data)) - len(inflater.unused_data)
+        members.append((flags, mtime, pos, end))
+        start = end + 8  # CRC32 and ISIZE
+        while start < len(data) and data[start] == 0:  # padding some writers append
+            start += 1
+    return members
+
+
+def rewrite_gzip_headers(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Copy a gzip file with every member's header replaced by a bare one.
+
+    The compressed data and the CRC/size trailers are copied as they are: no
+    recompression, which would cost several times the inflating done to find each
+    member's end.
+
+    Raises:
+        ValueError: ``src`` is not a valid gzip file.
+    """
+    data = Path(src).read_bytes()
+    out = bytearray()
+    for _, _, start, end in gzip_members(data):
+        out += _CLEAN_HEADER
+        out += data[start : end + 8]
+    Path(dest).write_bytes(bytes(out))

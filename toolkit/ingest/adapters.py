@@ -45,7 +45,7 @@ from xds.catalog import Catalog, utcnow
 from xds.deid import pseudonym
 from xds.executors import progress_map
 from xds.imageio import read_volume
-from xds.ingest.common import IngestReport, check_source, quarantine_row, run_id
+from xds.ingest.common import IngestReport, Quarantine, check_source, run_id
 from xds.ingest.nifti import _ingest_one, _Job
 from xds.ingest.sequences import sequence_from_name
 from xds.ingest.sheets import read_sheet
@@ -322,13 +322,13 @@ def ingest_dataset(
         )
     results = progress_map(_ingest_case, jobs_list, jobs=jobs, description=f"ingest {name}")
     now = utcnow()
-    subjects, scans, labels, quarantine = {}, {}, {}, []
+    subjects, scans, labels = {}, {}, {}
+    quarantine = Quarantine(catalog, report, root, run)
     for case, job, result in zip(cases, jobs_list, results, strict=True):
         center = case.center or name
         for stage, rel, error in result["problems"]:
             shown = rel.replace(case.key, job.job.subject_id)
-            report.problems.append((str(root / rel), error))
-            quarantine.append(quarantine_row(shown, dataset, center, stage, error, run))
+            quarantine.add(rel, stage, error, shown=shown, center=center)
         if result["scan"] is None:
             continue
         demo = sheet.get(case.key, {})
@@ -391,7 +391,7 @@ def ingest_dataset(
             unique_by=["label_map_id"],
         )
         txn.append("labels", list(labels.values()), unique_by=["label_id"])
-        txn.append("quarantine", quarantine, unique_by=["uri", "error"])
+        txn.append("quarantine", quarantine.take(), unique_by=["uri", "error"])
     report.record(txn, catalog.version, len(scans))
     return report
 

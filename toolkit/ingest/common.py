@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xds.catalog import utcnow
+from filelock import FileLock
+
+from xds.catalog import Catalog, utcnow
+from xds.deid import identifying_tokens, scrub_message, scrub_path
 from xds.schemas.errors import IngestError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -15,7 +22,13 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 @dataclass
 class IngestReport:
-    """What one ingest run did. ``problems`` holds (source path, one-line reason)."""
+    """What one ingest run did.
+
+    ``problems`` holds (file, one-line reason) with the file's path relative to the source
+    folder and scrubbed of identifiers (:func:`xds.deid.scrub_path`), as the quarantine
+    table stores it; ``sources`` holds the same files' real paths, for a user who asks to
+    see them on their own machine (``--show-paths``) and never stored.
+    """
 
     dataset: str
     center: str
@@ -29,6 +42,7 @@ class IngestReport:
     already_present: int = 0
     quarantined: int = 0
     problems: list[tuple[str, str]] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list, repr=False)
 
     def record(self, txn, version: int, candidates: int) -> None:
         """Counts from a committed ingest transaction (``candidates``: scans offered)."""
@@ -41,7 +55,7 @@ class IngestReport:
 
     def summary(self) -> dict:
         """JSON-ready counts (problems as ``{"file", "error"}``)."""
-        out = {k: v for k, v in self.__dict__.items() if k != "problems"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("problems", "sources")}
         out["problems"] = [{"file": f, "error": e} for f, e in self.problems]
         return out
 
@@ -63,6 +77,15 @@ def check_source(root: str | Path, center: str, dataset: str | None) -> tuple[Pa
     return root, dataset
 
 
+def valid_utf8(name: str) -> bool:
+    """False for a path that the file system gave as bytes that are not UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def run_id() -> str:
     """A new ingest run id (the ``source`` column of the rows it writes)."""
     return f"ingest-{utcnow():%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
@@ -79,3 +102,86 @@ def quarantine_row(uri: str, dataset: str, center: str, stage: str, error: str, 
         "at": utcnow(),
         "source": run,
     }
+
+
+class Quarantine:
+    """The quarantine rows of one ingest run, and its report's problems.
+
+    Every file named here passes through one scrubbing: its path relative to the source
+    folder with subject keys replaced by pseudonyms (``shown``), then every component that
+    is not plainly structural replaced by a keyed hash; the error text gets the same path
+    in place of the real one, and any other path, UID or date in it is masked.
+    """
+
+    def __init__(self, catalog: Catalog, report: IngestReport, root: Path, run: str):
+        self.secret = catalog.secret()
+        self.report, self.root, self.run = report, root, run
+        self.keep = frozenset({report.dataset.lower(), report.center.lower()})
+        self.rows: list[dict] = []
+
+    def uri(self, shown: str) -> str:
+        """How a file (relative path, subject keys already pseudonymized) is stored."""
+        return scrub_path(self.secret, shown, self.keep)
+
+    def add(
+        self,
+        rel: str,
+        stage: str,
+        error: str,
+        *,
+        shown: str | None = None,
+        center: str | None = None,
+    ) -> None:
+        """Quarantine ``rel`` (relative to the source folder) at ``stage`` for ``error``."""
+        uri = self.uri(shown if shown is not None else rel)
+        real = str(self.root / rel)
+        message = scrub_message(error, {real: uri, rel: uri, str(self.root): "<source>"})
+        self.report.problems.append((uri, message))
+        self.report.sources.append(real)
+        self.rows.append(
+            quarantine_row(
+                uri, self.report.dataset, center or self.report.center, stage, message, self.run
+            )
+        )
+
+    def take(self) -> list[dict]:
+        """The rows gathered since the last call (for a transaction)."""
+        rows, self.rows = self.rows, []
+        return rows
+
+
+_NAMES = ".xds-names"
+
+
+def record_source_names(catalog: Catalog, relpaths: Iterable[str], keep: frozenset[str]) -> None:
+    """Remember, as keyed hashes, the words of source paths that scrubbing hides.
+
+    ``xds verify`` looks for them in every stored byte: a folder named after a patient
+    must never reappear. Only HMACs under the catalog's secret are kept, in a file beside
+    it (mode 0600), so the file itself holds no name.
+    """
+    secret = catalog.secret()
+    tokens: set[str] = set()
+    for rel in relpaths:
+        tokens |= identifying_tokens(rel, keep)
+    digests = {name_digest(secret, t) for t in tokens}
+    path = catalog.root / _NAMES
+    with FileLock(str(catalog.root / f"{_NAMES}.lock")):
+        known = set(path.read_text().split()) if path.exists() else set()
+        if digests <= known:
+            return
+        tmp = path.with_name(f"{_NAMES}.{os.getpid()}.part")
+        tmp.write_text("".join(f"{d}\n" for d in sorted(known | digests)))
+        tmp.chmod(0o600)
+        os.replace(tmp, path)
+
+
+def source_name_digests(catalog_root: Path) -> set[str]:
+    """The keyed hashes :func:`record_source_names` kept."""
+    path = Path(catalog_root) / _NAMES
+    return set(path.read_text().split()) if path.exists() else set()
+
+
+def name_digest(secret: bytes, token: str) -> str:
+    """The keyed hash of one lower-case word of a source path."""
+    return hmac.new(secret, b"source-word\0" + token.encode(), hashlib.sha256).hexdigest()[:24]

@@ -45,13 +45,19 @@ from pydicom.errors import InvalidDicomError
 
 from xds.catalog import Catalog, utcnow
 from xds.deid import age_bin, cap_age, clean_sidecar, clean_text, date_shift_days, pseudonym
-from xds.executors import progress_imap, progress_map
+from xds.executors import progress_imap, progress_map, set_parent_death_signal
 from xds.imageio import process_alive, read_volume, store_volume
 from xds.ingest.classify import classify, mentions_contrast
-from xds.ingest.common import IngestReport, check_source, quarantine_row, run_id
+from xds.ingest.common import (
+    IngestReport,
+    Quarantine,
+    check_source,
+    record_source_names,
+    run_id,
+)
 from xds.ingest.sheets import parse_age
 from xds.schemas.errors import IngestError
-from xds.schemas.ids import stable_id
+from xds.schemas.ids import acquisition_time_key, stable_id
 from xds.schemas.tables import SEQUENCES
 
 _DICOMDIR_SOP = "1.2.840.10008.1.3.10"
@@ -189,12 +195,12 @@ def ingest_dicom(
             return rel
         return phi_pattern.sub(lambda m: sid_of[m.group(0).lower()], rel)
 
-    quarantine: list[dict] = []
+    quarantine = Quarantine(catalog, report, root, run)
+    record_source_names(catalog, relpaths, quarantine.keep)
 
     def reject(rel: str, stage: str, error: str, files: int = 1) -> None:
         report.files_quarantined += files
-        report.problems.append((str(root / rel.split(" [")[0]), error))
-        quarantine.append(quarantine_row(shown(rel), dataset, center, stage, error, run))
+        quarantine.add(rel.split(" [")[0], stage, error, shown=shown(rel))
 
     for h in headers:
         if h.get("problem"):
@@ -268,10 +274,9 @@ def ingest_dicom(
             txn.append("subjects", [subjects[s] for s in sorted(sids)], unique_by=["subject_id"])
             txn.append("studies", [studies[s] for s in sorted(stids)], unique_by=["study_id"])
             txn.append("scans", rows, unique_by=["subject_id", "image_hash"])
-            txn.append("quarantine", list(quarantine), unique_by=["uri", "error"])
+            txn.append("quarantine", quarantine.take(), unique_by=["uri", "error"])
         done_subjects.update(sids)
         done_studies.update(stids)
-        quarantine.clear()
         report.subjects_added += txn.written.get("subjects", 0)
         report.studies_added += txn.written.get("studies", 0)
         report.scans_added += txn.written.get("scans", 0)
@@ -286,7 +291,7 @@ def ingest_dicom(
             pending.append((job, result))
             if len(pending) >= commit_every:
                 commit()
-        if pending or quarantine:
+        if pending or quarantine.rows:
             commit()
     finally:
         shutil.rmtree(workroot, ignore_errors=True)
@@ -569,8 +574,8 @@ def _parse_date(text: str | None) -> dt.date | None:
 def _seconds_of_day(text: str | None) -> int | None:
     """A DICOM TM value (HHMMSS.FFFFFF, or HH:MM:SS) as whole seconds after midnight.
 
-    A time of day is no date, so it survives de-identification; the audit matches it to
-    find one study registered under two subject ids.
+    Only its keyed hash is stored (:func:`xds.schemas.ids.acquisition_time_key`): the
+    audit matches it to find one study registered under two subject ids.
     """
     digits = (text or "").replace(":", "").split(".")[0]
     if len(digits) < 4 or not digits.isdigit():
@@ -650,6 +655,9 @@ def _series_facts(h: dict, secret: bytes, subject_id: str, series_hash: str, phi
         "mr_acquisition_type te tr ti flip b_value contrast_agent acquisition_time"
     ).split()
     facts = {k: h.get(k) for k in keep}
+    facts["acquisition_time_key"] = acquisition_time_key(
+        secret, _seconds_of_day(facts.pop("acquisition_time"))
+    )
     facts["description"] = clean_text(h.get("description"), list(phi))
     facts["protocol_name"] = clean_text(h.get("protocol_name"), list(phi))
     facts.update(
@@ -693,6 +701,7 @@ def _convert_series(job: _SeriesJob) -> dict:
             capture_output=True,
             text=True,
             timeout=600,
+            preexec_fn=_die_with_worker,
         )
     except subprocess.TimeoutExpired:
         out["problems"].append((job.label, "convert", "dcm2niix took longer than 600 s"))
@@ -771,7 +780,7 @@ def _convert_series(job: _SeriesJob) -> dict:
                 "field_strength": facts.get("field_strength"),
                 "image_uri": image_uri,
                 **volume.scan_columns(),
-                "acquisition_time_s": _seconds_of_day(facts.get("acquisition_time")),
+                "acquisition_time_key": facts.get("acquisition_time_key"),
                 "acquired_on": dt.date.fromisoformat(facts["acquired_on"])
                 if facts.get("acquired_on")
                 else None,
@@ -789,6 +798,13 @@ def _convert_series(job: _SeriesJob) -> dict:
         )
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _die_with_worker() -> None:
+    """In dcm2niix's process before it starts: end when the worker that ran it ends."""
+    import signal
+
+    set_parent_death_signal(signal.SIGKILL)
 
 
 # -- overrides, resume -----------------------------------------------------------------------

@@ -21,7 +21,14 @@ from xds.catalog import Catalog, utcnow
 from xds.deid import pseudonym
 from xds.executors import progress_map
 from xds.imageio import nifti_files, read_volume, store_volume
-from xds.ingest.common import IngestReport, check_source, quarantine_row, run_id
+from xds.ingest.common import (
+    IngestReport,
+    Quarantine,
+    check_source,
+    record_source_names,
+    run_id,
+    valid_utf8,
+)
 from xds.ingest.layouts import Layout, detect_layout, parse_layout
 from xds.ingest.sequences import sequence_from_name
 from xds.ingest.sheets import canonical_label_map, read_sheet
@@ -85,10 +92,11 @@ def ingest_nifti(
     root, dataset = check_source(root, center, dataset)
     if sequence is not None and sequence not in SEQUENCES:
         raise IngestError(f"unknown sequence {sequence!r}; known: {', '.join(SEQUENCES)}")
-    relpaths = sorted(p.relative_to(root).as_posix() for p in nifti_files(root))
+    found = sorted(p.relative_to(root).as_posix() for p in nifti_files(root))
+    relpaths = [r for r in found if valid_utf8(r)]
     chosen: Layout = parse_layout(layout, label_layout) or detect_layout(relpaths)
     run = run_id()
-    report = IngestReport(dataset, center, run, chosen.name, files_found=len(relpaths))
+    report = IngestReport(dataset, center, run, chosen.name, files_found=len(found))
     sheet = read_sheet(metadata) if metadata else {}
     mapping = canonical_label_map(label_map) if label_map else None
     map_id = _label_map_id(dataset, mapping)
@@ -103,12 +111,15 @@ def ingest_nifti(
             rel = rel.replace(key, sid)
         return rel
 
-    quarantine: list[dict] = []
+    quarantine = Quarantine(catalog, report, root, run)
+    record_source_names(catalog, found, quarantine.keep)
 
     def reject(rel: str, stage: str, error: str) -> None:
-        report.problems.append((str(root / rel), error))
-        quarantine.append(quarantine_row(shown(rel), dataset, center, stage, error, run))
+        quarantine.add(rel, stage, error, shown=shown(rel))
 
+    for rel in found:
+        if not valid_utf8(rel):
+            reject(rel, "read", "file or folder name is not valid UTF-8")
     for rel in stray:
         reject(rel, "layout", f"does not match the {chosen.name} layout ({chosen.image})")
     for key in sorted(set(labels) - set(images)):
@@ -196,12 +207,12 @@ def ingest_nifti(
                 "dataset": dataset,
                 "indices": list(names),
                 "names": list(names.values()),
-                "source": str(label_map) if label_map else "none given",
+                "source": quarantine.uri(Path(label_map).name) if label_map else "none given",
                 "created_at": now,
             }
             txn.append("label_maps", [map_row], unique_by=["label_map_id"])
         txn.append("labels", list(label_rows.values()), unique_by=["label_id"])
-        txn.append("quarantine", quarantine, unique_by=["uri", "error"])
+        txn.append("quarantine", quarantine.take(), unique_by=["uri", "error"])
     report.record(txn, catalog.version, len(scans))
     return report
 
