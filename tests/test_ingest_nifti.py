@@ -115,7 +115,8 @@ def test_bad_files_are_quarantined_and_the_rest_ingested(world, tmp_path):
     n = sum(c["scans_per_sequence"].values())
     assert report.scans_added == n - 2
     assert report.labels_added == n - 3
-    reasons = {real: error for real, (_, error) in zip(report.sources, report.problems)}
+    pairs = zip(report.sources, report.problems, strict=True)
+    reasons = {real: error for real, (_, error) in pairs}
     assert len(reasons) == 3
     # Files are named relative to the source folder, the MRN folder hashed.
     assert all(not shown.startswith("/") and "MRN" not in shown for shown, _ in report.problems)
@@ -158,7 +159,8 @@ def test_cli_prints_one_line_per_quarantined_file(world, tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("quarantined")]
     assert len(lines) == 3
     # By default neither the source folder nor the MRN-named folders are printed...
-    assert str(folder) not in result.stderr and "MRN" not in result.stderr
+    assert str(folder) not in result.stderr
+    assert "MRN" not in result.stderr
     # ...--show-paths prints the real paths, for a user on their own machine.
     shown = CliRunner().invoke(
         cli,

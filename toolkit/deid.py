@@ -197,9 +197,10 @@ def split_extension(name: str) -> tuple[str, str]:
 
 
 def scrub_name(secret: bytes, component: str, keep: frozenset[str] = frozenset()) -> str:
-    """One path component as it may be shown or stored: kept when every word of it is
-    structural (:data:`SAFE_WORDS`, pseudonyms, short numbers, ``keep``), else a keyed hash
-    ``x-<16 hex>`` with the extension kept.
+    """One path component as it may be shown or stored.
+
+    It is kept when every word of it is structural (:data:`SAFE_WORDS`, pseudonyms, short
+    numbers, ``keep``), else replaced by a keyed hash ``x-<16 hex>`` with its extension.
 
     >>> scrub_name(b"k", "SMITH_JOHN_MRN778899_t2.nii.gz")[-7:]
     '.nii.gz'
@@ -239,9 +240,11 @@ def identifying_tokens(rel: str, keep: frozenset[str] = frozenset()) -> set[str]
 
 
 def scrub_message(text: str, replacements: dict[str, str] | None = None) -> str:
-    """An error message safe to store and print: the given source strings replaced by their
-    scrubbed forms (longest first), then any other absolute path, DICOM UID and date-like
-    string replaced by ``<path>``, ``<uid>`` and ``<date>``; bytes that are not UTF-8 escaped.
+    """An error message safe to store and print.
+
+    The given source strings are replaced by their scrubbed forms (longest first), then
+    any other absolute path, DICOM UID and date-like string by ``<path>``, ``<uid>`` and
+    ``<date>``; bytes that are not UTF-8 are escaped.
     """
     out = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     for raw, shown in sorted((replacements or {}).items(), key=lambda kv: -len(kv[0])):
