@@ -13,7 +13,7 @@ from functools import cached_property
 
 import pyarrow as pa
 
-from xds.catalog.sql import fetch, run_user_query
+from xds.catalog.sql import fetch, where_sql
 from xds.catalog.store import Catalog, utcnow
 from xds.schemas.errors import CohortError
 from xds.schemas.ids import stable_id
@@ -59,7 +59,8 @@ class Cohort:
 
 
 def _selection_sql(where: str) -> str:
-    return f"SELECT scan_id, subject_id FROM scan_view WHERE ({where})"
+    """The selection ``where`` makes; refused unless it is one boolean expression."""
+    return where_sql(where, "scan_id, subject_id")
 
 
 def select_scans(catalog: Catalog, where: str) -> pa.Table:
@@ -97,11 +98,12 @@ def build_cohort(catalog: Catalog, where: str, name: str) -> Cohort:
     with catalog.connect(needs=["scan_view", "cohorts"]) as con:
         if fetch(con, "SELECT 1 FROM cohorts WHERE name = ? LIMIT 1", [name]).num_rows:
             raise CohortError(f"cohort {name!r} already exists; choose another --name")
-        selected = run_user_query(con, query)
+        selected = catalog.run_user_query(con, query)
     scan_ids = selected.column("scan_ids").combine_chunks()
     n_scans = len(scan_ids.values) if scan_ids.null_count == 0 else 0
     if n_scans == 0:
         raise CohortError(f"no scan matches --where {where!r} at catalog version {version}")
+    _check_ids_exist(catalog, scan_ids.values, f"--where {where!r}")
     row = {
         "cohort_id": stable_id("coh", name, where, version),
         "name": name,
@@ -153,8 +155,26 @@ def rematerialize(catalog: Catalog, cohort: Cohort) -> tuple[str, ...]:
 
 
 def cohort_scans(catalog: Catalog, cohort: Cohort) -> pa.Table:
-    """``scan_view`` rows of a cohort's scans as of its pinned version, sorted by scan_id."""
-    return catalog.at(cohort.catalog_version).rows_for("scan_view", cohort.scan_id_array)
+    """``scan_view`` rows of a cohort's scans as of its pinned version, sorted by scan_id.
+
+    Raises:
+        CohortError: the cohort names scans its pinned version does not hold.
+    """
+    rows = catalog.at(cohort.catalog_version).rows_for("scan_view", cohort.scan_id_array)
+    if rows.num_rows != len(cohort.scan_id_array):
+        _check_ids_exist(catalog.at(cohort.catalog_version), cohort.scan_id_array,
+                         f"cohort {cohort.name!r}")  # fmt: skip
+    return rows
+
+
+def _check_ids_exist(catalog: Catalog, scan_ids: pa.Array, what: str) -> None:
+    """Raise unless every id is a usable scan at ``catalog``'s version."""
+    found = catalog.rows_for("scan_view", scan_ids, ["scan_id"]).num_rows
+    if found != len(scan_ids):
+        raise CohortError(
+            f"{what} names {len(scan_ids) - found} scan id(s) that catalog version "
+            f"{catalog.version} does not hold; nothing was stored"
+        )
 
 
 def _check_name(name: str) -> None:

@@ -94,6 +94,7 @@ class Catalog:
         self._files: dict[str, list[str]] = {}
         self._reader_state = _ReaderState()
         self._pinned: dict[int, Catalog] = {}  # other versions read through at()
+        self.sql_limits = _sql.SqlLimits.from_env()  # bounds on user SQL (xds sql, --where)
 
     def __getstate__(self) -> dict:
         # DuckDB connections do not pickle (worker processes open their own)
@@ -231,17 +232,44 @@ class Catalog:
         files = {t: self.files(t) for t in TABLES if t in tables}
         schemas = {t: schema_for(t) for t in files}
         views = [sql for deps, sql in VIEWS.values() if set(deps) <= tables]
-        return _sql.connect(files, schemas, views, lock=lock, legacy=self.legacy)
+        return _sql.connect(
+            files,
+            schemas,
+            views,
+            lock=lock,
+            legacy=self.legacy,
+            scratch=self._scratch() if lock else None,
+            limits=self.sql_limits if lock else None,
+        )
 
     def sql(self, query: str) -> pa.Table:
-        """Run one read-only query (user SQL) against this version.
+        """Run one read-only query (user SQL) against this version, within :attr:`sql_limits`.
 
         Raises:
             SqlRefusedError: the query is not a single SELECT or reaches outside the catalog.
-            SqlError: the query failed.
+            SqlError: the query failed or ran past a limit.
         """
         with self.connect() as con:
-            return _sql.run_user_query(con, query)
+            return self.run_user_query(con, query)
+
+    def run_user_query(self, con: duckdb.DuckDBPyConnection, query: str) -> pa.Table:
+        """Run user SQL on a connection from :meth:`connect`, stopped at the time limit."""
+        return _sql.run_user_query(con, query, timeout_s=self.sql_limits.timeout_s)
+
+    def _scratch(self) -> Path:
+        """Where user queries spill: the catalog's own scratch folder.
+
+        A catalog that is read-only to this user gets a private temporary folder instead.
+        """
+        folder = self.root / ".xds-scratch" / "sql"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            import tempfile
+
+            folder = Path(tempfile.gettempdir()) / f"xds-sql-{os.getuid()}"
+            folder.mkdir(mode=0o700, exist_ok=True)
+        return folder
 
     def read(self, table: str, where: str | None = None, params: Sequence = ()) -> pa.Table:
         """Rows of ``table`` (or a view) at this version; ``where`` is trusted internal SQL."""

@@ -15,10 +15,12 @@ from xds.cli import evaluation, exports, synth, training
 from xds.cli.options import (
     State,
     XdsGroup,
+    apply_sql_limits,
     center_source,
     jobs_option,
     json_option,
     show_paths_option,
+    sql_limits_option,
 )
 from xds.cli.options import resolve_jobs as _jobs
 from xds.cli.output import emit_json, print_kv, print_table, warn
@@ -405,15 +407,20 @@ def migrate(state, as_json):
 @cli.command()
 @click.argument("query")
 @click.option("--at-version", type=int, help="Query this catalog version (time travel).")
+@sql_limits_option
 @json_option
 @click.pass_obj
-def sql(state, query, at_version, as_json):
+def sql(state, query, at_version, timeout, memory_limit, threads, temp_limit, as_json):
     """Run one read-only SELECT on the catalog (views: scan_view and every table).
 
     Anything else (COPY, ATTACH, INSTALL/LOAD, SET, PRAGMA, several statements, file
-    functions such as read_csv) is refused with exit code 1.
+    functions such as read_csv, settings and metadata functions such as current_setting
+    or duckdb_views) is refused with exit code 1. The query is stopped at the time limit,
+    runs within the memory and thread limits and spills only to the catalog's scratch
+    folder (see docs/security.md).
     """
-    table = state.catalog(version=at_version).sql(query)
+    cat = state.catalog(version=at_version)
+    table = apply_sql_limits(cat, timeout, memory_limit, threads, temp_limit).sql(query)
     rows = table.to_pylist()
     if as_json:
         emit_json(rows)
@@ -429,13 +436,19 @@ def sql(state, query, at_version, as_json):
     help="SQL condition over scan_view, e.g. \"sequence='T2W' AND sex='F'\".",
 )
 @click.option("--name", required=True, help="New cohort name.")
+@sql_limits_option
 @json_option
 @click.pass_obj
-def build_cohort_cmd(state, where, name, as_json):
-    """Store the scans matching --where as a cohort pinned to the current catalog version."""
+def build_cohort_cmd(state, where, name, timeout, memory_limit, threads, temp_limit, as_json):
+    """Store the scans matching --where as a cohort pinned to the current catalog version.
+
+    --where is one boolean expression over scan_view's columns; text that closes it and
+    adds a UNION, ORDER BY or LIMIT is refused, and nothing is stored.
+    """
     from xds.catalog import build_cohort
 
-    cohort = build_cohort(state.catalog(), where, name)
+    cat = apply_sql_limits(state.catalog(), timeout, memory_limit, threads, temp_limit)
+    cohort = build_cohort(cat, where, name)
     if as_json:
         emit_json({**cohort.summary(), "scan_ids": list(cohort.scan_ids)})
     else:

@@ -53,6 +53,37 @@ def center_source(fn):
     return click.argument("directory", type=click.Path(exists=True, file_okay=False))(fn)
 
 
+def sql_limits_option(fn):
+    """Add the bounds on user SQL.
+
+    ``--timeout``, ``--memory-limit``, ``--threads`` and ``--temp-limit``, each also an
+    ``XDS_SQL_*`` environment variable.
+    """
+    options = [
+        click.option("--timeout", type=float, help="Seconds before the query is stopped "
+                     "(env XDS_SQL_TIMEOUT; default 120)."),
+        click.option("--memory-limit", help="DuckDB memory limit such as 4GB (env "
+                     "XDS_SQL_MEMORY; default 4GB)."),
+        click.option("--threads", type=click.IntRange(1), help="Query threads (env "
+                     "XDS_SQL_THREADS; default 2)."),
+        click.option("--temp-limit", help="Most a query may spill to the catalog's scratch "
+                     "folder (env XDS_SQL_TEMP_SIZE; default 8GB)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def apply_sql_limits(catalog, timeout, memory_limit, threads, temp_limit):
+    """Set the command's bounds on ``catalog`` (the environment's where a flag is absent)."""
+    from xds.catalog.sql import SqlLimits
+
+    catalog.sql_limits = SqlLimits.from_env(
+        timeout_s=timeout, memory=memory_limit, threads=threads, temp_size=temp_limit
+    )
+    return catalog
+
+
 def show_paths_option(fn):
     """Add ``--show-paths``: name quarantined files by their real source paths."""
     return click.option(

@@ -25,13 +25,15 @@ def print_table(rows: list[dict], title: str | None = None, columns: list[str] |
     """Print rows as a table on stdout."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
+    # Cells, titles and headers are data, never markup: "[/x]" prints as it is.
     columns = columns or (list(rows[0]) if rows else [])
-    table = Table(title=title, show_lines=False)
+    table = Table(title=Text(title) if title else None, show_lines=False)
     for col in columns:
-        table.add_column(col)
+        table.add_column(Text(str(col)))
     for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+        table.add_row(*(Text("" if row.get(c) is None else str(row.get(c))) for c in columns))
     Console(soft_wrap=True).print(table)
 
 
