@@ -19,6 +19,7 @@ from xds.cli.options import (
     center_source,
     jobs_option,
     json_option,
+    max_voxels_option,
     show_paths_option,
     sql_limits_option,
 )
@@ -209,6 +210,7 @@ def ingest():
 @click.option("--scanner-model")
 @click.option("--field-strength", type=float, help="Tesla.")
 @click.option("--copy", is_flag=True, help="Copy files into the catalog instead of hard-linking.")
+@max_voxels_option
 @show_paths_option
 @jobs_option
 @json_option
@@ -228,6 +230,7 @@ def ingest_nifti_cmd(
     scanner_model,
     field_strength,
     copy,
+    max_voxels,
     show_paths,
     jobs,
     as_json,
@@ -255,6 +258,7 @@ def ingest_nifti_cmd(
         field_strength=field_strength,
         jobs=_jobs(jobs),
         link=not copy,
+        max_voxels=max_voxels,
     )
     _print_ingest(report, f"ingest {center}", as_json, show_paths)
 
@@ -274,12 +278,31 @@ def ingest_nifti_cmd(
     show_default=True,
     help="Series per catalog commit: an interrupted run loses at most this many.",
 )
+@click.option(
+    "--min-slices",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="Series with fewer slices are quarantined as not a volume (localizers, scouts, "
+    "screenshots).",
+)
+@max_voxels_option
 @show_paths_option
 @jobs_option
 @json_option
 @click.pass_obj
 def ingest_dicom_cmd(
-    state, directory, center, dataset, sequence_overrides, commit_every, show_paths, jobs, as_json
+    state,
+    directory,
+    center,
+    dataset,
+    sequence_overrides,
+    commit_every,
+    min_slices,
+    max_voxels,
+    show_paths,
+    jobs,
+    as_json,
 ):
     """Convert, classify, de-identify and register a center's DICOM export.
 
@@ -301,6 +324,8 @@ def ingest_dicom_cmd(
         jobs=_jobs(jobs),
         sequence_overrides=sequence_overrides,
         commit_every=commit_every,
+        min_slices=min_slices,
+        max_voxels=max_voxels,
     )
     _print_ingest(report, f"ingest {center}", as_json, show_paths)
 

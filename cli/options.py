@@ -84,6 +84,16 @@ def apply_sql_limits(catalog, timeout, memory_limit, threads, temp_limit):
     return catalog
 
 
+def max_voxels_option(fn):
+    """Add ``--max-voxels``: refuse bigger images before decoding them."""
+    return click.option(
+        "--max-voxels",
+        type=click.IntRange(1),
+        help="Quarantine images with more voxels, before decoding them (env XDS_MAX_VOXELS; "
+        "default 536870912 = 512 x 512 x 2048).",
+    )(fn)
+
+
 def show_paths_option(fn):
     """Add ``--show-paths``: name quarantined files by their real source paths."""
     return click.option(

@@ -205,8 +205,9 @@ def test_pydicom_test_files_each_end_in_a_scan_or_quarantine(tmp_path):
         folder = src / str(i % 5)
         folder.mkdir(parents=True, exist_ok=True)
         os.symlink(path, folder / f"{i:03d}_{Path(path).name}")
+    # Most of pydicom's files are single images: with a one-slice minimum they are scans...
     cat = Catalog.create(tmp_path / "catalog")
-    report = ingest_dicom(cat, src, center="pydicom", jobs=2)
+    report = ingest_dicom(cat, src, center="pydicom", jobs=2, min_slices=1)
     assert report.files_found > 250
     assert report.files_in_scans + report.files_quarantined == report.files_found
     assert report.scans_added >= 10
@@ -214,6 +215,18 @@ def test_pydicom_test_files_each_end_in_a_scan_or_quarantine(tmp_path):
     assert all(r["error"] for r in cat.read("quarantine").to_pylist())
     modalities = set(cat.read("scans").column("modality").to_pylist())
     assert {"CT", "MR"} <= modalities
+    # ...by default a series of fewer than five slices is no volume: quarantined as such,
+    # and the multi-frame files and real volumes still become scans.
+    strict = Catalog.create(tmp_path / "strict")
+    again = ingest_dicom(strict, src, center="pydicom", jobs=2)
+    assert again.files_in_scans + again.files_quarantined == again.files_found
+    assert 0 < again.scans_added < report.scans_added
+    reasons = [r["error"] for r in strict.read("quarantine").to_pylist()]
+    not_volumes = [e for e in reasons if e.startswith(("not a volume", "localizer"))]
+    assert len(not_volumes) >= report.scans_added - again.scans_added
+    assert any(e.startswith("not a volume: 1 slice(s)") for e in reasons)
+    # pydicom ships a real localizer: ImageType ORIGINAL\PRIMARY\LOCALIZER
+    assert any(e.startswith("localizer") and "ImageType" in e for e in reasons)
 
 
 def _snapshot(cat: Catalog) -> dict:

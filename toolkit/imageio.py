@@ -65,14 +65,77 @@ def nifti_files(root: Path) -> list[Path]:
     )
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
-    """Load and check a 3D NIfTI image, decoding every voxel.
+MAX_VOXELS = 1 << 29
+"""Images with more voxels are refused before they are decoded (512 Mi voxels: a 512 x 512 x
+2048 CT). ``XDS_MAX_VOXELS`` or an ingest's ``--max-voxels`` raises it."""
+
+
+def max_voxels(value: int | None = None) -> int:
+    """The voxel limit in force: ``value``, else ``XDS_MAX_VOXELS``, else :data:`MAX_VOXELS`."""
+    if value is not None:
+        return int(value)
+    env = os.environ.get("XDS_MAX_VOXELS", "")
+    return int(env) if env.isdigit() else MAX_VOXELS
+
+
+def check_header(path: str | os.PathLike, limit: int | None = None) -> None:
+    """Check a NIfTI header as written, before any voxel is decoded.
+
+    nibabel silently turns a zero ``pixdim`` into 1 mm and decodes whatever size the header
+    claims (a 1 MB file can claim 1024^3 voxels), so both are checked on the raw header.
 
     Raises:
-        IngestError: unreadable or truncated file, not 3D, or non-finite voxels; the
-            message names the problem in one line.
+        IngestError: a voxel spacing that is zero or not finite, or more voxels than the
+            limit (:func:`max_voxels`).
+    """
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(path, "rb") as fh:
+            raw = fh.read(540)
+    except Exception as exc:  # gzip and OS errors of many kinds
+        raise IngestError(f"unreadable NIfTI ({type(exc).__name__}: {_short(exc)})") from None
+    if len(raw) < 348:
+        return  # nibabel reports the truncation in its own words
+    for order in ("<", ">"):
+        size = int(np.frombuffer(raw[:4], f"{order}i4")[0])
+        if size in (348, 540):
+            break
+    else:
+        return  # not NIfTI: nibabel says what it is
+    kind = nib.Nifti1Header if size == 348 else nib.Nifti2Header
+    header = kind(raw[:size], endianness=order, check=False)
+    dims = [int(d) for d in header["dim"]]
+    n = max(0, min(dims[0], 7))
+    shape = dims[1 : n + 1]
+    if any(d < 0 for d in shape):
+        raise IngestError(f"invalid image dimensions {tuple(shape)}")
+    voxels = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    allowed = max_voxels(limit)
+    if voxels > allowed:
+        raise IngestError(
+            f"image of {voxels:,} voxels {tuple(shape)} is over the limit of {allowed:,} "
+            "(raise it with --max-voxels or XDS_MAX_VOXELS)"
+        )
+    spacing = [float(v) for v in header["pixdim"][1 : min(n, 3) + 1]]
+    if any(not np.isfinite(v) or v == 0 for v in spacing):
+        raise IngestError(f"invalid voxel spacing {tuple(spacing)} in the header (pixdim)")
+
+
+def read_volume(path: str | os.PathLike, *, limit: int | None = None) -> Volume:
+    """Load and check a 3D NIfTI image, decoding every voxel.
+
+    Args:
+        path: a .nii or .nii.gz file.
+        limit: the most voxels to decode (default :func:`max_voxels`).
+
+    Raises:
+        IngestError: unreadable or truncated file, a header with zero spacing or over the
+            voxel limit, not 3D, or non-finite voxels; the message names the problem in
+            one line.
     """
     path = Path(path)
+    check_header(path, limit)
     try:
         image = nib.load(path, mmap=False)
         data = np.asanyarray(image.dataobj)
@@ -89,6 +152,8 @@ def read_volume(path: str | os.PathLike) -> Volume:
     zooms = tuple(round(float(z), 5) for z in image.header.get_zooms()[:3])
     if min(zooms) <= 0:
         raise IngestError(f"invalid voxel spacing {zooms}")
+    if not np.isfinite(image.affine).all() or abs(np.linalg.det(image.affine[:3, :3])) < 1e-9:
+        raise IngestError("the image's affine is singular or not finite (no usable geometry)")
     return Volume(
         path=path,
         image=image,

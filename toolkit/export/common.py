@@ -349,23 +349,53 @@ def _val_folds(split: Split) -> dict[str, int]:
 def writing_target(*paths: Path, force: bool):
     """Write an export into ``paths``; a failure removes what was written, not half of it.
 
-    Refuses a non-empty target unless ``force`` (which clears it first).
+    Refuses a non-empty target unless ``force`` (which clears it first), or unless the
+    target is the partial output of an export that was killed before it finished: a
+    marker beside each target (``.<name>.xds-incomplete``, holding the writer's process
+    id) says so until the export completes, and a re-run replaces such a target without
+    ``--force``. A target whose writer still runs is refused.
 
     Raises:
-        ExportError: a target exists and is not empty, without ``force``.
+        ExportError: a target exists and is not empty, without ``force``, or another
+            export is writing it now.
     """
-    for path in paths:
+    from xds.imageio import process_alive
+
+    markers = [_marker(path) for path in paths]
+    for path, marker in zip(paths, markers, strict=True):
+        writer = _writer_of(marker)
+        if writer and writer != os.getpid() and process_alive(writer):
+            raise ExportError(f"{path} is being written by another export (process {writer})")
         busy = path.is_file() or path.is_symlink() or (path.is_dir() and any(path.iterdir()))
-        if busy and not force:
+        if busy and not force and writer is None:
             raise ExportError(f"{path} exists and is not empty (use --force to replace it)")
-    for path in paths:
+    for path, marker in zip(paths, markers, strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{os.getpid()}\n")
         _remove(path)
     try:
         yield
     except BaseException:
         for path in paths:
             _remove(path)
+        for marker in markers:
+            marker.unlink(missing_ok=True)
         raise
+    for marker in markers:
+        marker.unlink(missing_ok=True)
+
+
+def _marker(path: Path) -> Path:
+    return path.parent / f".{path.name}.xds-incomplete"
+
+
+def _writer_of(marker: Path) -> int | None:
+    """The process id a marker names, or None when there is no marker."""
+    try:
+        text = marker.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return int(text) if text.isdigit() else 0
 
 
 def _remove(path: Path) -> None:

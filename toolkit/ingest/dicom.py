@@ -46,6 +46,7 @@ from pydicom.errors import InvalidDicomError
 from xds.catalog import Catalog, utcnow
 from xds.deid import age_bin, cap_age, clean_sidecar, clean_text, date_shift_days, pseudonym
 from xds.executors import progress_imap, progress_map, set_parent_death_signal
+from xds.imageio import max_voxels as voxel_limit
 from xds.imageio import process_alive, read_volume, store_volume
 from xds.ingest.classify import classify, mentions_contrast
 from xds.ingest.common import (
@@ -64,6 +65,28 @@ _DICOMDIR_SOP = "1.2.840.10008.1.3.10"
 _MODALITIES = ("MR", "CT", "PT")
 _TMP = ".xds-tmp"
 _HEADER_CHUNK = 256
+MIN_SLICES = 5
+"""Series with fewer slices are no volume (localizers, scouts, screenshots): quarantined."""
+_LOCALIZER = re.compile(
+    r"locali[sz]er|scout|survey|topogram|surview|scanogram|tri[ _-]?pilot|3[ _-]?plane|"
+    r"(^|[^a-z])loc([^a-z]|$)|aahead|aascout",
+    re.IGNORECASE,
+)
+
+
+def localizer_reason(head: dict) -> str | None:
+    """Why a series is a localizer (the tag that says so), or None.
+
+    ImageType's third value is LOCALIZER on Siemens and others; GE and Philips name them in
+    the series description or protocol ("3-plane loc", "Survey", "SURVIEW", "Topogram").
+    """
+    image_type = [str(v).upper() for v in head.get("image_type") or []]
+    if "LOCALIZER" in image_type:
+        return "ImageType " + "\\".join(image_type)
+    for key, tag in (("description", "SeriesDescription"), ("protocol_name", "ProtocolName")):
+        if (text := head.get(key)) and _LOCALIZER.search(text):
+            return f"{tag} names a localizer"
+    return None
 
 
 @dataclass
@@ -92,6 +115,7 @@ class _SeriesJob:
     override_rule: str | None
     label: str  # how problems name the series (scrubbed of PHI before it is stored)
     dcm2niix: str  # the converter, found once by the parent
+    max_voxels: int | None = None
 
 
 def dcm2niix_path() -> str:
@@ -125,6 +149,8 @@ def ingest_dicom(
     commit_every: int = 64,
     exclude: tuple[str, ...] = (),
     subject_of_path: Callable[[str], str | None] | None = None,
+    min_slices: int = MIN_SLICES,
+    max_voxels: int | None = None,
 ) -> DicomIngestReport:
     """Convert, classify, de-identify and register a center's DICOM series.
 
@@ -143,6 +169,9 @@ def ingest_dicom(
         subject_of_path: for datasets whose headers do not identify the patient (anonymized
             public sets): the subject key of a series from its first file's path, or None
             to use the headers.
+        min_slices: series with fewer slices (frames) are quarantined as not a volume.
+        max_voxels: series with more voxels are quarantined before conversion (default
+            :data:`xds.imageio.MAX_VOXELS` or ``XDS_MAX_VOXELS``).
 
     Raises:
         IngestError: the folder, names or override file are unusable as a whole.
@@ -150,6 +179,7 @@ def ingest_dicom(
     root, dataset = check_source(root, center, dataset)
     if commit_every < 1:
         raise IngestError("commit_every must be at least 1")
+    limit_voxels = max_voxels
     overrides = read_overrides(sequence_overrides) if sequence_overrides else []
     binary = dcm2niix_path()
     run = run_id()
@@ -226,8 +256,24 @@ def ingest_dicom(
             error = f"modality {modality or 'missing'} is not MR, CT or PT"
             reject(label, "series", error, len(files))
             continue
+        if reason := localizer_reason(first):
+            reject(label, "series", f"localizer, not a volume ({reason})", len(files))
+            continue
         if error := check_series_geometry(files):
             reject(label, "geometry", error, len(files))
+            continue
+        slices = sum(h["frames"] for h in files)
+        if slices < min_slices:
+            error = f"not a volume: {slices} slice(s), fewer than the minimum of {min_slices}"
+            reject(label, "series", error, len(files))
+            continue
+        rows, columns = files[0]["size"]
+        if rows * columns * slices > voxel_limit(limit_voxels):
+            error = (
+                f"{rows * columns * slices:,} voxels, over the limit of "
+                f"{voxel_limit(limit_voxels):,} (raise it with --max-voxels or XDS_MAX_VOXELS)"
+            )
+            reject(label, "series", error, len(files))
             continue
         subject_id = subject_of[uid]
         phi = tuple(sorted(phi_of[subject_id]))
@@ -247,6 +293,7 @@ def ingest_dicom(
                 rule,
                 label,
                 binary,
+                limit_voxels,
             )
         )
 
@@ -523,15 +570,26 @@ def check_series_geometry(files: list[dict]) -> str | None:
     sizes = {h["size"] for h in files}
     if len(sizes) > 1:
         return f"mixed image sizes in one series: {sorted(sizes)}"
-    if any(h["frames"] > 1 for h in files) or len(files) < 3:
+    if any(h["frames"] > 1 for h in files):
         return None
-    iops = {tuple(np.round(h["iop"], 3)) for h in files if h["iop"]}
+    lacking = sum(1 for h in files if not h.get("iop") or not h.get("ipp"))
+    if lacking:
+        return (
+            f"no geometry: {lacking} of {len(files)} image(s) lack ImagePositionPatient or "
+            "ImageOrientationPatient"
+        )
+    values = np.array([[*h["iop"][:6], *h["ipp"][:3]] for h in files], float)
+    if values.shape[1] != 9 or not np.isfinite(values).all():
+        return "no geometry: ImagePositionPatient/ImageOrientationPatient hold non-numbers"
+    iops = {tuple(np.round(h["iop"], 3)) for h in files}
     if len(iops) > 1:
         return f"mixed orientations: {len(iops)} image planes in one series"
-    if not iops or any(h["ipp"] is None for h in files):
-        return None
     iop = np.array(next(iter(iops)), float)
     normal = np.cross(iop[:3], iop[3:])
+    if np.linalg.norm(normal) < 0.5:
+        return "no geometry: ImageOrientationPatient does not give two orthogonal unit axes"
+    if len(files) < 3:
+        return None
     positions = np.round([np.dot(normal, h["ipp"]) for h in files], 2)
     unique, counts = np.unique(positions, return_counts=True)
     if len(set(counts.tolist())) > 1:
@@ -717,7 +775,7 @@ def _convert_series(job: _SeriesJob) -> dict:
     folder = Path("data") / job.dataset / job.subject_id
     for nii in outputs:
         try:
-            volume = read_volume(nii)
+            volume = read_volume(nii, limit=job.max_voxels)
         except IngestError as exc:
             out["problems"].append((job.label, "convert", f"{nii.name}: {exc}"))
             continue

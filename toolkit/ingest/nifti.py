@@ -47,6 +47,7 @@ class _Job:
     dataset: str
     label_map: dict[int, str] | None
     link: bool
+    max_voxels: int | None = None
 
 
 def ingest_nifti(
@@ -66,6 +67,7 @@ def ingest_nifti(
     field_strength: float | None = None,
     jobs: int = 1,
     link: bool = True,
+    max_voxels: int | None = None,
 ) -> IngestReport:
     """Register a center's NIfTI images and label maps in the catalog.
 
@@ -85,6 +87,8 @@ def ingest_nifti(
         field_strength: magnet strength in tesla, for every scan of this center.
         jobs: worker processes.
         link: hard-link clean .nii.gz sources into the catalog instead of copying.
+        max_voxels: refuse images with more voxels, before decoding them (default
+            :data:`xds.imageio.MAX_VOXELS` or ``XDS_MAX_VOXELS``).
 
     Raises:
         IngestError: the folder, names, sheet, label map or layout are unusable as a whole.
@@ -97,12 +101,16 @@ def ingest_nifti(
     chosen: Layout = parse_layout(layout, label_layout) or detect_layout(relpaths)
     run = run_id()
     report = IngestReport(dataset, center, run, chosen.name, files_found=len(found))
-    sheet = read_sheet(metadata) if metadata else {}
+    secret = catalog.secret()
+    sheet = (
+        read_sheet(metadata, lambda key: pseudonym(secret, dataset, center, key))
+        if metadata
+        else {}
+    )
     mapping = canonical_label_map(label_map) if label_map else None
     map_id = _label_map_id(dataset, mapping)
 
     images, labels, stray = _sort_files(relpaths, chosen)
-    secret = catalog.secret()
     subject_ids = {key: pseudonym(secret, dataset, center, key) for key, _ in images}
     subject_ids.update({key: pseudonym(secret, dataset, center, key) for key, _ in labels})
 
@@ -135,6 +143,7 @@ def ingest_nifti(
             dataset,
             mapping,
             link,
+            max_voxels,
         )
         for key, rel in sorted(images.items())
     ]
@@ -247,7 +256,7 @@ def _ingest_one(job: _Job) -> dict:
     catalog_root = Path(job.catalog_root)
     folder = Path("data") / job.dataset / job.subject_id
     try:
-        volume = read_volume(Path(job.root) / job.image)
+        volume = read_volume(Path(job.root) / job.image, limit=job.max_voxels)
     except IngestError as exc:
         out["problems"].append(("read", job.image, str(exc)))
         return out
@@ -265,7 +274,7 @@ def _ingest_one(job: _Job) -> dict:
     if job.label is None:
         return out
     try:
-        label = read_volume(Path(job.root) / job.label)
+        label = read_volume(Path(job.root) / job.label, limit=job.max_voxels)
         classes = _check_label(label.data, label.affine, volume, job.label_map)
     except IngestError as exc:
         out["problems"].append(("label", job.label, str(exc)))

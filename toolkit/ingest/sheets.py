@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from xds.deid import age_bin, cap_age, is_phi_column
@@ -58,14 +59,19 @@ def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
 
 
-def read_sheet(path: str | Path) -> dict[str, dict]:
+def read_sheet(path: str | Path, shown: Callable[[str], str] | None = None) -> dict[str, dict]:
     """Subject rows of a sheet, keyed by the subject key as it appears in paths.
+
+    A subject may appear on several rows only when they agree: rows that give one subject
+    different values are refused, naming the subject by ``shown(key)`` (its pseudonym; the
+    line numbers when not given), the lines and the columns that differ.
 
     Returns:
         key -> {"sex", "age", "age_bin", "diagnosis", "race", "ethnicity", "extra"}.
 
     Raises:
-        IngestError: unreadable sheet, or no recognisable subject column.
+        IngestError: unreadable sheet, no recognisable subject column, a bad value, or one
+            subject with conflicting rows.
     """
     path = Path(path)
     try:
@@ -88,10 +94,23 @@ def read_sheet(path: str | Path) -> dict[str, dict]:
     }
     used = {subject_col, *filter(None, field_cols.values())}
     out = {}
+    line_of: dict[str, int] = {}
     for i, row in enumerate(rows, start=2):
         key = (row.get(subject_col) or "").strip()
         if not key:
             continue
+        if key in line_of:
+            first = rows[line_of[key] - 2]
+            differ = sorted(c for c in row if c is not None and (row.get(c) or "").strip()
+                            != (first.get(c) or "").strip())  # fmt: skip
+            if differ:
+                who = shown(key) if shown else "one subject"
+                raise IngestError(
+                    f"{path}: {who} is on lines {line_of[key]} and {i} with different "
+                    f"{', '.join(_norm(c) for c in differ)}; keep one row per subject"
+                )
+            continue
+        line_of[key] = i
         record = {
             f: (row.get(c) or "").strip() or None if c else None for f, c in field_cols.items()
         }

@@ -378,7 +378,7 @@ def broken_items(folder: Path, template: Path, person: Person) -> list[dict]:
 
     A text file, a structured report (not an image), an image without pixel data, a file
     cut short in its pixel data, a series missing a slice in the middle, and a three-plane
-    localizer (mixed orientations in one series).
+    localizer (named so, with mixed orientations in one series).
     """
     items = []
     (folder / "README.txt").write_text("Exported from PACS. Contact radiology for questions.\n")
@@ -435,7 +435,7 @@ def broken_items(folder: Path, template: Path, person: Person) -> list[dict]:
         ds.ImageOrientationPatient = iop
         ds.SeriesDescription = "localizer"
         write_dataset(ds, folder / "localizer" / f"loc_{k}.dcm")
-    items.append({"file": "localizer/", "reason": "mixed orientations"})
+    items.append({"file": "localizer/", "reason": "localizer"})
     return items
 
 
