@@ -503,6 +503,44 @@ def versions(state, as_json):
         print_table(rows, "catalog versions", ["catalog_version", "operation", "at"])
 
 
+@cli.command("verify")
+@click.argument("exports", nargs=-1, type=click.Path(exists=True))
+@click.option("--deny", multiple=True, help="A name, ID or other string that must appear "
+              "nowhere (repeatable; case-insensitive).")  # fmt: skip
+@click.option("--deny-list", type=click.Path(exists=True, dir_okay=False),
+              help="A file of such strings, one per line.")  # fmt: skip
+@click.option("--no-hashes", is_flag=True, help="Skip re-hashing every image and label.")
+@jobs_option
+@json_option
+@click.pass_obj
+def verify_cmd(state, exports, deny, deny_list, no_hashes, jobs, as_json):
+    """Check the catalog (and EXPORTS of it) before sharing: exit 1 on any finding.
+
+    Re-hashes every image and label against the catalog, then reads every stored byte
+    (gzip and NIfTI headers and extensions, sidecars, table cells, Delta logs, file
+    names) looking for DICOM UIDs, date-like strings, the --deny names and the words of
+    source folder and file names that ingest hid. One line per finding; findings name
+    the file and the kind of problem, never the identifier.
+    """
+    from pathlib import Path
+
+    from xds.verify import verify
+
+    names = list(deny)
+    if deny_list:
+        names += [ln.strip() for ln in Path(deny_list).read_text().splitlines() if ln.strip()]
+    report = verify(state.catalog(), exports, deny=names, hashes=not no_hashes, jobs=_jobs(jobs))
+    if as_json:
+        emit_json(report.summary())
+    else:
+        for file, problem in report.findings:
+            click.echo(f"{file}: {problem}")
+        done = f"{report.files_scanned} files scanned, {report.images_checked} images re-hashed"
+        warn(f"{done}: {len(report.findings)} finding(s)" if report.findings else f"{done}: ok")
+    if report.findings:
+        sys.exit(1)
+
+
 # -- splits ------------------------------------------------------------------------------------
 
 

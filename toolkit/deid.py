@@ -222,21 +222,31 @@ def scrub_path(secret: bytes, rel: str, keep: frozenset[str] = frozenset()) -> s
     return "/".join(scrub_name(secret, part, keep) for part in rel.split("/"))
 
 
-def identifying_tokens(rel: str, keep: frozenset[str] = frozenset()) -> set[str]:
-    """The words of a source path that :func:`scrub_name` would hide (lower case)."""
+def hidden_names(rel: str, keep: frozenset[str] = frozenset()) -> set[str]:
+    """The source path components :func:`scrub_name` hides, as they could reappear (lower case).
+
+    Each hidden component counts whole, without a ``.gz`` (what a gzip header's FNAME keeps)
+    and, when its stem is compound (``SMITH_JOHN_MRN7788``, not a plain word such as
+    ``notes``), without its extension.
+    """
     out = set()
     for part in rel.split("/"):
+        if part in ("", ".", "..") or not part.strip():
+            continue
         try:
             part.encode("utf-8")
         except UnicodeEncodeError:
             continue
-        stem, _ = split_extension(part)
-        for token in _tokens(stem):
-            low = token.lower()
-            if len(low) >= 4 and low not in SAFE_WORDS and low not in keep:
-                if not _SAFE_TOKEN.match(low):
-                    out.add(low)
-    return out
+        if _is_safe_name(part, keep):
+            continue
+        low = part.lower()
+        out.add(low)
+        if low.endswith(".gz"):
+            out.add(low[:-3])
+        stem, ext = split_extension(low)
+        if ext and not stem.isalpha():
+            out.add(stem)
+    return {n for n in out if len(n) >= 4}
 
 
 def scrub_message(text: str, replacements: dict[str, str] | None = None) -> str:

@@ -278,7 +278,7 @@ _FTEXT, _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 1, 2, 4, 8, 16
 _CLEAN_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no flags, mtime 0, OS unknown
 
 
-def _header_end(data: bytes | memoryview, start: int) -> tuple[int, int, int]:
+def gzip_header_end(data: bytes | memoryview, start: int) -> tuple[int, int, int]:
     """(flags, mtime, offset of the deflate data) of the gzip member at ``start``."""
     if bytes(data[start : start + 3]) != b"\x1f\x8b\x08":
         raise ValueError("not a gzip member")
@@ -325,7 +325,7 @@ def gzip_members(data: bytes | memoryview) -> list[tuple[int, int, int, int]]:
     members = []
     start = 0
     while start < len(data):
-        flags, mtime, pos = _header_end(data, start)
+        flags, mtime, pos = gzip_header_end(data, start)
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         cursor = pos
         try:

@@ -14,7 +14,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from xds.catalog import Catalog, utcnow
-from xds.deid import identifying_tokens, scrub_message, scrub_path
+from xds.deid import hidden_names, scrub_message, scrub_path
 from xds.schemas.errors import IngestError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -88,7 +88,8 @@ def valid_utf8(name: str) -> bool:
 
 def run_id() -> str:
     """A new ingest run id (the ``source`` column of the rows it writes)."""
-    return f"ingest-{utcnow():%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+    # no date in it: a run id is stored in every row it writes, and xds verify flags dates
+    return f"ingest-{secrets.token_hex(6)}"
 
 
 def quarantine_row(uri: str, dataset: str, center: str, stage: str, error: str, run: str) -> dict:
@@ -154,7 +155,7 @@ _NAMES = ".xds-names"
 
 
 def record_source_names(catalog: Catalog, relpaths: Iterable[str], keep: frozenset[str]) -> None:
-    """Remember, as keyed hashes, the words of source paths that scrubbing hides.
+    """Remember, as keyed hashes, the source folder and file names that scrubbing hides.
 
     ``xds verify`` looks for them in every stored byte: a folder named after a patient
     must never reappear. Only HMACs under the catalog's secret are kept, in a file beside
@@ -163,7 +164,7 @@ def record_source_names(catalog: Catalog, relpaths: Iterable[str], keep: frozens
     secret = catalog.secret()
     tokens: set[str] = set()
     for rel in relpaths:
-        tokens |= identifying_tokens(rel, keep)
+        tokens |= hidden_names(rel, keep)
     digests = {name_digest(secret, t) for t in tokens}
     path = catalog.root / _NAMES
     with FileLock(str(catalog.root / f"{_NAMES}.lock")):
@@ -182,6 +183,6 @@ def source_name_digests(catalog_root: Path) -> set[str]:
     return set(path.read_text().split()) if path.exists() else set()
 
 
-def name_digest(secret: bytes, token: str) -> str:
-    """The keyed hash of one lower-case word of a source path."""
-    return hmac.new(secret, b"source-word\0" + token.encode(), hashlib.sha256).hexdigest()[:24]
+def name_digest(secret: bytes, name: str) -> str:
+    """The keyed hash of one lower-case source path component."""
+    return hmac.new(secret, b"source-name\0" + name.encode(), hashlib.sha256).hexdigest()[:24]
