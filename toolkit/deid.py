@@ -137,7 +137,7 @@ def clean_sidecar(sidecar: dict, phi: list[str] = ()) -> dict:
 
 _PSEUDONYM = re.compile(r"(?<![A-Za-z0-9])(?:sub|stu|ser|scn|lbl|x)-[0-9a-f]{16}(?![0-9a-f])")
 _UID = re.compile(r"(?<![\w.])\d+(?:\.\d+){3,}(?![\w])")
-_ABS_PATH = re.compile(r"(?<![\w.<])(?:[A-Za-z]:\\|/)[^\s'\"`,;()\[\]{}<>]*")
+_ABS_PATH = re.compile(r"(?<![\w.<>{}()\]])(?:[A-Za-z]:\\|/)[^\s'\"`,;()\[\]{}<>]*")
 _EXTENSIONS = (
     ".nii.gz", ".nii", ".dcm", ".ima", ".json", ".csv", ".tsv", ".txt", ".png", ".jpg",
     ".jpeg", ".mha", ".mhd", ".nrrd", ".xml", ".pdf", ".zip", ".gz", ".img", ".hdr",

@@ -205,7 +205,8 @@ def store_volume(volume: Volume, dest: Path, *, link: bool = True) -> None:
     """Put a volume at ``dest`` (a .nii.gz path) with no free text in its header.
 
     A clean .nii.gz source is hard-linked (or copied when ``link`` is False or the link
-    fails); anything else is re-saved, which drops the header's text fields and extensions.
+    fails), under a bare gzip header when its own names the source file; anything else is
+    re-written by :func:`write_without_text`.
     """
     if not dest.name.endswith(".nii.gz"):
         raise ValueError(f"{dest}: managed volumes are .nii.gz")
@@ -227,16 +228,46 @@ def store_volume(volume: Volume, dest: Path, *, link: bool = True) -> None:
             except OSError:
                 shutil.copyfile(volume.path, tmp)
     else:
-        image = nib.Nifti1Image(volume.data, volume.affine, header=volume.image.header.copy())
-        for name in _TEXT_FIELDS:
-            if name in image.header:
-                image.header[name] = b""
-        image.header.extensions.clear()
-        nib.save(image, tmp)
+        write_without_text(volume, tmp)
     os.replace(tmp, dest)  # readers never see a half-written file
     # Renaming a hard link onto another name of the same inode (a re-run that links the
     # same source again) is a no-op that leaves the temporary name behind.
     tmp.unlink(missing_ok=True)
+
+
+def write_without_text(volume: Volume, dest: Path) -> None:
+    """Write a volume as .nii.gz with its header's text fields and extensions dropped.
+
+    The voxel bytes are copied as the source stores them, with its data type and scaling
+    (``scl_slope``/``scl_inter``), so the stored file decodes to exactly the voxels the
+    catalog hashed; rebuilding the image from decoded values would let nibabel choose a
+    new scaling (a CT's -1024 intercept was lost that way). The gzip header is bare.
+    """
+    import gzip
+
+    from nibabel.openers import ImageOpener
+
+    proxy = volume.image.dataobj  # nibabel keeps the file's offset and scaling here
+    header = volume.image.header.copy()
+    for name in _TEXT_FIELDS:
+        if name in header:
+            header[name] = b""
+    header.extensions = type(header.extensions)()
+    header.set_data_dtype(proxy.dtype)
+    header.set_slope_inter(float(proxy.slope), float(proxy.inter))
+    nbytes = int(np.prod(proxy.shape, dtype=np.int64)) * np.dtype(proxy.dtype).itemsize
+    with ImageOpener(volume.path, "rb") as fh:
+        fh.seek(int(proxy.offset))
+        data = fh.read(nbytes)
+    if len(data) != nbytes:
+        raise IngestError(f"image data ends after {len(data)} of {nbytes} bytes")
+    offset = header.sizeof_hdr + 4  # 352 (NIfTI-1) or 544 (NIfTI-2): multiples of 16
+    header.set_data_offset(offset)
+    with open(dest, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
+                                                mtime=0) as fh:  # fmt: skip
+        fh.write(header.binaryblock)
+        fh.write(b"\0" * (offset - header.sizeof_hdr))  # no extensions
+        fh.write(data)
 
 
 def sweep_partials(folder: Path) -> int:
