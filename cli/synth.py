@@ -58,13 +58,13 @@ def anatomix_cmd(
     state, templates, sets, set_size, out, seed, size, dims, min_labels, max_labels, name,
     device, preview, no_register, force, jobs, as_json,
 ):  # fmt: skip
-    """Anatomix sets (Pancakes, seed 002): random multi-protocol images from label templates.
+    """Anatomix sets (Pancakes): random multi-protocol images from label templates.
 
     \b
     Each set: one template of 20-40 real structures (from --templates) placed at random in
     a --size^3 volume, split into connected components with p=0.5, specks under 20 voxels
     dropped; one random protocol (mean and texture per label) and the across-set
-    augmentations of seed 002's Table 3; each image then adds its own within-set
+    augmentations of Pancakes' Table 3; each image then adds its own within-set
     augmentations (affine, elastic, blur, sharpness, brightness/contrast, noise, flipped
     intensities). Files go to --out (set_XXXX/image_YY.nii.gz, label_YY.nii.gz and
     anatomix.json with every draw); the sets are registered as dataset --name: one subject

@@ -70,7 +70,7 @@ def _pseudo_mixing(share: float | None, batch: int | None, weight: float | None)
 @click.option(
     "--profile", type=click.Choice(["small", "crosspan"]), default="small", show_default=True,
     help="small: minutes on a CPU (torch: patch 32x32x16 at 8 mm, 10x20 batches; nnunet: "
-    "3x10 batches); crosspan: seed 000's settings (400 epochs x 250 batches of 2; torch: "
+    "3x10 batches); crosspan: CrossPan's settings (400 epochs x 250 batches of 2; torch: "
     "1.25x1.25x3 mm, patch 192x192x48; nnunet: its own plans).",
 )  # fmt: skip
 @click.option("--epochs", type=click.IntRange(1), help="Override the profile's epochs.")

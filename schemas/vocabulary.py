@@ -6,8 +6,8 @@
   SNOMED CT body-structure codes where known.
 - ``schemas/labelmaps/<name>.json``: one file per public dataset, each citing its source:
   index, the name as the dataset spells it, and the canonical class.
-- :data:`CLASS_SETS`: named sets of classes (``aeval8`` of seed 004, ``touchstone9`` of seed
-  003, ``crosspan`` of seed 000).
+- :data:`CLASS_SETS`: named sets of classes (``aeval8`` of A-Eval, ``touchstone9`` of
+  Touchstone, ``crosspan`` of CrossPan).
 
 >>> vocabulary().resolve("Postcava")
 'inferior_vena_cava'
@@ -33,7 +33,7 @@ GENERIC = re.compile(r"label_[1-9][0-9]*")
 (an ingest without a label-map file, synthetic sets); each stands only for itself."""
 
 CLASS_SETS: dict[str, tuple[str, ...]] = {
-    # A-Eval (seed 004): the eight classes AMOS, FLARE22, WORD, TotalSegmentator and BTCV
+    # A-Eval: the eight classes AMOS, FLARE22, WORD, TotalSegmentator and BTCV
     # all label, in FLARE22's order.
     "aeval8": (
         "liver",
@@ -45,7 +45,7 @@ CLASS_SETS: dict[str, tuple[str, ...]] = {
         "stomach",
         "kidney_left",
     ),
-    # Touchstone / AbdomenAtlas 1.0 (seed 003), in the order of its result tables.
+    # Touchstone / AbdomenAtlas 1.0, in the order of its result tables.
     "touchstone9": (
         "spleen",
         "kidney_right",
@@ -57,7 +57,7 @@ CLASS_SETS: dict[str, tuple[str, ...]] = {
         "inferior_vena_cava",
         "pancreas",
     ),
-    "crosspan": ("pancreas",),  # CrossPan (seed 000): the whole gland
+    "crosspan": ("pancreas",),  # CrossPan: the whole gland
 }
 
 

@@ -1,4 +1,4 @@
-"""Pseudo-labels (issue 10): gates against corrupted teachers, provenance, rounds, audit."""
+"""Pseudo-labels: gates against corrupted teachers, provenance, rounds, audit."""
 
 from __future__ import annotations
 

@@ -366,7 +366,7 @@ def _shift(box, within, sign: int = 1) -> tuple[slice, ...] | None:
 
 @dataclass(frozen=True)
 class SetDice:
-    """Set Dice of seed 002: the best (map, label) pair's mean Dice over a set's images."""
+    """Set Dice of Pancakes: the best (map, label) pair's mean Dice over a set's images."""
 
     value: float
     map_index: int

@@ -1,4 +1,4 @@
-"""Pseudo-label quality gates and provenance (issue 10; seeds 003 and 004).
+"""Pseudo-label quality gates and provenance (Touchstone and A-Eval).
 
 A teacher (or several, or one under test-time flips) gives each unlabeled scan a few
 probability maps, its *members*. The pseudo-label is the argmax of their mean; these

@@ -7,7 +7,7 @@ and returns a :class:`Assignment`: for each fold, the scans it uses and their ro
 a fold does not use (the held-out sequence of a training subject, say) is simply absent
 from that fold.
 
-The protocols (seeds 000 CrossPan and 004 A-Eval):
+The protocols (CrossPan and A-Eval):
 
 - ``holdout``: stratified train/val/test (CrossPan's 70/10/20 per center x sequence);
 - ``kfold``: stratified group k-fold, train/val per fold, an optional fixed test share;

@@ -3,7 +3,7 @@
 :func:`make_split` reads the cohort's scans, hands integer codes to a protocol of
 :mod:`xds.split_strategies` (holdout, k-fold, leave-one-out, single-source, cross-dataset,
 semi-supervised) and stores one row per (scan, fold) with its role. The holdout protocol
-follows CrossPan (seed 000, Appendix C): within every stratum (by default center x sequence)
+follows CrossPan (Appendix C): within every stratum (by default center x sequence)
 subjects are divided 70/10/20 into train/val/test, then the strata are pooled; a subject is
 one unit everywhere, so its scans never sit in two roles even when it appears in several
 strata (one scan per sequence), and every stratum ends within one subject of its target.

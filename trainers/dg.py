@@ -1,4 +1,4 @@
-"""Domain generalization objectives of CrossPan (seed 000, appendix B).
+"""Domain generalization objectives of CrossPan (appendix B).
 
 Groups come from a catalog column: centers for single-source training, sequences for
 multi-source, as the seed's DG protocol says.

@@ -4,7 +4,7 @@ The U-Net is ``PlainConvUNet`` from ``dynamic_network_architectures``, the packa
 builds its networks from (installed with it). Writing another U-Net would add nothing, and
 MONAI's would add a dependency; with this one the torch backend and the nnU-Net backend
 train the same architecture family, as CrossPan's DG methods sit "on top of a 3D nnU-Net
-backbone" (seed 000, appendix B). Its topology follows nnU-Net's rule: an axis is
+backbone" (CrossPan, appendix B). Its topology follows nnU-Net's rule: an axis is
 downsampled only while its spacing is at most twice the finest one and its feature map stays
 at least 4 voxels; 3x3x3 kernels, or 1x3x3 where an axis is still too coarse.
 """

@@ -11,7 +11,7 @@ unless another is asked for. nnU-Net's environment variables are set for the dur
 each call and restored after. Prediction: ``nnUNetPredictor`` with Gaussian-weighted
 sliding windows, sequential (no worker processes), GPU when present.
 
-CrossPan's schedule (seed 000, appendix C) is nnU-Net's trainer with 400 epochs x 250
+CrossPan's schedule (appendix C) is nnU-Net's trainer with 400 epochs x 250
 batches of 2, SGD (Nesterov, 0.99) at 0.01 with poly decay: ``NnunetConfig(epochs=400)``.
 """
 

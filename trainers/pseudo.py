@@ -1,4 +1,4 @@
-"""Teacher-student pseudo-labelling rounds (issue 10): ``xds pseudo-label``.
+"""Teacher-student pseudo-labelling rounds: ``xds pseudo-label``.
 
 Round k: the teachers (the given runs in round 1, the previous round's student after that)
 predict every candidate scan, once per test-time flip, through their own backend

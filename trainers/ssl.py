@@ -1,4 +1,4 @@
-"""Semi-supervised objectives of CrossPan (seed 000, appendix C).
+"""Semi-supervised objectives of CrossPan (appendix C).
 
 They train on the ``unlabeled`` role of nested semi-supervised splits (``xds split
 --strategy semi-supervised``).

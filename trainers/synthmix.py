@@ -1,4 +1,4 @@
-"""Anatomix rendering as a training augmentation (``--synthetic-mix P``; issue 9, seed 002).
+"""Anatomix rendering as a training augmentation (``--synthetic-mix P``; Pancakes).
 
 With probability ``P`` a training patch's image is replaced by a synthetic one rendered from
 the patch's own label map: a random protocol (intensity mean and texture per label) and one

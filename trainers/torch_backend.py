@@ -37,7 +37,7 @@ CHECKPOINT = "checkpoint.pt"
 class TorchConfig:
     """Training settings.
 
-    Defaults are CrossPan's (seed 000, appendix C); :meth:`small` is a CPU-sized
+    Defaults are CrossPan's (appendix C); :meth:`small` is a CPU-sized
     configuration for tests and the demo.
     """
 
@@ -57,7 +57,7 @@ class TorchConfig:
     dg_params: dict = field(default_factory=dict)
     groups: str | None = None  # the subject attribute (catalog column) forming DG groups
     randconv: bool = False
-    synthetic_mix: float = 0.0  # share of patches replaced by Anatomix renderings (issue 9)
+    synthetic_mix: float = 0.0  # share of patches replaced by Anatomix renderings
     ssl: str = "none"  # none | uamt | cps, on the unlabeled role
     ssl_ramp: float = 50.0  # epochs over which the unsupervised weight ramps up
     init_from: str | None = None  # a run folder whose weights start training (a student)

@@ -1,4 +1,4 @@
-"""Synthetic data: Anatomix sets (seed 002) from real label maps, as files and a dataset.
+"""Synthetic data: Anatomix sets (Pancakes) from real label maps, as files and a dataset.
 
 >>> from xds.synth import AnatomixConfig, synth_anatomix  # doctest: +SKIP
 >>> synth_anatomix(None, "labels/", out="anatomix", sets=8, set_size=4)  # doctest: +SKIP

@@ -38,7 +38,7 @@ from xds.synth.templates import (
 
 CENTER = "synthetic"
 _LEVELS = 65535  # image intensities [0, 1] are stored as uint16 / _LEVELS
-SOURCE = "Anatomix synthetic sets (Pancakes, seed 002, appendix F.2 and Table 3)"
+SOURCE = "Anatomix synthetic sets (Pancakes, appendix F.2 and Table 3)"
 
 
 @dataclass

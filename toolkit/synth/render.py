@@ -1,4 +1,4 @@
-"""Render a set of images and label maps from one template (seed 002, F.2 and Table 3).
+"""Render a set of images and label maps from one template (Pancakes, F.2 and Table 3).
 
 A set shares one random *protocol* (a mean and a texture std of intensity per label,
 background included) and one draw of the across-set augmentations; each element adds its own

@@ -1,4 +1,4 @@
-"""Anatomix label-map templates (seed 002, appendix F.2).
+"""Anatomix label-map templates (Pancakes, appendix F.2).
 
 A template is a random label map built from real anatomy: 20-40 structures (binary masks cut
 out of real label maps) placed into a ``size``^3 volume, each with its own random rotation,
@@ -28,7 +28,7 @@ _TRIES = 25  # redraws before a template that keeps too few labels is an error
 
 @dataclass(frozen=True)
 class AnatomixConfig:
-    """What a template and its set look like (seed 002, F.2; defaults are the paper's).
+    """What a template and its set look like (Pancakes, F.2; defaults are the paper's).
 
     Attributes:
         size: edge of the generated volume (voxels).
