@@ -101,6 +101,7 @@ def test_a_forged_cohort_row_is_refused_by_split(catalog):
 
     from xds.catalog import build_cohort
     from xds.schemas import CohortError
+    from xds.schemas.tables import schema_for
     from xds.splits import split_cohort
 
     real = build_cohort(catalog, "sequence = 'T1W'", "t1")
@@ -112,15 +113,9 @@ def test_a_forged_cohort_row_is_refused_by_split(catalog):
         "scan_ids", pa.array([["scn-fake", *real.scan_ids]], pa.list_(pa.string()))
     )
     with catalog.transaction("forge") as txn:
-        txn.append("cohorts", table.select(list(txn_columns())))
+        txn.append("cohorts", table.select(schema_for("cohorts").names))
     with pytest.raises(CohortError, match="does not hold"):
         split_cohort(catalog, "forged")
-
-
-def txn_columns():
-    from xds.schemas.tables import schema_for
-
-    return schema_for("cohorts").names
 
 
 HOST_FACTS = [

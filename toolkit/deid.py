@@ -173,10 +173,17 @@ def _tokens(stem: str) -> list[str]:
     return [t for t in re.split(r"[^A-Za-z0-9]+", _PSEUDONYM.sub(" ", stem)) if t]
 
 
-def _is_safe_name(component: str, keep: frozenset[str]) -> bool:
+def valid_utf8(name: str) -> bool:
+    """False for a name the file system gave as bytes that are not UTF-8 (surrogates)."""
     try:
-        component.encode("utf-8")
-    except UnicodeEncodeError:  # surrogate-escaped bytes of a name that is not UTF-8
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_safe_name(component: str, keep: frozenset[str]) -> bool:
+    if not valid_utf8(component):
         return False
     stem, _ = split_extension(component)
     if _UID.search(stem) or _DATE_LIKE.search(stem):
@@ -231,11 +238,7 @@ def hidden_names(rel: str, keep: frozenset[str] = frozenset()) -> set[str]:
     """
     out = set()
     for part in rel.split("/"):
-        if part in ("", ".", "..") or not part.strip():
-            continue
-        try:
-            part.encode("utf-8")
-        except UnicodeEncodeError:
+        if part in ("", ".", "..") or not part.strip() or not valid_utf8(part):
             continue
         if _is_safe_name(part, keep):
             continue

@@ -77,15 +77,6 @@ def check_source(root: str | Path, center: str, dataset: str | None) -> tuple[Pa
     return root, dataset
 
 
-def valid_utf8(name: str) -> bool:
-    """False for a path that the file system gave as bytes that are not UTF-8."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def run_id() -> str:
     """A new ingest run id (the ``source`` column of the rows it writes)."""
     # no date in it: a run id is stored in every row it writes, and xds verify flags dates

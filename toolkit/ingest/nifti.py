@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from xds.catalog import Catalog, utcnow
-from xds.deid import pseudonym
+from xds.deid import pseudonym, valid_utf8
 from xds.executors import progress_map
 from xds.imageio import nifti_files, read_volume, store_volume
 from xds.ingest.common import (
@@ -27,7 +27,6 @@ from xds.ingest.common import (
     check_source,
     record_source_names,
     run_id,
-    valid_utf8,
 )
 from xds.ingest.layouts import Layout, detect_layout, parse_layout
 from xds.ingest.sequences import sequence_from_name
