@@ -318,3 +318,31 @@ def test_verify_finds_a_source_folder_name(phi_run, tmp_path):
     assert result.exit_code == 1
     assert "source folder or file name" in result.output
     assert "ZZMRN" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("rel", "kept"),
+    [
+        ("imagesTr/amos_0001_0000.nii.gz", True),
+        ("sub-0123456789abcdef/anat/sub-0123456789abcdef_T2w.nii.gz", True),
+        ("DICOM/PA000000/ST000000/SE000000/IM000000", True),
+        ("case_0042/T2_HASTE/image.nii.gz", True),
+        ("SMITH_JOHN_MRN778899_t2.nii", False),
+        ("P1234567", False),
+        ("Chen_Matthews_1.3.1.2022.11.16.dcm", False),
+        ("1.2.840.113619.2.55.3.604688.dcm", False),
+        ("scan_20221116.nii.gz", False),
+    ],
+)
+def test_structural_names_are_kept_identifying_ones_hashed(rel, kept):
+    from xds.deid import scrub_path
+
+    shown = scrub_path(b"key", rel)
+    assert (shown == rel) is kept
+    if not kept:
+        last = shown.rsplit("/", 1)[-1]
+        assert last.startswith("x-")
+        for ext in (".nii.gz", ".nii", ".dcm"):
+            if rel.endswith(ext):
+                assert last.endswith(ext)
+                break

@@ -161,12 +161,28 @@ SAFE_WORDS = frozenset(
     healthcare medical systems center centre site source crosspan amos flare flare22 word
     totalsegmentator btcv chaos msd task07 task pancreas_ ct_ mr_ ground_ dicom_anon anon
     inphase outphase t1dual t2spir spir bids nnunet folders flat imagests_ world phantoms
-    metadata clinical sheet map lut dataset datasets
+    metadata clinical sheet map lut dataset datasets im img se st ser file files slice
+    slices export exports cd dvd
     """.split()
 )
-_SAFE_TOKEN = re.compile(
-    r"^(?:\d{1,4}|(?:im|img|i|mr|ct|se|s|slice|file|image|series|run|echo|e|t|b)\d{1,6})$"
+_COUNTER = re.compile(
+    r"^(im|img|i|mr|ct|pa|p|st|se|ser|s|sr|slice|file|image|series|run|echo|e|t|b)?(\d{1,8})$"
 )
+
+
+def _safe_token(token: str) -> bool:
+    """True for a structural word or a counter.
+
+    A counter is up to four digits, or a file-kind prefix and a zero-padded number below
+    100000 (``IM000123``, ``PA000000``, ``SE12``); ``P1234567`` (an MRN's shape) is not.
+    """
+    if token in SAFE_WORDS:
+        return True
+    found = _COUNTER.match(token)
+    if not found:
+        return False
+    prefix, digits = found.groups()
+    return len(digits) <= 4 if not prefix else int(digits) < 100000
 
 
 def _tokens(stem: str) -> list[str]:
@@ -188,10 +204,7 @@ def _is_safe_name(component: str, keep: frozenset[str]) -> bool:
     stem, _ = split_extension(component)
     if _UID.search(stem) or _DATE_LIKE.search(stem):
         return False
-    return all(
-        t.lower() in SAFE_WORDS or t.lower() in keep or _SAFE_TOKEN.match(t.lower())
-        for t in _tokens(stem)
-    )
+    return all(t.lower() in keep or _safe_token(t.lower()) for t in _tokens(stem))
 
 
 def split_extension(name: str) -> tuple[str, str]:
