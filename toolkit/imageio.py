@@ -245,7 +245,7 @@ def write_without_text(volume: Volume, dest: Path) -> None:
     """
     import gzip
 
-    from nibabel.openers import ImageOpener
+    from nibabel.openers import ImageOpener, Opener
 
     proxy = volume.image.dataobj  # nibabel keeps the file's offset and scaling here
     header = volume.image.header.copy()
@@ -263,8 +263,11 @@ def write_without_text(volume: Volume, dest: Path) -> None:
         raise IngestError(f"image data ends after {len(data)} of {nbytes} bytes")
     offset = header.sizeof_hdr + 4  # 352 (NIfTI-1) or 544 (NIfTI-2): multiples of 16
     header.set_data_offset(offset)
-    with open(dest, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
-                                                mtime=0) as fh:  # fmt: skip
+    # nibabel's own level (1): on a 4 MB dcm2niix output level 9 took 476 ms against 70 ms
+    # for a file 2 % smaller, and DICOM ingest re-writes every output
+    level = Opener.default_compresslevel
+    with open(dest, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                                                compresslevel=level) as fh:  # fmt: skip
         fh.write(header.binaryblock)
         fh.write(b"\0" * (offset - header.sizeof_hdr))  # no extensions
         fh.write(data)
