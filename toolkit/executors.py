@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
@@ -92,19 +93,26 @@ def die_with_parent(parent: int | None = None) -> None:
     threading.Thread(target=watch, name="xds-parent-watch", daemon=True).start()
 
 
+_PRCTL: list = []  # libc's prctl, resolved once per process (empty: not yet; [None]: none)
+
+
 def set_parent_death_signal(sig: int) -> None:
-    """Linux: ask the kernel to send ``sig`` to this process when its parent exits."""
-    import sys
+    """Linux: ask the kernel to send ``sig`` to this process when its parent exits.
 
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
+    After the first call it only calls libc, so it is safe between fork and exec.
+    """
+    if not _PRCTL:
+        prctl = None
+        if sys.platform.startswith("linux"):
+            import ctypes
 
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+            try:
+                prctl = ctypes.CDLL(None, use_errno=True).prctl
+            except (OSError, AttributeError):
+                prctl = None
+        _PRCTL.append(prctl)
+    if _PRCTL[0] is not None:
+        _PRCTL[0](1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def default_jobs() -> int:

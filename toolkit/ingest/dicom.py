@@ -179,7 +179,6 @@ def ingest_dicom(
     root, dataset = check_source(root, center, dataset)
     if commit_every < 1:
         raise IngestError("commit_every must be at least 1")
-    limit_voxels = max_voxels
     overrides = read_overrides(sequence_overrides) if sequence_overrides else []
     binary = dcm2niix_path()
     run = run_id()
@@ -268,10 +267,10 @@ def ingest_dicom(
             reject(label, "series", error, len(files))
             continue
         rows, columns = files[0]["size"]
-        if rows * columns * slices > voxel_limit(limit_voxels):
+        if rows * columns * slices > voxel_limit(max_voxels):
             error = (
                 f"{rows * columns * slices:,} voxels, over the limit of "
-                f"{voxel_limit(limit_voxels):,} (raise it with --max-voxels or XDS_MAX_VOXELS)"
+                f"{voxel_limit(max_voxels):,} (raise it with --max-voxels or XDS_MAX_VOXELS)"
             )
             reject(label, "series", error, len(files))
             continue
@@ -293,7 +292,7 @@ def ingest_dicom(
                 rule,
                 label,
                 binary,
-                limit_voxels,
+                max_voxels,
             )
         )
 
@@ -859,10 +858,12 @@ def _convert_series(job: _SeriesJob) -> dict:
 
 
 def _die_with_worker() -> None:
-    """In dcm2niix's process before it starts: end when the worker that ran it ends."""
-    import signal
+    """In dcm2niix's process before it starts: end when the worker that ran it ends.
 
-    set_parent_death_signal(signal.SIGKILL)
+    Runs between fork and exec, so it only calls into libc, resolved beforehand by the
+    worker's own :func:`xds.executors.die_with_parent`.
+    """
+    set_parent_death_signal(9)  # SIGKILL
 
 
 # -- overrides, resume -----------------------------------------------------------------------
