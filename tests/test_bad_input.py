@@ -294,3 +294,15 @@ def test_a_killed_exports_target_is_replaced_by_its_rerun(catalog, tmp_path):
         live.kill()
         live.wait()
     assert target.is_dir()
+
+
+def test_a_header_claiming_more_voxels_than_int64_holds_is_refused(tmp_path):
+    """np.prod would wrap 32767^7 to a small number; the check must not."""
+    from xds.imageio import read_volume
+
+    raw = bytearray(nib.Nifti1Header().binaryblock)
+    raw[40:56] = np.array([7, *[32767] * 7], "<i2").tobytes()
+    path = tmp_path / "forged.nii"
+    path.write_bytes(bytes(raw) + bytes(68))
+    with pytest.raises(IngestError, match="over the limit"):
+        read_volume(path)

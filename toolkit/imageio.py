@@ -7,6 +7,7 @@ order), so the same image saved as .nii or .nii.gz, or with another header, hash
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import secrets
 import shutil
@@ -110,7 +111,7 @@ def check_header(path: str | os.PathLike, limit: int | None = None) -> None:
     shape = dims[1 : n + 1]
     if any(d < 0 for d in shape):
         raise IngestError(f"invalid image dimensions {tuple(shape)}")
-    voxels = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    voxels = math.prod(shape) if shape else 0  # Python ints: a forged header cannot overflow
     allowed = max_voxels(limit)
     if voxels > allowed:
         raise IngestError(
