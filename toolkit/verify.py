@@ -23,6 +23,7 @@ and the kind of problem, never the identifier itself.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import re
@@ -251,12 +252,13 @@ class _Scanner:
         import nibabel as nib
         import numpy as np
 
-        if len(data) < 348:
+        sizes = {int.from_bytes(data[:4], order) for order in ("little", "big")}
+        kind = nib.Nifti1Header if 348 in sizes else nib.Nifti2Header if 540 in sizes else None
+        if kind is None or len(data) < min(sizes):
+            self._find(shown, "not a NIfTI header")
             return
         try:
-            kind = nib.Nifti1Header if len(data) < 540 or data[:4] in (
-                b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c") else nib.Nifti2Header  # fmt: skip
-            header = kind.from_fileobj(_Reader(data), check=False)
+            header = kind.from_fileobj(io.BytesIO(data), check=False)
         except Exception:  # noqa: BLE001 - a header nibabel cannot parse is reported
             self._find(shown, "NIfTI header does not parse")
             return
@@ -322,25 +324,6 @@ class _Scanner:
             for key in ("commitInfo", "metaData"):
                 if key in action:
                     self._text(shown, json.dumps(action[key]), key, dates=False)
-
-
-class _Reader:
-    """A minimal file object over bytes for nibabel's header parser."""
-
-    def __init__(self, data: bytes):
-        self.data, self.pos = data, 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self.data) if n < 0 else self.pos + n
-        out, self.pos = self.data[self.pos : end], min(end, len(self.data))
-        return out
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self.pos = pos if whence == 0 else self.pos + pos if whence == 1 else len(self.data) + pos
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
 
 
 def _table_of(shown: str) -> str:
