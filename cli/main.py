@@ -510,10 +510,12 @@ def versions(state, as_json):
 @click.option("--deny-list", type=click.Path(exists=True, dir_okay=False),
               help="A file of such strings, one per line.")  # fmt: skip
 @click.option("--no-hashes", is_flag=True, help="Skip re-hashing every image and label.")
+@click.option("--fix-gzip", is_flag=True, help="First rewrite the gzip headers of managed "
+              "files that keep a file name or time (catalogs from older xds), then check.")
 @jobs_option
 @json_option
 @click.pass_obj
-def verify_cmd(state, exports, deny, deny_list, no_hashes, jobs, as_json):
+def verify_cmd(state, exports, deny, deny_list, no_hashes, fix_gzip, jobs, as_json):
     """Check the catalog (and EXPORTS of it) before sharing: exit 1 on any finding.
 
     Re-hashes every image and label against the catalog, then reads every stored byte
@@ -524,8 +526,11 @@ def verify_cmd(state, exports, deny, deny_list, no_hashes, jobs, as_json):
     """
     from pathlib import Path
 
-    from xds.verify import verify
+    from xds.verify import clean_gzip_headers, verify
 
+    if fix_gzip:
+        fixed = clean_gzip_headers(state.catalog())
+        warn(f"rewrote the gzip header of {len(fixed)} file(s)")
     names = list(deny)
     if deny_list:
         names += [ln.strip() for ln in Path(deny_list).read_text().splitlines() if ln.strip()]

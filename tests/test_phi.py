@@ -301,6 +301,12 @@ def test_verify_passes_then_finds_planted_leaks(phi_run, tmp_path):
     # findings name files and problems, never the identifier they found
     for needle in ("ZZCANARY", "zzdescripcanary", UID_ROOT, "SMITH"):
         assert needle.lower() not in result.output.lower()
+    # --fix-gzip repairs what a catalog of an older xds holds: the gzip name and time go
+    fixed = CliRunner().invoke(cli, ["--catalog", str(copy), "verify", "--fix-gzip"])
+    assert "rewrote the gzip header of 1 file(s)" in fixed.stderr
+    assert "gzip header" not in fixed.stdout
+    assert b"ZZCANARY" not in target.read_bytes()[:64]  # the gzip header region
+    assert gzip.decompress(target.read_bytes()) == gzip.decompress(source.read_bytes())
 
 
 def test_verify_finds_a_source_folder_name(phi_run, tmp_path):

@@ -122,6 +122,33 @@ def verify(
     return report
 
 
+def clean_gzip_headers(catalog: Catalog) -> list[str]:
+    """Replace the gzip headers of managed files that keep a name, comment or time.
+
+    Catalogs written before xds cleaned them hold hard links to sources whose gzip header
+    names the original file. Each such file is rewritten under a bare header (same
+    compressed data, so the same voxels and hash) and replaces the old one atomically,
+    which also breaks its link to the source. Returns the files changed (relative paths).
+    """
+    from xds.imageio import rewrite_gzip_headers
+
+    changed = []
+    data = catalog.root / "data"
+    for path in sorted(data.rglob("*.gz")) if data.is_dir() else []:
+        raw = path.read_bytes()
+        try:
+            members = gzip_members(raw)
+        except ValueError:
+            continue  # not ours to repair: verify reports it
+        if all(flags & (4 | 8 | 16) == 0 and not mtime for flags, mtime, _, _ in members):
+            continue
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.clean")
+        rewrite_gzip_headers(path, tmp)
+        os.replace(tmp, path)
+        changed.append(path.relative_to(catalog.root).as_posix())
+    return changed
+
+
 def _files(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
