@@ -182,3 +182,39 @@ def test_migrate_a_version_1_catalog_keeps_rows_and_history(catalog):
     assert old.sql(
         "SELECT count(*) AS n, count(sequence_rule) AS r FROM scan_view"
     ).to_pylist() == [{"n": n_scans, "r": 0}]
+
+
+def test_migrate_turns_raw_times_of_day_into_keys(catalog):
+    """Schema 4 stored the acquisition's time of day; 5 keeps only its keyed hash."""
+    import json
+
+    import pyarrow as pa
+
+    from xds.catalog import migrate
+    from xds.schemas.ids import acquisition_time_key
+
+    root = catalog.root
+    data = DeltaTable(str(root / "scans")).to_pyarrow_table().drop_columns(["acquisition_time_key"])
+    seconds = [36000 + i for i in range(data.num_rows)]
+    data = data.append_column("acquisition_time_s", pa.array(seconds, pa.int32()))
+    write_deltalake(str(root / "scans"), data, mode="overwrite", schema_mode="overwrite")
+    from xds.catalog.store import _VERSIONS_SCHEMA, VERSIONS_TABLE
+
+    rows = DeltaTable(str(root / VERSIONS_TABLE)).to_pyarrow_table().to_pylist()
+    last = max(rows, key=lambda r: r["catalog_version"])
+    tv = json.loads(last["table_versions"])
+    tv["scans"] = DeltaTable(str(root / "scans")).version()
+    last["table_versions"] = json.dumps(tv)
+    write_deltalake(str(root / VERSIONS_TABLE), pa.Table.from_pylist(rows, schema=_VERSIONS_SCHEMA),
+                    mode="overwrite")  # fmt: skip
+    for name in ("subjects", "scans", "labels", "label_maps", "cohorts", "splits", "quarantine"):
+        stamp = {"xds.table": name, "xds.schema_version": "4"}
+        DeltaTable(str(root / name)).alter.set_table_description(json.dumps(stamp))
+    assert migrate(root) == ["scans: added acquisition_time_key"]
+    cat = Catalog.open(root)
+    got = {r["scan_id"]: r["acquisition_time_key"] for r in cat.read("scans").to_pylist()}
+    want = {s: acquisition_time_key(cat.secret(), t)
+            for s, t in zip(data.column("scan_id").to_pylist(), seconds, strict=True)}  # fmt: skip
+    assert got == want
+    newest = DeltaTable(str(root / "scans")).to_pyarrow_table()
+    assert "acquisition_time_s" not in newest.column_names
