@@ -503,6 +503,42 @@ def versions(state, as_json):
         print_table(rows, "catalog versions", ["catalog_version", "operation", "at"])
 
 
+@cli.command("quarantine")
+@click.option("--center", help="Only this center's rows.")
+@click.option("--dataset", help="Only this dataset's rows.")
+@click.option("--source", type=click.Path(exists=True, file_okay=False),
+              help="The center's source folder: find each quarantined file in it and print "
+              "its real path (on your own machine; the catalog never stores it).")  # fmt: skip
+@json_option
+@click.pass_obj
+def quarantine_cmd(state, center, dataset, source, as_json):
+    """List quarantined files with their stage and reason.
+
+    The catalog names them relative to their source folder with identifier-like names
+    replaced by keyed hashes; --source matches those hashes against the folder's real
+    names with the catalog's key and prints where each file is.
+    """
+    from xds.ingest.common import locate_quarantined
+
+    cat = state.catalog()
+    rows = [
+        {k: r[k] for k in ("dataset", "center", "uri", "stage", "error")}
+        for r in cat.read("quarantine").to_pylist()
+        if (center is None or r["center"] == center)
+        and (dataset is None or r["dataset"] == dataset)
+    ]
+    if source:
+        for row, found in zip(rows, locate_quarantined(cat, source, rows), strict=True):
+            row["source_path"] = ", ".join(
+                p.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                for p in found
+            ) or "(not found)"
+    if as_json:
+        emit_json(rows)
+    else:
+        print_table(rows, f"{len(rows)} quarantined file(s)")
+
+
 @cli.command("verify")
 @click.argument("exports", nargs=-1, type=click.Path(exists=True))
 @click.option("--deny", multiple=True, help="A name, ID or other string that must appear "

@@ -352,3 +352,29 @@ def test_structural_names_are_kept_identifying_ones_hashed(rel, kept):
             if rel.endswith(ext):
                 assert last.endswith(ext)
                 break
+
+
+def test_quarantined_files_are_found_again_in_their_source_folder(phi_run):
+    """Rows store hashes; with the folder and the catalog's key the real paths come back."""
+    root = phi_run["root"]
+    result = CliRunner().invoke(
+        cli, ["--catalog", str(phi_run["catalog"]), "quarantine", "--center", "Nif",
+              "--source", str(root / "nifti_center"), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert rows
+    assert all(r["source_path"] != "(not found)" for r in rows), rows
+    found = {Path(p).relative_to(root / "nifti_center").as_posix()
+             for r in rows for p in r["source_path"].split(", ")}  # fmt: skip
+    assert "ZZMRN-4417-CANARY/T1_VIBE/image.nii.gz" in found
+    assert f"{UID_ROOT}.2/T1_VIBE/image.nii" in found
+    assert f"ZZCANARYSMITH_MRN778899/{UID_ROOT}.1.nii.gz" in found
+    assert "ZZCANARY^HIDDENPERSON/OPP_PHASE/mask.nii.gz" in found
+    # The DICOM center's broken file, named by a UID in a canary-named folder:
+    dicom = CliRunner().invoke(
+        cli, ["--catalog", str(phi_run["catalog"]), "quarantine", "--center", "Dcm",
+              "--source", str(root / "dicom_center"), "--json"],
+    )  # fmt: skip
+    paths = " ".join(r["source_path"] for r in json.loads(dicom.stdout))
+    assert f"ZZTRUNCCANARY/{UID_ROOT}.3.dcm" in paths

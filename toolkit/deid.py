@@ -216,11 +216,15 @@ def split_extension(name: str) -> tuple[str, str]:
     return name, ""
 
 
-def scrub_name(secret: bytes, component: str, keep: frozenset[str] = frozenset()) -> str:
+def scrub_name(
+    secret: bytes, component: str, keep: frozenset[str] = frozenset(), *, source: str | None = None
+) -> str:
     """One path component as it may be shown or stored.
 
     It is kept when every word of it is structural (:data:`SAFE_WORDS`, pseudonyms, short
-    numbers, ``keep``), else replaced by a keyed hash ``x-<16 hex>`` with its extension.
+    numbers, ``keep``), else replaced by :func:`hashed_name` of ``source`` (the component as
+    the folder holds it, before subject keys became pseudonyms; ``component`` itself when
+    not given), so the file can be found again from the folder and the key alone.
 
     >>> scrub_name(b"k", "SMITH_JOHN_MRN778899_t2.nii.gz")[-7:]
     '.nii.gz'
@@ -231,15 +235,46 @@ def scrub_name(secret: bytes, component: str, keep: frozenset[str] = frozenset()
         return component
     if _is_safe_name(component, keep):
         return component
+    return hashed_name(secret, source or component)
+
+
+def hashed_name(secret: bytes, component: str) -> str:
+    """``x-`` and 16 hex digits of HMAC-SHA256 of a path component, its extension kept."""
     raw = component.encode("utf-8", "surrogateescape")
-    stem, ext = split_extension(component)
+    _, ext = split_extension(component)
     digest = hmac.new(secret, b"path-name\0" + raw, hashlib.sha256).hexdigest()[:16]
     return f"x-{digest}{ext if _is_safe_name(ext, frozenset()) else ''}"
 
 
-def scrub_path(secret: bytes, rel: str, keep: frozenset[str] = frozenset()) -> str:
-    """A relative source path with every component passed through :func:`scrub_name`."""
-    return "/".join(scrub_name(secret, part, keep) for part in rel.split("/"))
+def scrub_path(
+    secret: bytes, rel: str, keep: frozenset[str] = frozenset(), *, source: str | None = None
+) -> str:
+    """A relative path with every component passed through :func:`scrub_name`.
+
+    ``source`` is the same path as found in the folder (``rel`` may have subject keys
+    replaced by pseudonyms); hashed components are hashes of its components.
+    """
+    parts = rel.split("/")
+    found = source.split("/") if source is not None else []
+    if len(found) != len(parts):
+        found = [""] * len(parts)
+    return "/".join(
+        scrub_name(secret, part, keep, source=raw) for part, raw in zip(parts, found, strict=True)
+    )
+
+
+def matches_scrubbed(secret: bytes, stored: str, found: str) -> bool:
+    """True when a folder's path component ``found`` is what ``stored`` shows of it."""
+    if stored == found or stored == hashed_name(secret, found):
+        return True
+    if not _PSEUDONYM.search(stored):
+        return False
+    pattern = "".join(
+        ".+" if _PSEUDONYM.fullmatch(piece) else re.escape(piece)
+        for piece in re.split(f"({_PSEUDONYM.pattern})", stored)
+        if piece
+    )
+    return re.fullmatch(pattern, found) is not None
 
 
 def hidden_names(rel: str, keep: frozenset[str] = frozenset()) -> set[str]:

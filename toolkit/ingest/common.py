@@ -14,7 +14,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from xds.catalog import Catalog, utcnow
-from xds.deid import hidden_names, scrub_message, scrub_path
+from xds.deid import hidden_names, matches_scrubbed, scrub_message, scrub_path
 from xds.schemas.errors import IngestError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -111,9 +111,13 @@ class Quarantine:
         self.keep = frozenset({report.dataset.lower(), report.center.lower()})
         self.rows: list[dict] = []
 
-    def uri(self, shown: str) -> str:
-        """How a file (relative path, subject keys already pseudonymized) is stored."""
-        return scrub_path(self.secret, shown, self.keep)
+    def uri(self, shown: str, source: str | None = None) -> str:
+        """How a file is stored.
+
+        ``shown`` is its relative path with subject keys already pseudonymized, ``source``
+        the same path as found (what hashed components are hashes of).
+        """
+        return scrub_path(self.secret, shown, self.keep, source=source)
 
     def add(
         self,
@@ -125,7 +129,7 @@ class Quarantine:
         center: str | None = None,
     ) -> None:
         """Quarantine ``rel`` (relative to the source folder) at ``stage`` for ``error``."""
-        uri = self.uri(shown if shown is not None else rel)
+        uri = self.uri(shown if shown is not None else rel, rel)
         real = str(self.root / rel)
         message = scrub_message(error, {real: uri, rel: uri, str(self.root): "<source>"})
         self.report.problems.append((uri, message))
@@ -177,3 +181,29 @@ def source_name_digests(catalog_root: Path) -> set[str]:
 def name_digest(secret: bytes, name: str) -> str:
     """The keyed hash of one lower-case source path component."""
     return hmac.new(secret, b"source-name\0" + name.encode(), hashlib.sha256).hexdigest()[:24]
+
+
+def locate_quarantined(catalog: Catalog, root: str | Path, rows: list[dict]) -> list[list[str]]:
+    """The files under ``root`` that quarantine ``rows`` name, for a user on their own machine.
+
+    A stored ``uri`` keeps structural components as they are, pseudonyms where subject
+    keys were, and keyed hashes of the rest; each is matched against the folder's real
+    names with the catalog's key. Returns, per row, the matching real paths (several when a
+    pseudonym stands for a name that more than one folder matches).
+    """
+    secret = catalog.secret()
+    root = Path(root)
+    out = []
+    for row in rows:
+        parts = [p for p in row["uri"].split(" [series ")[0].split("/") if p]
+        level = [root]
+        for part in parts:
+            level = [
+                Path(entry.path)
+                for folder in level
+                if folder.is_dir()
+                for entry in os.scandir(folder)
+                if matches_scrubbed(secret, part, entry.name)
+            ]
+        out.append(sorted(str(p) for p in level) if parts else [])
+    return out
