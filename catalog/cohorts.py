@@ -162,20 +162,13 @@ def cohort_scans(catalog: Catalog, cohort: Cohort) -> pa.Table:
         CohortError: the cohort names scans its pinned version does not hold.
     """
     rows = catalog.at(cohort.catalog_version).rows_for("scan_view", cohort.scan_id_array)
-    if rows.num_rows != len(cohort.scan_id_array):
-        _check_ids_exist(catalog.at(cohort.catalog_version), cohort.scan_id_array,
-                         f"cohort {cohort.name!r}")  # fmt: skip
-    return rows
-
-
-def _check_ids_exist(catalog: Catalog, scan_ids: pa.Array, what: str) -> None:
-    """Raise unless every id is a usable scan at ``catalog``'s version."""
-    found = catalog.rows_for("scan_view", scan_ids, ["scan_id"]).num_rows
-    if found != len(scan_ids):
+    missing = len(cohort.scan_id_array) - rows.num_rows
+    if missing:  # a row written past build_cohort: refuse rather than split a subset
         raise CohortError(
-            f"{what} names {len(scan_ids) - found} scan id(s) that catalog version "
-            f"{catalog.version} does not hold; nothing was stored"
+            f"cohort {cohort.name!r} names {missing} scan id(s) that catalog version "
+            f"{cohort.catalog_version} does not hold"
         )
+    return rows
 
 
 def _check_name(name: str) -> None:

@@ -159,10 +159,9 @@ SAFE_WORDS = frozenset(
     delayed del native contrast ce gd enhanced phase1 phase2 phase3 abdomen abdominal
     pancreas liver kidney kidneys spleen siemens ge philips toshiba canon hitachi uih
     healthcare medical systems center centre site source crosspan amos flare flare22 word
-    totalsegmentator btcv chaos msd task07 task pancreas_ ct_ mr_ ground_ dicom_anon anon
-    inphase outphase t1dual t2spir spir bids nnunet folders flat imagests_ world phantoms
-    metadata clinical sheet map lut dataset datasets im img se st ser file files slice
-    slices export exports cd dvd
+    totalsegmentator btcv chaos msd task07 task anon inphase outphase t1dual t2spir spir
+    bids nnunet folders flat world phantoms metadata clinical sheet map lut dataset
+    datasets im se st ser file files slice slices export exports cd dvd
     """.split()
 )
 _COUNTER = re.compile(
