@@ -2,17 +2,18 @@
 
 Both sides answer the same question: the scan ids of ``scan_view`` rows matching the clause
 (scans x subjects x label availability). xds additionally opens the catalog at its latest
-version (Delta log -> file list), guards the SQL, and writes the cohort row. Runs alternate
-and the medians are compared, since this machine is noisy.
+version (Delta log -> file list), guards the SQL, and writes the cohort row. The baseline's
+Parquet file lists are read from the Delta logs before any timing, so its timer holds only
+DuckDB's work. Both sides are warmed up, then timed in alternating rounds
+(benchmarks/timing.py).
 
-    python benchmarks/catalog_query.py [--scans 1000000] [--repeats 5] [--out DIR]
+    python -m benchmarks.catalog_query [--scans 1000000] [--rounds 5] [--quick] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -24,8 +25,11 @@ import pyarrow as pa
 
 from xds.catalog import Catalog, build_cohort
 from xds.catalog.cohorts import select_scans
+from xds.catalog.sql import SqlLimits
 from xds.catalog.views import SCAN_VIEW
 from xds.schemas.tables import schema_for
+
+from .timing import MIN_ROUNDS, Side, compare, timed_report
 
 CENTERS = np.array(["NYU", "MCF", "MCA", "NU", "AHN", "IU", "EMC", "IH"])
 SEQUENCES = np.array(["T1W", "T2W", "OOP"])
@@ -124,25 +128,38 @@ def build(root: Path, n_scans: int, chunk: int = 250_000) -> Catalog:
     return cat
 
 
-def bare_duckdb(cat: Catalog, where: str) -> pa.Table:
-    con = duckdb.connect()
-    view = SCAN_VIEW
-    for table in ("scans", "subjects", "labels"):
-        files = ", ".join(f"'{f}'" for f in cat.files(table))
-        con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{files}])")
-    con.execute(view)
-    return con.sql(
-        f"SELECT scan_id, subject_id FROM scan_view WHERE ({where}) ORDER BY scan_id"
-    ).to_arrow_table()
+def bare_connection(files: dict[str, list[str]]) -> duckdb.DuckDBPyConnection:
+    """DuckDB over Parquet file lists prepared before timing: views only, nothing read yet."""
+    limits = SqlLimits.from_env()  # the same threads and memory as xds's guarded connection
+    con = duckdb.connect(config={"threads": limits.threads,
+                                 "memory_limit": limits.memory})  # fmt: skip
+    for table, paths in files.items():
+        listed = ", ".join(f"'{f}'" for f in paths)
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listed}])")
+    con.execute(SCAN_VIEW)
+    return con
+
+
+def bare_duckdb(files: dict[str, list[str]], where: str) -> pa.Table:
+    con = bare_connection(files)
+    try:
+        return con.sql(
+            f"SELECT scan_id, subject_id FROM scan_view WHERE ({where}) ORDER BY scan_id"
+        ).to_arrow_table()
+    finally:
+        con.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scans", type=int, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=MIN_ROUNDS)
+    parser.add_argument("--quick", action="store_true", help="100,000 scans")
     parser.add_argument("--where", default="sequence='T2W'")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.quick:
+        args.scans = min(args.scans, 100_000)
     tmp = Path(args.out or tempfile.mkdtemp(prefix="xds-bench-"))
     root = tmp / "catalog"
     if root.exists():
@@ -150,36 +167,28 @@ def main() -> None:
     t = time.perf_counter()
     build(root, args.scans)
     print(f"built a {args.scans:,}-scan catalog in {time.perf_counter() - t:.1f} s at {root}")
-
-    ours, query_only, bare = [], [], []
-    expected = None
-    for i in range(args.repeats + 1):  # the first round warms the OS cache and is dropped
-        t = time.perf_counter()
-        cohort = build_cohort(Catalog.open(root), args.where, f"bench-{i}")
-        t_ours = time.perf_counter() - t
-        t = time.perf_counter()
-        selected = select_scans(Catalog.open(root), args.where)
-        t_query = time.perf_counter() - t
-        files_catalog = Catalog.open(root)
-        t = time.perf_counter()
-        result = bare_duckdb(files_catalog, args.where)
-        t_bare = time.perf_counter() - t
-        assert selected.column("scan_id").to_pylist() == result.column("scan_id").to_pylist()
-        got = result.column("scan_id").to_pylist()
-        assert expected is None or got == expected
-        expected = got
-        assert list(cohort.scan_ids) == got, "xds and bare DuckDB disagree"
-        if i:
-            ours.append(t_ours)
-            query_only.append(t_query)
-            bare.append(t_bare)
-    m_ours, m_query, m_bare = (statistics.median(x) for x in (ours, query_only, bare))
-    print(f"matched scans: {len(expected):,}")
-    print(f"xds build-cohort (open + guarded query + store cohort): median {m_ours:.3f} s")
-    print(f"xds query path (open version + views + guarded query):  median {m_query:.3f} s")
-    print(f"bare DuckDB read_parquet, same query and files:        median {m_bare:.3f} s")
-    print(f"ratio build-cohort / bare = {m_ours / m_bare:.2f} (goal <= 1.2)")
-    print(f"ratio query path / bare   = {m_query / m_bare:.2f}")
+    # The baseline's file lists, read from the Delta logs before any timing.
+    files = {t: Catalog.open(root).files(t) for t in ("scans", "subjects", "labels")}
+    count = iter(range(10**6))
+    sides = {
+        "build": Side("xds build_cohort: open the latest version, views, guarded query, "
+                      "commit the cohort", lambda: build_cohort(
+                          Catalog.open(root), args.where, f"bench-{next(count)}").scan_ids),
+        "query": Side("xds query path: open the latest version, views, guarded query",
+                      lambda: select_scans(Catalog.open(root), args.where)),
+        "bare": Side("DuckDB read_parquet over the same files (listed before timing), "
+                     "same view and query", lambda: bare_duckdb(files, args.where)),
+    }  # fmt: skip
+    compare(sides, rounds=args.rounds)
+    expected = sides["bare"].result.column("scan_id").to_pylist()
+    assert sides["query"].result.column("scan_id").to_pylist() == expected
+    assert list(sides["build"].result) == expected, "xds and bare DuckDB disagree"
+    print(f"matched scans: {len(expected):,} of {args.scans:,}")
+    one = f"one process, {SqlLimits.from_env().threads} DuckDB threads on both sides"
+    timed_report("catalog_query", f"build-cohort vs bare DuckDB ({args.scans:,} scans)",
+                 sides["build"], sides["bare"], goal="<= 1.2", parallelism=one)  # fmt: skip
+    timed_report("catalog_query", f"query path vs bare DuckDB ({args.scans:,} scans)",
+                 sides["query"], sides["bare"], goal=None, parallelism=one)  # fmt: skip
     if args.out is None:
         shutil.rmtree(tmp)
 

@@ -1,20 +1,22 @@
-"""Exporting the demo cohort vs ``cp -r`` of the same files, timed in the same run.
+"""Exporting the demo cohort vs ``cp -rl`` and ``cp -r`` of the same files, in one run.
 
 The demo world (4 centers x 12 subjects x 3 sequences, 124 pancreas scans) is built once and
 its cohort harmonized to CrossPan's class set (``xds harmonize pancreas --classes crosspan``),
-the step that turns every center's label map into the shared one. Then, best of --repeat
-runs each, with the target removed between runs:
+the step that turns every center's label map into the shared one. Then every side is warmed
+up and timed in alternating rounds (benchmarks/timing.py), the target removed before each run:
 
-- baseline: ``cp -r`` of the cohort's images and harmonized labels into an empty folder;
-- xds: each exporter as a library call (imports warm), writing the same files plus its
-  index (datalist JSON; Arrow + Parquet + card; dataset.json + splits_final.json).
+- ``cp -rl``: hard links to the cohort's images and harmonized labels in an empty folder
+  (what the linking exports do with the files, so their like-for-like baseline);
+- ``cp -r``: copies of the same files (what ``--embed`` and ``--copy`` are compared with);
+- xds: each exporter as a library call, writing the same files plus its index (datalist
+  JSON; Arrow + Parquet + card; dataset.json + splits_final.json).
 
-Goal: ratio <= 1.5 for the exports that need no conversion (hard links, not copies).
-``--embed`` puts the bytes in the dataset, so it is timed too, but it copies by design; and
-an export of the raw source labels, which remaps them in worker processes, shows what the
-harmonize step saves.
+Goal: the linking exports <= 1.5x ``cp -rl``. ``--embed`` puts the bytes in the dataset, so
+it is set against ``cp -r``; an export of the raw source labels, which remaps them in worker
+processes, shows what the harmonize step saves. One process for cp; xds with ``--jobs``
+workers where it has any (the linking exports start none).
 
-    python benchmarks/export.py [--repeat 5] [--jobs 2] [--subjects-per-center 12]
+    python -m benchmarks.export [--rounds 5] [--jobs 2] [--subjects-per-center 12] [--quick]
 """
 
 from __future__ import annotations
@@ -25,20 +27,23 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from timing import best_of  # benchmarks/timing.py, beside this script
-
 from xds.catalog import Catalog
 from xds.demo import run_demo
 from xds.export import export_datalist, export_hf, export_nnunet, plan_export
 from xds.harmonize import harmonize
 
+from .timing import MIN_ROUNDS, Side, compare, ratio, timed_report
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=MIN_ROUNDS)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--subjects-per-center", type=int, default=12)
+    parser.add_argument("--quick", action="store_true", help="6 subjects per center")
     args = parser.parse_args()
+    if args.quick:
+        args.subjects_per_center = min(args.subjects_per_center, 6)
 
     root = Path(tempfile.mkdtemp(prefix="xds-bench-export-"))
     try:
@@ -49,51 +54,55 @@ def main() -> None:
         plan = plan_export(catalog, cohort, split=split, class_set="crosspan")
         files = [c.image for c in plan.cases] + [c.label for c in plan.cases if c.label]
         size = sum(Path(f).stat().st_size for f in files) / 1e6
-        print(f"demo cohort: {len(plan.cases)} scans, {len(files)} files, {size:.1f} MB")
+        what = f"{len(plan.cases)} scans, {len(files)} files, {size:.1f} MB"
+        print(f"demo cohort: {what}")
 
         out = root / "out"
 
-        def fresh(fn):
-            def run():
-                shutil.rmtree(out, ignore_errors=True)
-                out.mkdir()
-                return fn()
+        def clear():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
 
-            return run
-
-        def cp():
-            subprocess.run(["cp", "-r", *files, str(out)], check=True)
+        def cp(*flags):
+            return lambda: subprocess.run(["cp", *flags, *files, str(out)], check=True)
 
         common = {"split": split, "jobs": args.jobs}
-        cases = {
-            "datalist": lambda: export_datalist(
-                catalog, cohort, out=out / "d.json", class_set="crosspan", **common
-            ),
-            "hf (paths)": lambda: export_hf(
-                catalog, cohort, out=out / "hf", class_set="crosspan", **common
-            ),
-            "nnunet": lambda: export_nnunet(
-                catalog, cohort, dataset_id=1, out=out, class_set="crosspan", **common
-            ),
-            "hf --embed (copies bytes)": lambda: export_hf(
-                catalog, cohort, out=out / "hf", class_set="crosspan", embed=True, **common
-            ),
-            "datalist, raw labels (remaps)": lambda: export_datalist(
-                catalog, cohort, out=out / "d.json", classes=["pancreas"], **common
-            ),
-        }
-        base, _ = best_of(fresh(cp), args.repeat)
-        print(f"{'cp -r (baseline)':32s} {base * 1e3:8.1f} ms")
-        for name, fn in cases.items():
-            fn()  # warm: imports, page cache
-            seconds, result = best_of(fresh(fn), args.repeat)
-            ratio = seconds / base
-            goal = (
-                ""
-                if "(" in name and "paths" not in name
-                else ("  goal <= 1.5: " + ("ok" if ratio <= 1.5 else "MISSED"))
-            )
-            print(f"{name:32s} {seconds * 1e3:8.1f} ms  ratio {ratio:5.2f}{goal}  {result.files}")
+        sides = {
+            "cp -rl": Side("cp -rl: hard-link the images and labels into one folder", cp("-rl")),
+            "cp -r": Side("cp -r: copy the images and labels into one folder", cp("-r")),
+            "datalist": Side("xds export datalist: link the files, write the JSON index",
+                             lambda: export_datalist(catalog, cohort, out=out / "d.json",
+                                                     class_set="crosspan", **common)),
+            "hf": Side("xds export hf: link the files, write Arrow + Parquet + card",
+                       lambda: export_hf(catalog, cohort, out=out / "hf", class_set="crosspan",
+                                         **common)),
+            "nnunet": Side("xds export nnunet: link into imagesTr/labelsTr, dataset.json, "
+                           "splits_final.json",
+                           lambda: export_nnunet(catalog, cohort, dataset_id=1, out=out,
+                                                 class_set="crosspan", **common)),
+            "embed": Side("xds export hf --embed: the bytes inside the Parquet files",
+                          lambda: export_hf(catalog, cohort, out=out / "hf",
+                                            class_set="crosspan", embed=True, **common)),
+            "raw": Side(f"xds export datalist of raw source labels: remap each in "
+                        f"{args.jobs} worker processes",
+                        lambda: export_datalist(catalog, cohort, out=out / "d.json",
+                                                classes=["pancreas"], **common)),
+        }  # fmt: skip
+        for side in sides.values():
+            side.setup = clear
+        compare(sides, rounds=args.rounds)
+        par = f"cp: one process; xds: --jobs {args.jobs}"
+        for name in ("datalist", "hf", "nnunet"):
+            against_copy = ratio(sides[name], sides["cp -r"]).text()
+            timed_report("export", f"export {name} vs cp -rl ({what})", sides[name],
+                         sides["cp -rl"], goal="<= 1.5", parallelism=par,
+                         note=f"{against_copy}x cp -r")  # fmt: skip
+        timed_report("export", f"export hf --embed vs cp -r ({what})", sides["embed"],
+                     sides["cp -r"], goal=None, parallelism=par)  # fmt: skip
+        timed_report("export", f"export of raw labels (remapped) vs cp -r ({what})",
+                     sides["raw"], sides["cp -r"], goal=None, parallelism=par)  # fmt: skip
+        timed_report("export", "cp -rl vs cp -r (the two baselines)", sides["cp -rl"],
+                     sides["cp -r"], goal=None, parallelism="one process each")  # fmt: skip
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -1,103 +1,128 @@
-"""``xds ingest dicom --jobs 2`` on one phantom center vs dcm2niix alone on the same files.
+"""``xds ingest dicom`` on one phantom center vs dcm2niix on the same files, equal processes.
 
-The baseline is what a user would run without xds: one ``dcm2niix -z y -b y`` over the
-center's folder (compressed NIfTI and BIDS sidecars). xds does that work and more: reads
-every header with pydicom, checks each series' geometry, classifies and de-identifies it,
-hashes the voxels and commits the catalog rows. Runs alternate and medians are compared,
-since this machine is noisy. Goal: ratio <= 1.25.
+The baseline is what a user would run without xds: ``dcm2niix -z y -b y`` (compressed
+NIfTI and BIDS sidecars) over the center's series. xds does that work and more: reads every
+header with pydicom, checks each series' geometry, classifies and de-identifies it, hashes
+the voxels and commits the catalog rows. Two figures, each at equal parallelism:
 
-    python benchmarks/ingest_dicom.py [--subjects 8] [--shape 192,192,48] [--repeats 3]
+- ``--jobs 1`` against one dcm2niix process over the whole folder;
+- ``--jobs N`` against N dcm2niix processes at once, each over its share of the series
+  (the series are dealt into N folders of hard links, balanced by file count, before any
+  timing: how one would run dcm2niix in parallel).
+
+Every side is warmed up and timed in alternating rounds (benchmarks/timing.py).
+Goal: ratio <= 1.25 at equal processes.
+
+    python -m benchmarks.ingest_dicom [--subjects 8] [--shape 192,192,48] [--rounds 5]
+        [--jobs 2] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
-import statistics
 import subprocess
 import tempfile
-import time
+from collections import defaultdict
 from pathlib import Path
+
+import pydicom
 
 from xds.catalog import Catalog
 from xds.ingest import ingest_dicom
 from xds.ingest.dicom import dcm2niix_path
 from xds.phantoms import generate_world
 
+from .timing import MIN_ROUNDS, Side, compare, timed_report
 
-def run_xds(center: Path, work: Path, jobs: int) -> tuple[float, int]:
+
+def run_xds(center: Path, work: Path, jobs: int) -> int:
+    shutil.rmtree(work / "catalog", ignore_errors=True)
     catalog = Catalog.create(work / "catalog")
-    start = time.perf_counter()
-    report = ingest_dicom(catalog, center, center="bench", jobs=jobs)
-    elapsed = time.perf_counter() - start
-    shutil.rmtree(work / "catalog")
-    return elapsed, report.scans_added
+    return ingest_dicom(catalog, center, center="bench", jobs=jobs).scans_added
 
 
-def run_dcm2niix(center: Path, work: Path) -> tuple[float, int]:
+def deal_series(center: Path, into: Path, parts: int) -> list[Path]:
+    """Hard-link each series' files into one of ``parts`` folders, balanced by file count."""
+    series: dict[str, list[Path]] = defaultdict(list)
+    for path in sorted(p for p in center.rglob("*") if p.is_file()):
+        try:
+            uid = pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID
+        except Exception:  # not an image; dcm2niix would skip it too
+            continue
+        series[str(uid)].append(path)
+    folders = [into / f"part{k}" for k in range(parts)]
+    load = [0] * parts
+    for n, (_, files) in enumerate(sorted(series.items(), key=lambda kv: -len(kv[1]))):
+        k = load.index(min(load))
+        load[k] += len(files)
+        target = folders[k] / f"s{n:04d}"
+        target.mkdir(parents=True)
+        for i, f in enumerate(files):
+            os.link(f, target / f"{i:05d}.dcm")
+    return folders
+
+
+def run_dcm2niix(folders: list[Path], work: Path) -> int:
+    """One dcm2niix process per folder, all at once; the number of volumes written."""
     out = work / "dcm2niix"
-    out.mkdir()
-    start = time.perf_counter()
-    subprocess.run(
-        [
-            dcm2niix_path(),
-            "-z",
-            "y",
-            "-b",
-            "y",
-            "-ba",
-            "y",
-            "-f",
-            "%s_%d",
-            "-o",
-            str(out),
-            str(center),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    elapsed = time.perf_counter() - start
-    n = len(list(out.glob("*.nii.gz")))
-    shutil.rmtree(out)
-    return elapsed, n
+    shutil.rmtree(out, ignore_errors=True)
+    procs = []
+    for k, folder in enumerate(folders):
+        (out / str(k)).mkdir(parents=True)
+        cmd = [dcm2niix_path(), "-z", "y", "-b", "y", "-ba", "y", "-f", "%s_%d",
+               "-o", str(out / str(k)), str(folder)]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for proc in procs:
+        if proc.wait() != 0:
+            raise RuntimeError("dcm2niix failed")
+    return len(list(out.rglob("*.nii.gz")))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, default=8)
     parser.add_argument("--shape", default="192,192,48")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=MIN_ROUNDS)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="4 subjects of 128x128x32")
     parser.add_argument("--out", help="work folder (default: a temporary one)")
     args = parser.parse_args()
+    if args.quick:
+        args.subjects, args.shape = min(args.subjects, 4), "128,128,32"
     shape = tuple(int(v) for v in args.shape.split(","))
     work = Path(args.out or tempfile.mkdtemp(prefix="xds-bench-dicom-"))
     world = work / "world"
-    manifest = generate_world(
-        world,
-        format="dicom",
-        centers=1,
-        subjects_per_center=args.subjects,
-        sequences=("T1W", "T2W", "OOP", "IP"),
-        shape=shape,
-        seed=0,
-        jobs=args.jobs,
-        broken=False,
-    )
+    manifest = generate_world(world, format="dicom", centers=1, subjects_per_center=args.subjects,
+                              sequences=("T1W", "T2W", "OOP", "IP"), shape=shape, seed=0,
+                              jobs=args.jobs, broken=False)  # fmt: skip
     center = world / manifest["centers"][0]["path"]
     files = sum(1 for p in center.rglob("*") if p.is_file())
     series = len(manifest["centers"][0]["series"])
-    print(f"phantom center: {series} series, {files} files, grid about {shape}")
-    xds_times, base_times = [], []
-    for _ in range(args.repeats):
-        t, n_xds = run_xds(center, work, args.jobs)
-        xds_times.append(t)
-        t, n_base = run_dcm2niix(center, work)
-        base_times.append(t)
-    xds_s, base_s = statistics.median(xds_times), statistics.median(base_times)
-    print(f"dcm2niix alone      : {base_s:6.2f} s  ({n_base} volumes)")
-    print(f"xds ingest --jobs {args.jobs} : {xds_s:6.2f} s  ({n_xds} scans registered)")
-    print(f"ratio xds / dcm2niix: {xds_s / base_s:.2f}  (goal <= 1.25)")
+    what = f"{series} series, {files} files of about {shape[0]}x{shape[1]}"
+    print(f"phantom center: {what}")
+    whole = [center]
+    dealt = deal_series(center, work / "dealt", args.jobs)
+    sides = {
+        "xds1": Side("xds ingest dicom --jobs 1: headers, checks, dcm2niix, classify, "
+                     "de-identify, hash, commit", lambda: run_xds(center, work, 1)),
+        "dcm1": Side("one dcm2niix -z y -b y over the folder", lambda: run_dcm2niix(whole, work)),
+        "xdsN": Side(f"xds ingest dicom --jobs {args.jobs}: the same work",
+                     lambda: run_xds(center, work, args.jobs)),
+        "dcmN": Side(f"{args.jobs} dcm2niix -z y -b y at once, each over its share of the series",
+                     lambda: run_dcm2niix(dealt, work)),
+    }  # fmt: skip
+    compare(sides, rounds=args.rounds)
+    assert sides["xds1"].result == sides["xdsN"].result == sides["dcm1"].result, (
+        "xds and dcm2niix made different numbers of volumes"
+    )
+    timed_report("ingest_dicom", f"ingest dicom vs dcm2niix, 1 process each ({what})",
+                 sides["xds1"], sides["dcm1"], goal="<= 1.25",
+                 parallelism="1 process each")  # fmt: skip
+    timed_report("ingest_dicom", f"ingest dicom vs dcm2niix, {args.jobs} processes each ({what})",
+                 sides["xdsN"], sides["dcmN"], goal="<= 1.25",
+                 parallelism=f"{args.jobs} processes each")  # fmt: skip
     if not args.out:
         shutil.rmtree(work)
 

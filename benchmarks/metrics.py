@@ -12,20 +12,23 @@ stretches every bounding box). Printed per prediction:
   the time ratio, a floor for any method built on a dense transform;
 - xds (``surface="surfel"``) vs DeepMind's surface-distance, when installed.
 
-Times are the best of --repeat runs of each, measured alternately in this one process.
+Every side is warmed up, then timed in alternating rounds in this one process, the same
+number of rounds each (benchmarks/timing.py); all run single-process on the same arrays.
 
-    python benchmarks/metrics.py [--repeat 5]
+    python -m benchmarks.metrics [--rounds 5] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import warnings
 
 import numpy as np
 from scipy import ndimage
-from timing import best_of  # benchmarks/timing.py, beside this script
 
 from xds.metrics import bounding_box, compare_label_maps
+
+from .timing import MIN_ROUNDS, Side, compare, ratio, timed_report
 
 SHAPE = (256, 256, 128)
 SPACING = (0.8, 0.8, 2.5)
@@ -98,30 +101,50 @@ def max_difference(a, b):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=MIN_ROUNDS)
+    parser.add_argument("--quick", action="store_true", help="the realistic prediction only")
     args = parser.parse_args()
+    warnings.filterwarnings("ignore", category=FutureWarning)  # MONAI's deprecation notes
     ref, predictions = make_case()
+    if args.quick:
+        predictions = {"realistic": predictions["realistic"]}
     ours(ref, ref, "surfel")  # build the surfel area table once, outside the timings
+    try:
+        import surface_distance  # noqa: F401
+
+        have_deepmind = True
+    except ImportError:
+        have_deepmind = False
     print(f"case {SHAPE} voxels of {SPACING} mm, classes liver + kidney, NSD tau {TAU} mm")
+    one = "one process, same arrays"
     for name, pred in predictions.items():
-        t_ours, v_ours = best_of(lambda p=pred: ours(p, ref, "voxel"), args.repeat)
-        t_monai, v_monai = best_of(lambda p=pred: monai(p, ref), args.repeat)
-        t_edt, _ = best_of(lambda p=pred: cropped_edt(p, ref), args.repeat)
-        print(f"\n{name} prediction")
-        print(f"  xds voxel   {t_ours * 1000:8.1f} ms   Dice/HD95/NSD {_fmt(v_ours)}")
-        print(f"  MONAI       {t_monai * 1000:8.1f} ms   Dice/HD95/NSD {_fmt(v_monai)}")
-        print(f"  one cropped scipy EDT {t_edt * 1000:8.1f} ms")
-        print(f"  speed-up vs MONAI: {t_monai / t_ours:5.1f}x (goal >= 10x); "
-              f"largest value difference {max_difference(v_ours, v_monai):.2e}")  # fmt: skip
-        print(f"  xds / one cropped EDT: {t_ours / t_edt:5.2f}")
-        try:
-            t_surfel, v_surfel = best_of(lambda p=pred: ours(p, ref, "surfel"), args.repeat)
-            t_dm, v_dm = best_of(lambda p=pred: deepmind(p, ref), max(1, args.repeat // 2))
-        except ImportError:
-            continue
-        print(f"  xds surfel  {t_surfel * 1000:8.1f} ms   vs DeepMind surface-distance "
-              f"{t_dm * 1000:8.1f} ms: {t_dm / t_surfel:5.1f}x, largest value difference "
-              f"{max_difference(v_surfel, v_dm):.2e}")  # fmt: skip
+        sides = {
+            "xds": Side("xds compare_label_maps, surface='voxel': Dice + HD95 + NSD",
+                        lambda p=pred: ours(p, ref, "voxel")),
+            "monai": Side("MONAI compute_dice + compute_hausdorff_distance(95) + "
+                          "compute_surface_dice", lambda p=pred: monai(p, ref)),
+            "edt": Side("one scipy distance transform over the union's bounding box",
+                        lambda p=pred: cropped_edt(p, ref)),
+        }  # fmt: skip
+        if have_deepmind:
+            sides["surfel"] = Side("xds compare_label_maps, surface='surfel'",
+                                   lambda p=pred: ours(p, ref, "surfel"))  # fmt: skip
+            sides["deepmind"] = Side("DeepMind surface-distance: Dice, robust HD95, surface "
+                                     "Dice", lambda p=pred: deepmind(p, ref))  # fmt: skip
+        compare(sides, rounds=args.rounds)
+        v_ours, v_monai = sides["xds"].result, sides["monai"].result
+        print(f"\n{name} prediction: xds Dice/HD95/NSD {_fmt(v_ours)}; MONAI {_fmt(v_monai)}")
+        diff = max_difference(v_ours, v_monai)
+        timed_report("metrics", f"Dice+HD95+NSD vs MONAI, {name} prediction", sides["xds"],
+                     sides["monai"], goal=">= 10", faster=True, parallelism=one,
+                     note=f"values equal to {diff:.1e}")  # fmt: skip
+        print(f"  xds / one cropped EDT: {ratio(sides['xds'], sides['edt']).text()}")
+        if have_deepmind:
+            diff = max_difference(sides["surfel"].result, sides["deepmind"].result)
+            timed_report("metrics", f"surfel metrics vs DeepMind surface-distance, {name} "
+                         "prediction", sides["surfel"], sides["deepmind"], goal=None,
+                         faster=True, parallelism=one,
+                         note=f"values equal to {diff:.1e}")  # fmt: skip
 
 
 def _fmt(values) -> str:

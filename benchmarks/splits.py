@@ -9,9 +9,10 @@ synthetic scan table (8 centers, 3 sequences, about 10 scans per subject, plante
 - audit: xds's ``metadata_leaks`` (subjects, identical images and studies in two roles,
   per fold) vs pandas ``groupby(...).nunique()`` for the same three checks.
 
-Goals on 2 cores: split <= 2 s, audit <= 5 s. Times are the best of --repeat runs.
+Goals on 2 cores: split <= 2 s, audit <= 5 s. Both sides are warmed up, then timed in
+alternating rounds (benchmarks/timing.py), one process each.
 
-    python benchmarks/splits.py [--scans 1000000] [--repeat 3]
+    python -m benchmarks.splits [--scans 1000000] [--rounds 5] [--quick]
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import argparse
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from timing import best_of  # benchmarks/timing.py, beside this script
 
 from xds.audit import metadata_leaks
 from xds.splits import plan_split
+
+from .timing import MIN_ROUNDS, Side, compare, report, seconds, timed_report
 
 CENTERS = np.array(["NYU", "MCF", "MCA", "NU", "AHN", "IU", "EMC", "IH"])
 SEQUENCES = np.array(["T1W", "T2W", "OOP"])
@@ -78,28 +80,47 @@ def pandas_audit(frame: pd.DataFrame) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scans", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=MIN_ROUNDS)
+    parser.add_argument("--quick", action="store_true", help="200,000 scans")
     args = parser.parse_args()
+    if args.quick:
+        args.scans = min(args.scans, 200_000)
     scans = make_scans(args.scans)
     frame = scans.to_pandas()
-    print(f"{scans.num_rows:,} scans, {frame.subject_id.nunique():,} subjects")
+    what = f"{scans.num_rows:,} scans, {frame.subject_id.nunique():,} subjects"
+    print(what)
+    one = "one process each"
+    sides = {
+        "xds": Side("xds plan_split holdout, stratified by center x sequence",
+                    lambda: xds_split(scans)),
+        "pandas": Side("pandas: subjects shuffled and cut 70/10/20 per center, merged back",
+                       lambda: pandas_split(frame)),
+    }  # fmt: skip
+    compare(sides, rounds=args.rounds)
+    report("splits", f"holdout split, seconds ({what})", ours=sides["xds"].does,
+           baseline="-", value=seconds(sides["xds"]), goal="<= 2" if args.scans >= 10**6 else None,
+           unit=" s", parallelism=one, rounds=args.rounds)  # fmt: skip
+    timed_report("splits", f"holdout split vs pandas ({what})", sides["xds"], sides["pandas"],
+                 goal=None, parallelism=one)  # fmt: skip
 
-    t_xds, split = best_of(lambda: xds_split(scans), args.repeat)
-    t_pd, split_pd = best_of(lambda: pandas_split(frame), args.repeat)
-    print(f"split  xds {t_xds:6.2f} s (goal <= 2 s)   pandas {t_pd:6.2f} s   "
-          f"xds / pandas {t_xds / t_pd:5.2f}")  # fmt: skip
-
+    split = sides["xds"].result
     roles = np.asarray(["train", "val", "test", "unlabeled"], object)[split.column("role")]
     audited = scans.take(split.column("scan")).append_column("fold", split.column("fold"))
     audited = audited.append_column("role", pa.array(roles, pa.string()))
     audited_pd = audited.to_pandas()
-    t_audit, leaks = best_of(lambda: metadata_leaks(audited), args.repeat)
-    t_audit_pd, found_pd = best_of(lambda: pandas_audit(audited_pd), args.repeat)
-    ratio = t_audit / t_audit_pd
-    print(f"audit  xds {t_audit:6.2f} s (goal <= 5 s)   pandas {t_audit_pd:6.2f} s   "
-          f"xds / pandas {ratio:5.2f}   leaks {len(leaks)} (pandas {found_pd})")  # fmt: skip
-    assert len(leaks) == found_pd, "the two audits disagree"
-
+    audit = {
+        "xds": Side("xds metadata_leaks: subjects, identical images, studies in two roles",
+                    lambda: metadata_leaks(audited)),
+        "pandas": Side("pandas groupby(fold, key).role.nunique() for the same three keys",
+                       lambda: pandas_audit(audited_pd)),
+    }  # fmt: skip
+    compare(audit, rounds=args.rounds)
+    assert len(audit["xds"].result) == audit["pandas"].result, "the two audits disagree"
+    report("splits", f"leakage audit, seconds ({what})", ours=audit["xds"].does, baseline="-",
+           value=seconds(audit["xds"]), goal="<= 5" if args.scans >= 10**6 else None, unit=" s",
+           parallelism=one, rounds=args.rounds)  # fmt: skip
+    timed_report("splits", f"leakage audit vs pandas ({what})", audit["xds"], audit["pandas"],
+                 goal=None, parallelism=one, note=f"{audit['pandas'].result} leaks found")
 
 if __name__ == "__main__":
     main()

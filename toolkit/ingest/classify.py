@@ -32,6 +32,15 @@ _WATER = {"W", "WATER"}
 _FAT = {"F", "FAT"}
 _ADC = {"ADC", "ADC_MAP", "ADC_UNSPECIFIED"}
 _DIFFUSION = {"DIFFUSION", "TRACEW", "TRACE", "DWI"}
+# Phase images: Siemens writes P as ImageType's third value; a bare PHASE is no sign (dcm2niix
+# splits OPP_PHASE and IN_PHASE into two words)
+_PHASE = {"PHASE MAP", "FIELD_MAP", "FIELDMAP"}
+_ENHANCED_CONTRAST = {  # AcquisitionContrast (0008,9209) of enhanced MR objects
+    "T1": "T1W",
+    "T2": "T2W",
+    "DIFFUSION": "DWI",
+    "FLUID_ATTENUATED": "FLAIR",
+}
 _CONTRAST_WORDS = re.compile(r"(\+c|\bpost\b|\bgd\b|gado|\bkm\b|contrast|\bce\b)", re.I)
 
 
@@ -53,8 +62,9 @@ def fat_water_phase(te_ms: float, field_strength: float) -> float:
 def classify(facts: dict) -> Classification:
     """The sequence of a series described by ``facts`` (keys as :func:`series_facts` gives).
 
-    Keys (all optional): modality, image_type (list), scanning_sequence (list),
-    sequence_variant (list), mr_acquisition_type, te, tr, ti, flip (ms / degrees),
+    Keys (all optional): modality, image_type (list), acquisition_contrast (enhanced MR),
+    scanning_sequence (list), sequence_variant (list), mr_acquisition_type, te, tr, ti, flip
+    (ms / degrees),
     field_strength (T), b_value, description (series description and protocol name).
     """
     found = _by_tags(facts)
@@ -88,6 +98,9 @@ def _by_tags(f: dict) -> Classification | None:
     scanning = {str(v).upper().strip() for v in f.get("scanning_sequence") or ()}
     te, tr, ti = f.get("te"), f.get("tr"), f.get("ti")
     b0 = f.get("field_strength")
+    flavour = [str(v).upper().strip() for v in (f.get("image_type") or ())[2:3]]
+    if image_type & _PHASE or flavour == ["P"]:
+        return Classification("UNKNOWN", "image_type:phase", 0.9)
     if image_type & _ADC:
         return Classification("ADC", "image_type:ADC", 0.95)
     if (f.get("b_value") or 0) > 0 or image_type & _DIFFUSION:
@@ -100,11 +113,19 @@ def _by_tags(f: dict) -> Classification | None:
         return Classification("T1W", "image_type:dixon-water", 0.8)
     if image_type & _FAT:
         return Classification("UNKNOWN", "image_type:dixon-fat", 0.5)
+    contrast = str(f.get("acquisition_contrast") or "").upper()
+    if contrast in _ENHANCED_CONTRAST:  # enhanced (multi-frame) MR says it outright
+        found = _ENHANCED_CONTRAST[contrast]
+        return Classification(found, f"acquisition_contrast:{contrast}", 0.9)
     if "IR" in scanning and ti:
         if ti >= 1500 and (te or 0) >= 60:
             return Classification("FLAIR", "ir:long-ti", 0.9)
         if 80 <= ti <= 300:
             return Classification("T2W", "ir:stir", 0.8)
+    if "IR" in scanning and "GR" in scanning and te is not None and te < 15:
+        # an inversion-prepared spoiled gradient echo (MPRAGE, TFE): T1-weighted; its echo
+        # time says nothing of fat-water phase, whatever it happens to be
+        return Classification("T1W", "ir-gre:t1", 0.85)
     if "GR" in scanning and te is not None and tr is not None:
         if tr >= 50:
             if b0:

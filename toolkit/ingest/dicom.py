@@ -68,10 +68,11 @@ _HEADER_CHUNK = 256
 MIN_SLICES = 5
 """Series with fewer slices are no volume (localizers, scouts, screenshots): quarantined."""
 _LOCALIZER = re.compile(
-    r"locali[sz]er|scout|survey|topogram|surview|scanogram|tri[ _-]?pilot|3[ _-]?plane|"
+    r"locali[sz]er|scout|survey|topogram|surview|scanogram|pilot|3[ _-]?plane|"
     r"(^|[^a-z])loc([^a-z]|$)|aahead|aascout",
     re.IGNORECASE,
 )
+_PROJECTION = {"PROJECTION IMAGE", "MIP", "CSA MIP", "MINIP", "MNIP", "VOLUME RENDERING"}
 
 
 def localizer_reason(head: dict) -> str | None:
@@ -86,6 +87,18 @@ def localizer_reason(head: dict) -> str | None:
     for key, tag in (("description", "SeriesDescription"), ("protocol_name", "ProtocolName")):
         if (text := head.get(key)) and _LOCALIZER.search(text):
             return f"{tag} names a localizer"
+    return None
+
+
+def projection_reason(head: dict) -> str | None:
+    """Why a series is a projection (MIP, rendering), not slices of a volume, or None.
+
+    ImageType says so (``DERIVED\\SECONDARY\\PROJECTION IMAGE``, Siemens ``CSA MIP``): each
+    image sums or maxes a whole slab, so no voxel of it is a place in the body.
+    """
+    image_type = [str(v).upper().strip() for v in head.get("image_type") or []]
+    if _PROJECTION & set(image_type):
+        return "ImageType " + "\\".join(image_type)
     return None
 
 
@@ -257,6 +270,9 @@ def ingest_dicom(
             continue
         if reason := localizer_reason(first):
             reject(label, "series", f"localizer, not a volume ({reason})", len(files))
+            continue
+        if reason := projection_reason(first):
+            reject(label, "series", f"projection image, not a volume ({reason})", len(files))
             continue
         if error := check_series_geometry(files):
             reject(label, "geometry", error, len(files))
@@ -440,9 +456,7 @@ def _read_header(root: Path, rel: str, seen: set[str]) -> dict:
                 "rel": rel,
                 "problem": ("read", f"truncated: {rest} bytes of pixel data, expected {expected}"),
             }
-    if "SeriesInstanceUID" not in ds:
-        return {"rel": rel, "problem": ("read", "no SeriesInstanceUID")}
-    series_uid = str(ds.SeriesInstanceUID)
+    series_uid = str(ds.get("SeriesInstanceUID") or "") or _series_key(rel, ds)
     geometry = {
         "series_uid": series_uid,
         "iop": [round(float(v), 4) for v in ds.ImageOrientationPatient]
@@ -460,13 +474,40 @@ def _read_header(root: Path, rel: str, seen: set[str]) -> dict:
     return {"rel": rel, **geometry, **_header_facts(ds, sop_name)}
 
 
+def _series_key(rel: str, ds) -> str:
+    """A stand-in series UID for files whose SeriesInstanceUID was stripped (by a careless
+    anonymizer): the folder, study, series number, description and image size. Files of one
+    series share all of these; it is hashed like any UID and never stored.
+    """
+    parts = [
+        str(Path(rel).parent),
+        *(str(ds.get(k, "")) for k in ("StudyInstanceUID", "SeriesNumber", "SeriesDescription",
+                                         "Rows", "Columns", "EchoTime")),
+    ]  # fmt: skip
+    return "no-uid:" + "|".join(parts)
+
+
+def _enhanced(ds, sequence: str, keyword: str):
+    """A value of an enhanced (multi-frame) object's functional groups: shared, else frame 1."""
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        try:
+            value = ds[groups][0][sequence][0].get(keyword)
+        except (KeyError, IndexError, TypeError, AttributeError):
+            continue
+        if value not in (None, ""):
+            return value
+    return None
+
+
 def _header_facts(ds, sop_name: str) -> dict:
     def text(keyword):
         value = ds.get(keyword)
         return None if value is None or value == "" else str(value).strip()
 
-    def number(keyword):
+    def number(keyword, sequence=None):
         value = ds.get(keyword)
+        if (value is None or value == "") and sequence:
+            value = _enhanced(ds, sequence, keyword)
         try:
             return None if value is None or value == "" else float(value)
         except (TypeError, ValueError):
@@ -525,14 +566,19 @@ def _header_facts(ds, sop_name: str) -> dict:
         "sequence_name": text("SequenceName") or text("PulseSequenceName"),
         "body_part": text("BodyPartExamined"),
         "image_type": values("ImageType"),
-        "scanning_sequence": values("ScanningSequence"),
+        "acquisition_contrast": text("AcquisitionContrast")
+        or _enhanced(ds, "MRImageFrameTypeSequence", "AcquisitionContrast"),
+        "scanning_sequence": values("ScanningSequence")
+        or {"GRADIENT": ["GR"], "SPIN": ["SE"], "BOTH": ["SE", "GR"]}.get(
+            str(ds.get("EchoPulseSequence") or "").upper(), []
+        ),
         "sequence_variant": values("SequenceVariant"),
         "scan_options": values("ScanOptions"),
         "mr_acquisition_type": text("MRAcquisitionType"),
-        "te": number("EchoTime"),
-        "tr": number("RepetitionTime"),
+        "te": number("EchoTime") or number("EffectiveEchoTime", "MREchoSequence"),
+        "tr": number("RepetitionTime", "MRTimingAndRelatedParametersSequence"),
         "ti": number("InversionTime"),
-        "flip": number("FlipAngle"),
+        "flip": number("FlipAngle", "MRTimingAndRelatedParametersSequence"),
         "b_value": b_value,
         "contrast_agent": text("ContrastBolusAgent"),
         "series_number": text("SeriesNumber"),
@@ -708,7 +754,7 @@ def _series_facts(h: dict, secret: bytes, subject_id: str, series_hash: str, phi
     shifted = date + dt.timedelta(days=date_shift_days(secret, subject_id)) if date else None
     keep = (
         "modality manufacturer model field_strength description protocol_name sequence_name "
-        "body_part image_type scanning_sequence sequence_variant scan_options "
+        "body_part image_type acquisition_contrast scanning_sequence sequence_variant scan_options "
         "mr_acquisition_type te tr ti flip b_value contrast_agent acquisition_time"
     ).split()
     facts = {k: h.get(k) for k in keep}
@@ -776,7 +822,9 @@ def _convert_series(job: _SeriesJob) -> dict:
         try:
             volume = read_volume(nii, limit=job.max_voxels)
         except IngestError as exc:
-            out["problems"].append((job.label, "convert", f"{nii.name}: {exc}"))
+            n = len(outputs)
+            which = f"output {outputs.index(nii) + 1} of {n}: " if n > 1 else ""
+            out["problems"].append((job.label, "convert", f"{which}{exc}"))
             continue
         sidecar_path = nii.with_suffix(".json")
         sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.exists() else {}
