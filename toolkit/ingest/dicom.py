@@ -475,9 +475,11 @@ def _read_header(root: Path, rel: str, seen: set[str]) -> dict:
 
 
 def _series_key(rel: str, ds) -> str:
-    """A stand-in series UID for files whose SeriesInstanceUID was stripped (by a careless
-    anonymizer): the folder, study, series number, description and image size. Files of one
-    series share all of these; it is hashed like any UID and never stored.
+    """A stand-in series UID for files whose SeriesInstanceUID was stripped.
+
+    Careless anonymizers do that. The key is the folder, study, series number, description,
+    image size and echo time, which files of one series share; it is hashed like any UID and
+    never stored.
     """
     parts = [
         str(Path(rel).parent),
