@@ -72,7 +72,8 @@ def select_scans(catalog: Catalog, where: str) -> pa.Table:
         SqlRefusedError: the clause tries anything but reading.
         SqlError: the clause is not valid SQL over ``scan_view``'s columns.
     """
-    return catalog.sql(_selection_sql(where) + " ORDER BY scan_id")
+    with catalog.connect(needs=["scan_view"]) as con:  # the tables scan_view reads, no more
+        return catalog.run_user_query(con, _selection_sql(where) + " ORDER BY scan_id")
 
 
 def build_cohort(catalog: Catalog, where: str, name: str) -> Cohort:

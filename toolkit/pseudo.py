@@ -32,7 +32,7 @@ with ``unreliable="ignore"`` (the default) the accepted ones also get their unre
 (normalized entropy above ``voxel_entropy``, or members disagreeing) marked with the ignore
 label (:data:`xds.harmonize.IGNORE`, nnU-Net's ignore label once exported), which the
 trainers' losses skip; ``"reject"`` keeps accepted cases whole. On the phantom benchmark
-(``benchmarks/pseudo.py``) students beat their teacher only with both gates and ignored
+(``python -m benchmarks.pseudo``) students beat their teacher only with both gates and ignored
 voxels: whole soft pseudo-labels teach a student the teacher's boundary errors.
 
 :class:`PseudoLabelWriter` writes each accepted label as it is judged (a round holds one
