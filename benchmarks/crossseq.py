@@ -7,7 +7,7 @@ training scan), and prints each model's mean liver Dice on each sequence's test 
 demo does the same with 8 base features; at that capacity the joint model learns the
 majority appearance and misses T1W, so this benchmark defaults to 16. Usage::
 
-    python benchmarks/crossseq.py [--epochs 10] [--base-features 16] [--seed 0]
+    python -m benchmarks.crossseq [--epochs 10] [--base-features 16] [--seed 0]
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ from pathlib import Path
 from xds.catalog import Catalog
 from xds.demo import run_demo
 from xds.trainers.demo import train_demo
+
+try:
+    from .timing import report
+except ImportError:  # run as a script: python benchmarks/crossseq.py
+    from timing import report
 
 
 def main() -> None:
@@ -53,6 +58,11 @@ def main() -> None:
         f"{regained:.3f} of it on the other sequences ({regained / drop:.0%}); "
         f"T1W in-domain {single['T1W']:.3f} -> joint {joint['T1W']:.3f}; {seconds:.0f} s"
     )
+    for model, per in scores.items():
+        for q in sequences:
+            report("crossseq", f"liver Dice of {model} on {q} test scans", ours=model,
+                   baseline="reference labels", value=per.get(q, float("nan")), goal=None,
+                   unit="", note=f"{args.base_features} base features")  # fmt: skip
 
 
 if __name__ == "__main__":

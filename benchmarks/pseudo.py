@@ -18,7 +18,7 @@ Dice per center. Beside a GPU, run one process per seed with ``--workers 2`` (fi
 filled an H200 to 76 % and 16 cores).
 Usage::
 
-    python benchmarks/pseudo.py [--subjects 12] [--sequences T1W,T2W,OOP] [--variability 1]
+    python -m benchmarks.pseudo [--subjects 12] [--sequences T1W,T2W,OOP] [--variability 1]
         [--features 8] [--workers 0] [--rounds 1] [--pseudo-share none] [--epochs 20]
         [--extra-epochs N] [--seeds 0,1,2] [--scratch] [--ceiling]
         [--students none/ignore,0.5/ignore,+2/reject,none/ignore/0.9,0.5/reject@new]
@@ -49,6 +49,11 @@ from xds.stats import bootstrap_ci, wilcoxon
 from xds.trainers.pseudo import pseudo_label
 from xds.trainers.runs import get_run, predict_run, train_run
 from xds.trainers.torch_backend import TorchConfig
+
+try:
+    from .timing import report
+except ImportError:  # run as a script: python benchmarks/pseudo.py
+    from timing import report
 
 
 def build(
@@ -357,6 +362,9 @@ def main() -> None:
         print(f"  {what}: {v.mean():+.3f} (sd {v.std(ddof=1) if len(v) > 1 else 0:.3f}; "
               f"95 % CI {low:+.3f} to {high:+.3f}; Wilcoxon p {p:.2f}; "
               f"better in {(v > 0).sum()} of {len(v)} seeds)")  # fmt: skip
+        report("pseudo", f"liver Dice, {what}", ours="student", baseline=what.split(" - ")[-1],
+               value=float(v.mean()), goal=None, unit="",
+               note=f"seeds {args.seeds}; 95 % CI {low:+.3f} to {high:+.3f}")  # fmt: skip
     for what, values in per.items():
         print(f"  {what} - labelled only, by {'center' if args.new_center else 'sequence'}: "
               + ", ".join(f"{k} {np.mean(v):+.3f} ({sum(x > 0 for x in v)}/{len(v)})"

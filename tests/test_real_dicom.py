@@ -44,3 +44,18 @@ def test_rules_the_real_files_taught():
     mip = {"image_type": ["DERIVED", "SECONDARY", "PROJECTION IMAGE"]}
     assert projection_reason(mip)
     assert not projection_reason({"image_type": ["ORIGINAL"]})
+
+
+@pytest.mark.slow
+def test_near_duplicate_threshold_on_real_volumes(tmp_path):
+    """Disguised copies of real MR volumes are found, different people are not confused."""
+    from benchmarks.near_duplicates import measure, real_volumes
+    from xds.fingerprint import THRESHOLD
+
+    volumes = real_volumes(tmp_path)
+    assert len(volumes) >= 6
+    m = measure(volumes, THRESHOLD)
+    assert m["copies"] >= 35  # copies large enough to compare
+    assert m["missed"] == []
+    assert m["alarms"] == []
+    assert m["compared"] >= 500  # different subjects overlap enough to be compared

@@ -23,8 +23,8 @@ CELL_MM = 12.0
 BLOCK_MM = 4.0  # the image is first averaged to about this voxel size
 MIN_OVERLAP = 64  # cells two fingerprints must share to be compared
 THRESHOLD = 0.85
-"""Correlation from which two scans are the same image (validated on the phantom world:
-docs/audit.md gives the distributions)."""
+"""Correlation from which two scans are the same image (measured on the phantom world, real
+MR volumes and volumes of photographs: docs/splits.md and docs/benchmarks.md)."""
 _HEADER = struct.Struct("<3i3h")
 _SUB = (np.arange(2) + 0.5) / 2  # 2 sample points per cell and axis
 
