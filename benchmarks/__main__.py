@@ -157,9 +157,10 @@ def write_doc(path: Path, records, runs, *, quick: bool, hardware: str, loads) -
         + (" (**quick sizes**: laptop-sized inputs, fixed costs weigh more)." if quick else "."),
         "Do not edit by hand: run it again. Every comparison follows benchmarks/timing.py: the "
         "same inputs and parallelism on both sides, both warmed up, alternating rounds, the "
-        "median of the per-round ratios with their min-max. A ratio is xds's time over the "
-        "baseline's (lower is better) unless the figure says *speed-up*-like `>=` goal "
-        "(baseline's time over xds's).",
+        "median of the per-round ratios with their min-max. A figure with a `<=` goal is xds's "
+        "time over the baseline's; one with a `>=` goal is a speed-up (the baseline's time "
+        "over xds's). Figures without a unit are fractions (accuracies, error rates); "
+        "`xds does` and `baseline does` say what each side's timer holds.",
         "",
         f"Machine: {hardware}.",
         f"Load average (1/5/15 min) before: {loads[0]}; after: {loads[1]}.",
