@@ -191,7 +191,8 @@ def write_readme(path: Path, records, *, doc: str) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks",
+                                     description=__doc__.splitlines()[0])  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="laptop sizes")
     parser.add_argument("--only", help="comma-separated benchmark names (default: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
