@@ -95,6 +95,18 @@ def test_where_clauses_with_subqueries_and_comments_still_work(catalog):
     assert cohort.n_scans == expected > 0
 
 
+def test_a_clause_may_read_tables_scan_view_does_not(catalog):
+    """Selections open only the tables a clause names, and any table it names is there."""
+    from xds.catalog import build_cohort
+    from xds.catalog.cohorts import select_scans
+
+    where = "dataset IN (SELECT dataset FROM label_maps)"
+    expected = catalog.sql(f"SELECT scan_id FROM scan_view WHERE {where} ORDER BY scan_id")
+    assert expected.num_rows > 0
+    assert select_scans(catalog, where).column("scan_id").equals(expected.column("scan_id"))
+    assert build_cohort(catalog, where, "multi-series").n_scans == expected.num_rows
+
+
 def test_a_forged_cohort_row_is_refused_by_split(catalog):
     """A cohort naming scans its pinned version lacks (written past the API) cannot be split."""
     import pyarrow as pa
