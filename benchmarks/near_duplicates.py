@@ -27,7 +27,6 @@ subjects is compared, disguises included.
 from __future__ import annotations
 
 import argparse
-import gzip
 import itertools
 import shutil
 import subprocess
@@ -42,7 +41,7 @@ from scipy import ndimage
 from xds.fingerprint import THRESHOLD, correlate, fingerprint, prepare
 from xds.ingest.dicom import dcm2niix_path
 
-from .real_dicom import package_dir
+from .real_dicom import package_dir, stage_row
 from .timing import report
 
 REAL_DICOM = (  # (package, path): one volume each, one person or object each
@@ -71,18 +70,11 @@ def _first_volume(image) -> tuple[np.ndarray, np.ndarray]:
 
 def real_volumes(work: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
-    for package, rel in REAL_DICOM:
-        base = package_dir(package)
-        source = base / rel if base else None
-        if source is None or not source.exists():
-            continue
-        into, converted = work / f"dcm{len(out)}", work / f"nii{len(out)}"
-        into.mkdir()
+    for k, (package, rel) in enumerate(REAL_DICOM):
+        into, converted = work / f"dcm{k}", work / f"nii{k}"
+        if not stage_row({"package": package, "path": rel}, into):
+            continue  # not installed
         converted.mkdir()
-        for i, f in enumerate(sorted(source.rglob("*")) if source.is_dir() else [source]):
-            if f.is_file():
-                data = gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes()
-                (into / f"{i:04d}.dcm").write_bytes(data)
         subprocess.run([dcm2niix_path(), "-z", "n", "-b", "n", "-f", "v", "-o", str(converted),
                         str(into)], capture_output=True, check=False)  # fmt: skip
         nii = sorted(converted.glob("*.nii"))
