@@ -44,8 +44,7 @@ class Side:
             self.setup()
         start = time.perf_counter()
         self.result = self.run()
-        elapsed = time.perf_counter() - start
-        return elapsed
+        return time.perf_counter() - start
 
 
 def compare(sides: dict[str, Side], rounds: int = MIN_ROUNDS, warmup: int = 1) -> dict[str, Side]:

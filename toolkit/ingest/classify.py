@@ -64,8 +64,8 @@ def classify(facts: dict) -> Classification:
 
     Keys (all optional): modality, image_type (list), acquisition_contrast (enhanced MR),
     scanning_sequence (list), sequence_variant (list), mr_acquisition_type, te, tr, ti, flip
-    (ms / degrees),
-    field_strength (T), b_value, description (series description and protocol name).
+    (ms / degrees), field_strength (T), b_value, description (series description and
+    protocol name).
     """
     found = _by_tags(facts)
     named, _ = sequence_from_name(" ".join(_text(facts)))
