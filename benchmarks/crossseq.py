@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 from xds.catalog import Catalog
-from xds.demo import run_demo
-from xds.trainers.demo import train_demo
+from xds.trainers.demo import run_demo, train_demo
 
 try:
     from .timing import report
@@ -34,7 +33,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        summary = run_demo(Path(tmp) / "demo", seed=args.seed, jobs=2)
+        summary = run_demo(Path(tmp) / "demo", seed=args.seed, jobs=2, epochs=0)
         started = time.perf_counter()
         result = train_demo(
             Catalog.open(summary["catalog"]), summary["cohort"]["name"],

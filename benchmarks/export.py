@@ -28,9 +28,10 @@ import tempfile
 from pathlib import Path
 
 from xds.catalog import Catalog
-from xds.demo import run_demo
-from xds.export import export_datalist, export_hf, export_nnunet, plan_export
-from xds.harmonize import harmonize
+from xds.export import export_datalist, export_hf, export_nnunet
+from xds.labels.cases import plan_export
+from xds.labels.harmonization import harmonize
+from xds.trainers.demo import run_demo
 
 from .timing import MIN_ROUNDS, Side, compare, ratio, timed_report
 
@@ -47,7 +48,7 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="xds-bench-export-"))
     try:
-        summary = run_demo(root / "demo", subjects_per_center=args.subjects_per_center)
+        summary = run_demo(root / "demo", subjects_per_center=args.subjects_per_center, epochs=0)
         catalog = Catalog.open(summary["catalog"])
         cohort, split = summary["cohort"]["name"], summary["split"]["name"]
         harmonize(catalog, cohort, classes="crosspan", jobs=args.jobs)

@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
-from xds.metrics import bounding_box, compare_label_maps
+from xds.evaluation.metrics import bounding_box, compare_label_maps
 
 from .timing import MIN_ROUNDS, Side, compare, ratio, timed_report
 

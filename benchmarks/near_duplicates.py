@@ -1,7 +1,7 @@
 """The near-duplicate threshold on images xds did not make: false alarms and misses.
 
 The leakage audit calls two scans of different subject ids the same image when their
-fingerprints (:mod:`xds.fingerprint`) correlate at or above ``THRESHOLD``. Three sets of
+fingerprints (:mod:`xds.io.fingerprint`) correlate at or above ``THRESHOLD``. Three sets of
 volumes, each original given seven disguises a re-export or a careless copy makes
 (resampled to 1.5x the voxel size, cropped by 15 % per side, Gaussian noise of 5 % of the
 range, re-quantized to 8 bits, stored flipped (the affine adjusted, as a re-export in
@@ -38,8 +38,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from xds.fingerprint import THRESHOLD, correlate, fingerprint, prepare
 from xds.ingest.dicom import dcm2niix_path
+from xds.io.fingerprint import THRESHOLD, correlate, fingerprint, prepare
 
 from .real_dicom import package_dir, stage_row
 from .timing import report

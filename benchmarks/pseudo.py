@@ -37,17 +37,18 @@ import nibabel as nib
 import numpy as np
 
 from xds.catalog import Catalog, build_cohort, get_cohort
-from xds.evaluate import evaluate
-from xds.export.common import plan_export, remap_label
-from xds.harmonize import IGNORE
+from xds.evaluation.scoring import evaluate
+from xds.evaluation.stats import bootstrap_ci, wilcoxon
+from xds.export.files import remap_label
 from xds.ingest import ingest_nifti
+from xds.labels.cases import plan_export
+from xds.labels.mapping import IGNORE
 from xds.phantoms import generate_world
-from xds.pseudo import Gates
+from xds.pseudo.gates import Gates
 from xds.schemas.errors import RunError
-from xds.splits import get_split, make_split
-from xds.stats import bootstrap_ci, wilcoxon
-from xds.trainers.pseudo import pseudo_label
+from xds.splits.store import get_split, make_split
 from xds.trainers.runs import get_run, predict_run, train_run
+from xds.trainers.students import pseudo_label
 from xds.trainers.torch_backend import TorchConfig
 
 try:

@@ -107,7 +107,7 @@ def evaluate(truth: list[dict], work: Path) -> list[dict]:
 
 def phantom_accuracy(work: Path, subjects: int) -> tuple[int, int]:
     """(right, total) sequences on a phantom DICOM world of 8 centers."""
-    from xds.deid import pseudonym
+    from xds.io.deid import pseudonym
     from xds.phantoms import generate_world
 
     manifest = generate_world(work / "world", format="dicom", centers=8,

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from xds.audit import metadata_leaks
-from xds.splits import plan_split
+from xds.splits.audit import metadata_leaks
+from xds.splits.store import plan_split
 
 from .timing import MIN_ROUNDS, Side, compare, report, seconds, timed_report
 

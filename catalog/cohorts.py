@@ -14,8 +14,9 @@ from functools import cached_property
 
 import pyarrow as pa
 
+from xds.catalog.deltas import utcnow
 from xds.catalog.sql import fetch, where_sql
-from xds.catalog.store import Catalog, utcnow
+from xds.catalog.store import Catalog
 from xds.catalog.views import VIEWS
 from xds.schemas.errors import CohortError
 from xds.schemas.ids import stable_id

@@ -23,54 +23,37 @@ import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from deltalake import (
-    ColumnProperties,
-    CommitProperties,
     DeltaTable,
-    WriterProperties,
     write_deltalake,
 )
-from deltalake.exceptions import TableNotFoundError
 from filelock import FileLock
 
 from xds.catalog import sql as _sql
+from xds.catalog.deltas import (
+    VERSIONS_SCHEMA,
+    VERSIONS_TABLE,
+    WRITER_PROPERTIES,
+    append_version_row,
+    commit_props,
+    compact_if_fragmented,
+    local_path,
+    restore_orphans,
+    schema_version,
+    table_stamp,
+    version_rows,
+)
+from xds.catalog.transaction import Transaction, sql_literal
 from xds.catalog.views import VIEWS
 from xds.schemas.errors import CatalogError, CatalogNotFoundError
-from xds.schemas.ids import acquisition_time_key
-from xds.schemas.tables import SCHEMA_VERSION, TABLES, schema_for, to_table
+from xds.schemas.tables import SCHEMA_VERSION, TABLES, schema_for
 
-VERSIONS_TABLE = "_versions"
-_VERSIONS_SCHEMA = pa.schema(
-    [
-        pa.field("catalog_version", pa.int64(), nullable=False),
-        pa.field("table_versions", pa.string(), nullable=False),  # JSON {table: delta version}
-        pa.field("operation", pa.string(), nullable=False),
-        pa.field("at", pa.timestamp("us", tz="UTC"), nullable=False),
-    ],
-    metadata={"xds.table": VERSIONS_TABLE, "xds.schema_version": SCHEMA_VERSION},
-)
-# Cohort rows hold one long list of scan ids: Parquet dictionaries and min/max statistics
-# on it cost 5-10x the write itself and are never used, so they are off for small tables.
-_LEAN = WriterProperties(
-    default_column_properties=ColumnProperties(dictionary_enabled=False, statistics_enabled="NONE")
-)
-_WRITER_PROPERTIES = {"cohorts": _LEAN, VERSIONS_TABLE: _LEAN}
-_COMPACT_AT = 16  # files per table before a write merges them
-_SECRET = ".xds-secret"
-_LOCK = ".xds.lock"
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware UTC (the catalog's only clock)."""
-    return datetime.now(timezone.utc)
+SECRET_FILE = ".xds-secret"
+LOCK_FILE = ".xds.lock"
 
 
 class Catalog:
@@ -115,25 +98,25 @@ class Catalog:
         if root.exists() and any(root.iterdir()):
             raise CatalogError(f"{root}: directory is not empty; choose a new catalog path")
         root.mkdir(parents=True, exist_ok=True)
-        secret = root / _SECRET
+        secret = root / SECRET_FILE
         secret.write_bytes(secrets.token_bytes(32))
         secret.chmod(0o600)
-        with FileLock(str(root / _LOCK)):
+        with FileLock(str(root / LOCK_FILE)):
             for table in TABLES:
                 DeltaTable.create(
                     str(root / table),
                     schema=schema_for(table),
                     name=table,
-                    description=json.dumps(_table_stamp(table)),
-                    commit_properties=_commit_props(table, "create"),
+                    description=json.dumps(table_stamp(table)),
+                    commit_properties=commit_props(table, "create"),
                 )
             versions = {t: 0 for t in TABLES}
             DeltaTable.create(
                 str(root / VERSIONS_TABLE),
-                schema=_VERSIONS_SCHEMA,
-                description=json.dumps(_table_stamp(VERSIONS_TABLE)),
+                schema=VERSIONS_SCHEMA,
+                description=json.dumps(table_stamp(VERSIONS_TABLE)),
             )
-            _append_version_row(root, 0, versions, "create")
+            append_version_row(root, 0, versions, "create")
         return cls(root, 0, versions)
 
     @classmethod
@@ -158,7 +141,7 @@ class Catalog:
             raise CatalogNotFoundError(
                 f"{root}: no catalog here (create one with an ingest, or pass --catalog)"
             )
-        rows = _version_rows(root)
+        rows = version_rows(root)
         found = schema_version(root, "scans")
         if found != SCHEMA_VERSION:
             if found.isdigit() and int(found) < int(SCHEMA_VERSION):
@@ -203,7 +186,7 @@ class Catalog:
 
     def history(self) -> list[dict]:
         """Every catalog version: number, operation, time and table versions."""
-        return _version_rows(self.root)
+        return version_rows(self.root)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -216,7 +199,7 @@ class Catalog:
                 self._files[table] = []
             else:
                 dt = DeltaTable(str(self.root / table), version=version)
-                self._files[table] = [_local_path(uri) for uri in dt.file_uris()]
+                self._files[table] = [local_path(uri) for uri in dt.file_uris()]
         return self._files[table]
 
     def connect(
@@ -307,9 +290,9 @@ class Catalog:
     def secret(self) -> bytes:
         """The per-catalog key of the subject pseudonyms. Never print or store it."""
         try:
-            return (self.root / _SECRET).read_bytes()
+            return (self.root / SECRET_FILE).read_bytes()
         except FileNotFoundError:
-            raise CatalogError(f"{self.root}: the pseudonym key {_SECRET} is missing") from None
+            raise CatalogError(f"{self.root}: the pseudonym key {SECRET_FILE} is missing") from None
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -326,8 +309,8 @@ class Catalog:
         yield txn
         if not txn.appends and not txn.updates:
             return
-        with FileLock(str(self.root / _LOCK)):
-            head = _version_rows(self.root)[-1]
+        with FileLock(str(self.root / LOCK_FILE)):
+            head = version_rows(self.root)[-1]
             recorded = json.loads(head["table_versions"])
             current = Catalog(self.root, head["catalog_version"], recorded)
             tables = {t: txn.pending(t, current) for t in txn.appends}
@@ -337,16 +320,16 @@ class Catalog:
                 self._move_to(current.version, recorded)
                 return
             touched = set(tables) | {u[0] for u in txn.updates}
-            _restore_orphans(self.root, {t: recorded[t] for t in touched})
+            restore_orphans(self.root, {t: recorded[t] for t in touched})
             versions = dict(recorded)
             for table, key, values, changes in txn.updates:
                 dt = DeltaTable(str(self.root / table))
-                keys = ", ".join(_literal(v) for v in values)
+                keys = ", ".join(sql_literal(v) for v in values)
                 metrics = dt.update(
-                    updates={column: _literal(v) for column, v in changes.items()},
+                    updates={column: sql_literal(v) for column, v in changes.items()},
                     predicate=f"{key} IN ({keys})",
-                    commit_properties=_commit_props(table, operation),
-                    writer_properties=_WRITER_PROPERTIES.get(table),
+                    commit_properties=commit_props(table, operation),
+                    writer_properties=WRITER_PROPERTIES.get(table),
                 )
                 txn.written[table] = txn.written.get(table, 0) + metrics.get("num_updated_rows", 0)
                 versions[table] = dt.version()
@@ -355,13 +338,13 @@ class Catalog:
                     str(self.root / table),
                     data,
                     mode="append",
-                    commit_properties=_commit_props(table, operation),
-                    writer_properties=_WRITER_PROPERTIES.get(table),
+                    commit_properties=commit_props(table, operation),
+                    writer_properties=WRITER_PROPERTIES.get(table),
                 )
-                versions[table] = _compact_if_fragmented(self.root, table, operation)
+                versions[table] = compact_if_fragmented(self.root, table, operation)
             new_version = head["catalog_version"] + 1
-            _append_version_row(self.root, new_version, versions, operation)
-            _compact_if_fragmented(self.root, VERSIONS_TABLE, operation)
+            append_version_row(self.root, new_version, versions, operation)
+            compact_if_fragmented(self.root, VERSIONS_TABLE, operation)
         self._move_to(new_version, versions)
 
     def _move_to(self, version: int, table_versions: dict[str, int]) -> None:
@@ -412,249 +395,17 @@ class _ReaderState:
         self.lock = threading.Lock()
 
 
-class Transaction:
-    """Appends collected by :meth:`Catalog.transaction`."""
-
-    def __init__(self) -> None:
-        self.appends: dict[str, list[pa.Table]] = {}
-        self.unique: dict[str, tuple[str, ...]] = {}
-        self.updates: list[tuple[str, str, list, dict]] = []
-        self.written: dict[str, int] = {}
-
-    def update(self, table: str, key: str, values: Sequence, changes: dict) -> None:
-        """Set ``changes`` (column -> value) where ``key`` is in ``values``, at commit.
-
-        The update lands in the same new catalog version as the appends. Earlier versions
-        keep the old values (time travel), so a correction never erases what was there.
-        """
-        schema = schema_for(table)
-        for column in (key, *changes):
-            if column not in schema.names:
-                raise CatalogError(f"{table}: no column {column!r}")
-        if values:
-            self.updates.append((table, key, list(values), dict(changes)))
-
-    def append(
-        self, table: str, rows: list[dict] | pa.Table, *, unique_by: Sequence[str] = ()
-    ) -> None:
-        """Queue rows for ``table``; dicts are checked against its schema now.
-
-        Args:
-            table: a catalog table.
-            rows: dicts or an Arrow table.
-            unique_by: key columns; rows whose key the catalog already holds when the
-                transaction commits are dropped (idempotent re-runs).
-        """
-        if isinstance(rows, pa.Table):
-            data = rows.cast(schema_for(table))
-        else:
-            if not rows:
-                return
-            data = to_table(table, rows)
-        if unique_by:
-            self.unique[table] = tuple(unique_by)
-        if data.num_rows:
-            self.appends.setdefault(table, []).append(data)
-
-    def pending(self, table: str, head: Catalog) -> pa.Table:
-        """The rows to write to ``table`` on top of ``head``: new keys only, once each."""
-        data = pa.concat_tables(self.appends[table])
-        keys = self.unique.get(table)
-        if not keys:
-            return data
-        # Only the key columns are read, straight from the version's files.
-        files = head.files(table)
-        existing = (
-            pq.read_table(files, columns=list(keys))
-            if files
-            else schema_for(table).empty_table().select(list(keys))
-        )
-        new_keys = _key_column(data, keys)
-        keep = pc.invert(pc.is_in(new_keys, value_set=_key_column(existing, keys)))
-        data = data.filter(keep)
-        # Keep the first row of each key within this transaction too.
-        _, first = np.unique(np.asarray(_key_column(data, keys)), return_index=True)
-        return data.take(pa.array(np.sort(first)))
 
 
-def _literal(value) -> str:
-    """A value as a SQL literal for Delta's update expressions."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return "'" + str(value).replace("'", "''") + "'"
 
 
-def _key_column(table: pa.Table, keys: Sequence[str]) -> pa.Array:
-    columns = [pc.cast(table.column(k), pa.string()).fill_null("\x01") for k in keys]
-    if len(columns) == 1:
-        return columns[0].combine_chunks()
-    return pc.binary_join_element_wise(*columns, "\0").combine_chunks()
 
 
-def _table_stamp(table: str) -> dict[str, str]:
-    # delta-rs drops Arrow schema metadata when it writes Parquet, so the schema version
-    # lives in the Delta log instead: in the table's description and in every commit.
-    return {"xds.table": table, "xds.schema_version": SCHEMA_VERSION}
 
 
-def _commit_props(table: str, operation: str) -> CommitProperties:
-    return CommitProperties(custom_metadata={**_table_stamp(table), "xds.operation": operation})
 
 
-def schema_version(root: str | os.PathLike, table: str) -> str:
-    """The schema version a catalog table was created with (from its Delta metadata)."""
-    description = DeltaTable(str(Path(root) / table)).metadata().description or "{}"
-    return json.loads(description).get("xds.schema_version", "unknown")
 
 
-def migrate(root: str | os.PathLike) -> list[str]:
-    """Bring a catalog written by an older xds to :data:`SCHEMA_VERSION`; say what changed.
-
-    Migrations are additive: new tables are created, new (nullable) columns are added and
-    each changed table is rewritten once so its newest files carry every column (and no
-    column the schema dropped: schema 5 turns ``scans.acquisition_time_s`` into its keyed
-    hash, ``acquisition_time_key``; older versions keep their files as they were). The change
-    is one new catalog version; older versions stay readable (their views fill the missing
-    columns with nulls). A catalog already current is left alone.
-
-    Raises:
-        CatalogNotFoundError: no catalog at ``root``.
-        CatalogError: the catalog is newer than this xds.
-    """
-    root = Path(root).resolve()
-    with FileLock(str(root / _LOCK)):
-        head = _version_rows(root)[-1]
-        found = schema_version(root, "scans")
-        if found == SCHEMA_VERSION:
-            return []
-        if not found.isdigit() or int(found) > int(SCHEMA_VERSION):
-            raise CatalogError(f"{root}: schema version {found} is newer than this xds")
-        versions = json.loads(head["table_versions"])
-        _restore_orphans(root, {t: v for t, v in versions.items() if (root / t).exists()})
-        changes = []
-        for table in TABLES:
-            schema = schema_for(table)
-            path = str(root / table)
-            if not DeltaTable.is_deltatable(path):
-                DeltaTable.create(
-                    path,
-                    schema=schema,
-                    name=table,
-                    description=json.dumps(_table_stamp(table)),
-                    commit_properties=_commit_props(table, "migrate"),
-                )
-                versions[table] = 0
-                changes.append(f"created table {table}")
-                continue
-            dt = DeltaTable(path, version=versions[table])
-            have = set(dt.schema().to_arrow().names)
-            missing = [f.name for f in schema if f.name not in have]
-            if missing:
-                data = dt.to_pyarrow_table()
-                for name in missing:
-                    derive = _DERIVED.get((table, name))
-                    column = (
-                        derive(data, root)
-                        if derive is not None
-                        else pa.nulls(len(data), schema.field(name).type)
-                    )
-                    data = data.append_column(schema.field(name), column)
-                write_deltalake(
-                    path,
-                    data.select(schema.names).cast(schema),
-                    mode="overwrite",
-                    schema_mode="overwrite",
-                    commit_properties=_commit_props(
-                        table, f"migrate schema {found} -> {SCHEMA_VERSION}"
-                    ),
-                    writer_properties=_WRITER_PROPERTIES.get(table),
-                )
-                changes.append(f"{table}: added {', '.join(missing)}")
-            DeltaTable(path).alter.set_table_description(json.dumps(_table_stamp(table)))
-            versions[table] = DeltaTable(path).version()
-        _append_version_row(
-            root,
-            head["catalog_version"] + 1,
-            versions,
-            f"migrate schema {found} -> {SCHEMA_VERSION}",
-        )
-    return changes
 
 
-def _acquisition_time_keys(data: pa.Table, root: Path) -> pa.Array:
-    """Schema 5: the keyed hash of each scan's time of day, from the raw seconds before."""
-    if "acquisition_time_s" not in data.column_names:
-        return pa.nulls(len(data), pa.string())
-    secret = (root / _SECRET).read_bytes()
-    seconds = data.column("acquisition_time_s").to_pylist()
-    return pa.array([acquisition_time_key(secret, s) for s in seconds], pa.string())
-
-
-# Columns a migration computes from the old ones rather than filling with nulls.
-_DERIVED = {("scans", "acquisition_time_key"): _acquisition_time_keys}
-
-
-def _version_rows(root: Path) -> list[dict]:
-    try:
-        table = DeltaTable(str(root / VERSIONS_TABLE)).to_pyarrow_table()
-    except TableNotFoundError:
-        raise CatalogNotFoundError(f"{root}: no catalog here") from None
-    rows = sorted(table.to_pylist(), key=lambda r: r["catalog_version"])
-    if not rows:
-        raise CatalogError(f"{root}: the catalog's version log is empty")
-    return rows
-
-
-def _append_version_row(root: Path, version: int, versions: dict[str, int], op: str) -> None:
-    row = {
-        "catalog_version": version,
-        "table_versions": json.dumps(versions, sort_keys=True),
-        "operation": op,
-        "at": utcnow(),
-    }
-    data = pa.Table.from_pylist([row], schema=_VERSIONS_SCHEMA)
-    props = _commit_props(VERSIONS_TABLE, op)
-    write_deltalake(
-        str(root / VERSIONS_TABLE),
-        data,
-        mode="append",
-        commit_properties=props,
-        writer_properties=_LEAN,
-    )
-
-
-def _compact_if_fragmented(root: Path, table: str, operation: str) -> int:
-    """Merge a table's small files once it has too many; return its Delta version.
-
-    Every commit adds at least one Parquet file, and opening or querying a version reads
-    them all, so without this a catalog slows down with its number of commits (measured:
-    opening took 0.19 s after 100 commits, 0.38 s after 300). Older versions keep their
-    files, so time travel is unaffected.
-    """
-    dt = DeltaTable(str(root / table))
-    if len(dt.file_uris()) > _COMPACT_AT:
-        dt.optimize.compact(
-            writer_properties=_WRITER_PROPERTIES.get(table),
-            commit_properties=_commit_props(table, f"compact after {operation}"),
-        )
-    return dt.version()
-
-
-def _restore_orphans(root: Path, recorded: dict[str, int]) -> None:
-    """Undo table versions written by a writer that died before its version row.
-
-    Only the tables about to be appended need it: an orphan elsewhere stays invisible
-    (readers go by the recorded versions) until the next writer of that table undoes it.
-    """
-    for table, version in recorded.items():
-        dt = DeltaTable(str(root / table))
-        if dt.version() > version:
-            dt.restore(version)
-
-
-def _local_path(uri: str) -> str:
-    return uri[len("file://") :] if uri.startswith("file://") else uri

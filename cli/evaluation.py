@@ -77,7 +77,7 @@ def evaluate_cmd(state, predictions, cohort, split_name, role, fold, classes, pr
     """
     from pathlib import Path
 
-    from xds.evaluate import evaluate
+    from xds.evaluation.scoring import evaluate
 
     catalog = state.catalog()
     if not Path(predictions).is_dir():
@@ -184,7 +184,7 @@ def report_cmd(state, evaluations, out, by, metrics, classes, matrix, pair, seed
     compared with each other on shared cases (Wilcoxon signed-rank, Holm). Writes
     report.html (self-contained), tables/*.csv|md and figures/*.png.
     """
-    from xds.report import build_report
+    from xds.evaluation.report import build_report
 
     pairing = None
     if pair:
@@ -211,3 +211,6 @@ def report_cmd(state, evaluations, out, by, metrics, classes, matrix, pair, seed
     where = {"report": f"{result.path}/report.html", "cases": result.cases,
              "tables": len(result.tables), "figures": len(result.figures)}  # fmt: skip
     print_kv(where, "xds report")
+
+
+COMMANDS = [evaluate_cmd, evaluations_cmd, report_cmd]

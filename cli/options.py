@@ -118,7 +118,7 @@ def jobs_option(fn):
 
 def resolve_jobs(jobs: int | None) -> int:
     """The worker count to use: the option's, or every usable CPU."""
-    from xds.executors import default_jobs
+    from xds.io.parallel import default_jobs
 
     return jobs or default_jobs()
 

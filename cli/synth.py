@@ -118,3 +118,6 @@ def anatomix_cmd(
         },
         "xds synth anatomix",
     )
+
+
+COMMANDS = [synth]

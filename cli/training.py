@@ -257,8 +257,8 @@ def pseudo_label_cmd(state, teachers, cohort, split_name, role, rounds, gates, u
     > revised > pseudo; `--where "label_origin='pseudo'"` selects pseudo-labelled scans.
     Re-running the command adds nothing.
     """
-    from xds.pseudo import Gates
-    from xds.trainers.pseudo import pseudo_label
+    from xds.pseudo.gates import Gates
+    from xds.trainers.students import pseudo_label
 
     report = pseudo_label(
         state.catalog(), list(teachers), cohort=cohort, split=split_name, role=role,
@@ -281,3 +281,6 @@ def pseudo_label_cmd(state, teachers, cohort, split_name, role, rounds, gates, u
         "labels added": r.labels_added, "student": r.student or "-",
     } for r in report.rounds]  # fmt: skip
     print_table(rows, "rounds")
+
+
+COMMANDS = [train_cmd, predict_cmd, pseudo_label_cmd]

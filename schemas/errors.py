@@ -64,3 +64,7 @@ class DeviceError(XdsError, ValueError):
 
 class RunError(XdsError, ValueError):
     """A training run cannot be made or used as asked."""
+
+
+class MissingDependencyError(XdsError, ImportError):
+    """An optional dependency a feature needs is not installed (the message names the extra)."""

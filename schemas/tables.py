@@ -86,7 +86,7 @@ _FIELDS: dict[str, list[pa.Field]] = {
         pa.field("protocol", pa.map_(_STR, _STR)),  # other acquisition facts
         pa.field("sidecar_uri", _STR),  # de-identified BIDS sidecar beside the image
         # Added in schema version 3 (leakage audit).
-        pa.field("fingerprint", pa.binary()),  # world-grid cell means (xds.fingerprint)
+        pa.field("fingerprint", pa.binary()),  # world-grid cell means (xds.io.fingerprint)
         # keyed hash of the acquisition's time of day: equal for one acquisition registered
         # twice (the leakage audit's test), not reversible without the catalog's key
         pa.field("acquisition_time_key", _STR),

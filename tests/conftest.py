@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from xds.catalog import Catalog
-from xds.harmonize import lookup_table
 from xds.ingest import ingest_nifti
-from xds.labels import best_labels
+from xds.labels.mapping import lookup_table
+from xds.labels.selection import best_labels
 from xds.phantoms import generate_world
 from xds.schemas.vocabulary import canonical_map
 

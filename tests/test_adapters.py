@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from xds.catalog import Catalog
-from xds.ingest.adapters import ingest_dataset
+from xds.ingest.datasets.ingest import ingest_dataset
 from xds.schemas import IngestError
 from xds.schemas.vocabulary import builtin_label_map
 

@@ -8,15 +8,15 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 
-from xds.audit import apply_fix, audit_cohort, audit_split, duplicate_pairs
 from xds.catalog import Catalog, build_cohort
 from xds.cli.main import cli
-from xds.deid import pseudonym
-from xds.fingerprint import THRESHOLD, correlate, prepare
 from xds.ingest import ingest_dicom, ingest_nifti
+from xds.io.deid import pseudonym
+from xds.io.fingerprint import THRESHOLD, correlate, prepare
 from xds.phantoms import generate_world
 from xds.phantoms.leaks import KINDS, copy_dicom_study, plant_leaks
-from xds.splits import _store, split_cohort
+from xds.splits.audit import apply_fix, audit_cohort, audit_split, duplicate_pairs
+from xds.splits.store import _store, split_cohort
 
 
 def _one_series(root, tmp):
@@ -195,7 +195,7 @@ def test_fingerprints_an_older_catalog_lacks_are_computed_for_the_audit(catalog)
     report = audit_cohort(catalog, "old", jobs=2)
     assert report.checks["fingerprints_computed_now"] == len(stored)
     assert report.clean
-    from xds.audit import fill_fingerprints
+    from xds.splits.audit import fill_fingerprints
 
     meta = catalog.rows_for("scans", sorted(stored), ["scan_id", "image_uri"]).to_pylist()
     fill_fingerprints(catalog, meta)

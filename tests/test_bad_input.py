@@ -97,7 +97,7 @@ def test_a_gzip_bomb_is_refused_before_it_is_decoded(folders_center, tmp_path):
     report = _ingest(cat, folder, jobs=1)
     assert report.scans_added == n
     assert any("over the limit of 536,870,912" in e for e in _reasons(cat))
-    from xds.imageio import read_volume
+    from xds.io.images import read_volume
 
     start = time.monotonic()
     with pytest.raises(IngestError, match="over the limit"):
@@ -257,7 +257,7 @@ def test_a_killed_exports_target_is_replaced_by_its_rerun(catalog, tmp_path):
     from xds.catalog import build_cohort
     from xds.export import export_datalist
     from xds.schemas import ExportError
-    from xds.splits import split_cohort
+    from xds.splits.store import split_cohort
 
     build_cohort(catalog, "has_label AND sequence = 'T1W'", "t1")
     split = split_cohort(catalog, "t1").name
@@ -298,7 +298,7 @@ def test_a_killed_exports_target_is_replaced_by_its_rerun(catalog, tmp_path):
 
 def test_a_header_claiming_more_voxels_than_int64_holds_is_refused(tmp_path):
     """np.prod would wrap 32767^7 to a small number; the check must not."""
-    from xds.imageio import read_volume
+    from xds.io.images import read_volume
 
     raw = bytearray(nib.Nifti1Header().binaryblock)
     raw[40:56] = np.array([7, *[32767] * 7], "<i2").tobytes()

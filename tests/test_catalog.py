@@ -4,7 +4,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from xds.catalog import Catalog
-from xds.catalog.store import schema_version
+from xds.catalog.deltas import schema_version
 from xds.schemas import SCHEMA_VERSION, CatalogError, CatalogNotFoundError, SchemaError, to_table
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -128,7 +128,7 @@ def _downgrade_to_v1(root) -> None:
     import json
     import shutil
 
-    from xds.catalog.store import _VERSIONS_SCHEMA, VERSIONS_TABLE
+    from xds.catalog.deltas import VERSIONS_SCHEMA, VERSIONS_TABLE
 
     v2_only = {"sequence_rule", "sequence_confidence", "series_description", "body_part",
                "echo_time_ms", "repetition_time_ms", "inversion_time_ms", "flip_angle_deg",
@@ -149,7 +149,7 @@ def _downgrade_to_v1(root) -> None:
         tv["scans"] = DeltaTable(str(root / "scans")).version()
         tv["labels"] = DeltaTable(str(root / "labels")).version()
         row["table_versions"] = json.dumps(tv)
-    table = _VERSIONS_SCHEMA.empty_table().from_pylist(versions, schema=_VERSIONS_SCHEMA)
+    table = VERSIONS_SCHEMA.empty_table().from_pylist(versions, schema=VERSIONS_SCHEMA)
     write_deltalake(str(root / VERSIONS_TABLE), table, mode="overwrite")
     for name in ("subjects", "scans", "labels", "label_maps", "cohorts", "splits", "quarantine"):
         stamp = {"xds.table": name, "xds.schema_version": "1"}
@@ -198,14 +198,14 @@ def test_migrate_turns_raw_times_of_day_into_keys(catalog):
     seconds = [36000 + i for i in range(data.num_rows)]
     data = data.append_column("acquisition_time_s", pa.array(seconds, pa.int32()))
     write_deltalake(str(root / "scans"), data, mode="overwrite", schema_mode="overwrite")
-    from xds.catalog.store import _VERSIONS_SCHEMA, VERSIONS_TABLE
+    from xds.catalog.deltas import VERSIONS_SCHEMA, VERSIONS_TABLE
 
     rows = DeltaTable(str(root / VERSIONS_TABLE)).to_pyarrow_table().to_pylist()
     last = max(rows, key=lambda r: r["catalog_version"])
     tv = json.loads(last["table_versions"])
     tv["scans"] = DeltaTable(str(root / "scans")).version()
     last["table_versions"] = json.dumps(tv)
-    write_deltalake(str(root / VERSIONS_TABLE), pa.Table.from_pylist(rows, schema=_VERSIONS_SCHEMA),
+    write_deltalake(str(root / VERSIONS_TABLE), pa.Table.from_pylist(rows, schema=VERSIONS_SCHEMA),
                     mode="overwrite")  # fmt: skip
     for name in ("subjects", "scans", "labels", "label_maps", "cohorts", "splits", "quarantine"):
         stamp = {"xds.table": name, "xds.schema_version": "4"}

@@ -1,5 +1,7 @@
 import json
+import shlex
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -72,10 +74,19 @@ def test_phantoms_command(tmp_path):
     assert "--variability" in too_wide.output
 
 
+def _tour() -> list[list[str]]:
+    """The README's tour: its environment settings and its xds command lines."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme[readme.index("<!-- tour:start") : readme.index("<!-- tour:end -->")]
+    lines = [line.split("  #")[0].strip() for line in block.splitlines()]
+    return [shlex.split(line) for line in lines if line.startswith(("xds ", "export "))]
+
+
 @pytest.mark.slow
-def test_demo_runs_end_to_end_within_seven_minutes(tmp_path):
+def test_demo_runs_end_to_end_within_seven_minutes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     start = time.perf_counter()
-    result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--json", "-j", "2"])
+    result = CliRunner().invoke(cli, ["demo", "--out", "xds-demo", "--json", "-j", "2"])
     elapsed = time.perf_counter() - start
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
@@ -85,20 +96,33 @@ def test_demo_runs_end_to_end_within_seven_minutes(tmp_path):
     assert summary["scans_ingested"] == summary["cohort"]["n_scans"]
     roles = summary["split"]["roles"]
     assert set(roles) == {"train", "val", "test"}
-    assert (tmp_path / "demo" / "nnunet_raw" / "Dataset501_Pancreas" / "dataset.json").exists()
-    assert (tmp_path / "demo" / "catalog" / "_versions").exists()
+    assert (tmp_path / "xds-demo" / "nnunet_raw" / "Dataset501_Pancreas" / "dataset.json").exists()
+    assert (tmp_path / "xds-demo" / "catalog" / "_versions").exists()
     # the training part: a T1W model fails on T2W, both models are in the report
     scores = summary["training"]["dice_by_sequence"]
     assert set(scores) == {"demo-t1w", "demo-joint"}
     assert scores["demo-t1w"]["T1W"] > scores["demo-t1w"]["T2W"] + 0.3
-    assert (tmp_path / "demo" / "report" / "report.html").exists()
+    assert (tmp_path / "xds-demo" / "report" / "report.html").exists()
+    # The README's ten-minute tour runs on the demo's catalog, every line of it.
+    env = {}
+    tour = _tour()
+    assert len(tour) >= 10
+    for words in tour:
+        if words[0] == "export":
+            key, value = words[1].split("=", 1)
+            env[key] = value
+            continue
+        step = CliRunner().invoke(cli, words[1:], env=env)
+        assert step.exit_code == 0, f"{' '.join(words)}: {step.output}"
+    assert (tmp_path / "tour" / "report" / "report.html").exists()
+    assert json.loads((tmp_path / "tour" / "loso.json").read_text())["test"]
     # Running it again replaces the earlier demo instead of failing.
     again = CliRunner().invoke(
         cli,
         [
             "demo",
             "--out",
-            str(tmp_path / "demo"),
+            "xds-demo",
             "--json",
             "--centers",
             "2",

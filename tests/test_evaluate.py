@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from xds.catalog import build_cohort
-from xds.evaluate import evaluate
-from xds.metrics import compare_label_maps
+from xds.evaluation.metrics import compare_label_maps
+from xds.evaluation.scoring import evaluate
 from xds.schemas import EvaluationError
-from xds.splits import split_cohort
+from xds.splits.store import split_cohort
 
 CLASSES = ("liver", "spleen", "pancreas")
 

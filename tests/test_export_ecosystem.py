@@ -11,10 +11,11 @@ from click.testing import CliRunner
 
 from xds.catalog import build_cohort
 from xds.catalog.cohorts import cohort_scans, get_cohort
-from xds.export import cohort_subjects, export_datalist, export_hf, plan_export
-from xds.labels import best_labels, label_maps
+from xds.export import cohort_subjects, export_datalist, export_hf
+from xds.labels.cases import plan_export
+from xds.labels.selection import best_labels, label_maps
 from xds.schemas import ExportError
-from xds.splits import make_split, split_cohort
+from xds.splits.store import make_split, split_cohort
 
 datasets = pytest.importorskip("datasets")
 monai_data = pytest.importorskip("monai.data", reason="monai is a test-only dependency")
@@ -267,7 +268,7 @@ def test_cli_exports(holdout, tmp_path):
 
 def test_harmonized_labels_are_linked_not_converted(holdout, tmp_path):
     from xds.export import export_nnunet
-    from xds.harmonize import harmonize
+    from xds.labels.harmonization import harmonize
 
     catalog, split, scans = holdout
     with pytest.raises(ExportError, match="xds harmonize all --classes crosspan"):

@@ -9,7 +9,7 @@ import pytest
 from xds.catalog import build_cohort
 from xds.export import export_nnunet
 from xds.schemas import ExportError
-from xds.splits import split_cohort
+from xds.splits.store import split_cohort
 
 nnunet_verify = pytest.importorskip(
     "nnunetv2.experiment_planning.verify_dataset_integrity",
@@ -96,7 +96,7 @@ def test_kfold_split_exports_every_fold(catalog, tmp_path):
 
     from xds.catalog import build_cohort
     from xds.export import export_nnunet
-    from xds.splits import make_split
+    from xds.splits.store import make_split
 
     build_cohort(catalog, "has_label", "kf")
     split = make_split(catalog, "kf", "kfold", k=3, test_share=0.2, stratify=("center",))

@@ -15,9 +15,9 @@ import nibabel as nib
 import pytest
 
 from xds.catalog import Catalog
-from xds.deid import SIDECAR_KEEP, pseudonym
 from xds.ingest import ingest_dicom, set_sequence
 from xds.ingest.dicom import check_series_geometry
+from xds.io.deid import SIDECAR_KEEP, pseudonym
 from xds.phantoms import generate_world
 from xds.schemas import IngestError
 
@@ -277,7 +277,7 @@ def test_kill_9_midway_then_rerun_gives_the_same_catalog(dicom_world, tmp_path):
 
 
 def test_half_written_files_of_dead_writers_are_swept(tmp_path):
-    from xds.imageio import sweep_partials
+    from xds.io.images import sweep_partials
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import nibabel as nib
@@ -12,12 +13,14 @@ from click.testing import CliRunner
 
 from xds.catalog import Catalog, build_cohort
 from xds.cli.main import cli
-from xds.harmonize import harmonize, lookup_table
 from xds.ingest import ingest_nifti
 from xds.ingest.sheets import canonical_label_map
+from xds.labels.harmonization import harmonize
+from xds.labels.mapping import lookup_table
 from xds.phantoms import make_centers
 from xds.phantoms.anatomy import Anatomy, labels_from_tissues
-from xds.phantoms.world import _write_label_map, affine_for
+from xds.phantoms.records import write_label_map
+from xds.phantoms.world import affine_for
 from xds.schemas import IngestError, SchemaError
 from xds.schemas.vocabulary import (
     CLASS_SETS,
@@ -166,7 +169,7 @@ def _same_subject_four_conventions(root: Path) -> list[dict]:
         nib.save(nib.Nifti1Image(image, affine), case / "image.nii.gz")
         nib.save(nib.Nifti1Image(labels, affine), case / "mask.nii.gz")
         out.append(
-            {"style": spec.style, "folder": folder, "map": folder / _write_label_map(folder, spec)}
+            {"style": spec.style, "folder": folder, "map": folder / write_label_map(folder, spec)}
         )
     return out
 
@@ -280,3 +283,34 @@ def test_labels_and_harmonize_commands(tmp_path):
     result = CliRunner().invoke(cli, [*base, "harmonize", "two", "--classes", "livr"])
     assert result.exit_code == 1
     assert "did you mean liver" in result.output
+
+
+def test_exports_map_classes_through_the_vocabulary():
+    """One mapping path: a parent class merges its children, as harmonize does, and names
+    that match exactly map as they always did; unreliable voxels stay ignored."""
+    from xds.labels.mapping import IGNORE, choose_classes, class_table
+    from xds.schemas.errors import ExportError
+
+    two_kidneys = {0: "background", 1: "kidney_left", 2: "kidney_right", 3: "liver"}
+    one_kidney = {0: "background", 1: "liver", 2: "kidney_left", 255: "ignore"}
+    maps = {"a": two_kidneys, "b": one_kidney}
+    # kidney is annotated only where both kidneys are: everywhere with --partial, else refused
+    with pytest.raises(ExportError, match="kidney"):
+        choose_classes(maps, ["liver", "kidney"])
+    assert choose_classes(maps, ["liver", "kidney"], partial=True) == ["liver", "kidney"]
+    lut, annotated = class_table(two_kidneys, ["liver", "kidney"])
+    assert lut == (0, 2, 2, 1)
+    assert annotated == ("liver", "kidney")
+    lut, annotated = class_table(one_kidney, ["liver", "kidney"])
+    assert lut[:3] == (0, 1, 2)
+    assert lut[255] == IGNORE
+    assert annotated == ("liver",)
+    # a name the vocabulary does not know stands only for itself
+    lut, annotated = class_table({0: "background", 1: "label_7", 2: "mystery_organ"},
+                                 ["mystery_organ"])  # fmt: skip
+    assert lut == (0, 0, 1)
+    assert annotated == ("mystery_organ",)
+    # the default classes are still the ones every map names, in the order of the map most
+    # cases use (here b: liver is its index 1)
+    assert choose_classes(maps, None) == ["liver", "kidney_left"]
+    assert choose_classes(maps, None, usage=Counter(a=3, b=1)) == ["kidney_left", "liver"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq
 
-from xds.metrics import compare_label_maps, compare_masks, set_dice, surfel_areas
+from xds.evaluation.metrics import compare_label_maps, compare_masks, set_dice, surfel_areas
 from xds.schemas import EvaluationError
 
 

@@ -16,7 +16,7 @@ pytest.importorskip("nnunetv2")
 from xds.catalog import Catalog, build_cohort  # noqa: E402
 from xds.cli.main import cli  # noqa: E402
 from xds.schemas.errors import RunError  # noqa: E402
-from xds.splits import make_split  # noqa: E402
+from xds.splits.store import make_split  # noqa: E402
 from xds.trainers.nnunet_backend import NnunetConfig, train_nnunet  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def test_nnunet_trains_our_folds_and_predictions_score(catalog, tmp_path):
 
     # as a pseudo-label teacher: nnU-Net's probabilities, in the file's voxel order, whose
     # argmax is what `xds predict` wrote; a flipped member has the same grid
-    from xds.trainers.pseudo import load_teacher
+    from xds.trainers.students import load_teacher
 
     teacher = load_teacher(Catalog.open(catalog.root), row["name"])
     assert teacher.classes == ["liver"]

@@ -246,7 +246,7 @@ def test_no_canary_uid_or_date_in_the_console(phi_run):
 
 
 def test_stored_gzip_streams_carry_no_name_or_time(phi_run):
-    from xds.imageio import gzip_members
+    from xds.io.images import gzip_members
 
     for path in _stored_files(phi_run):
         data = path.read_bytes()
@@ -341,7 +341,7 @@ def test_verify_finds_a_source_folder_name(phi_run, tmp_path):
     ],
 )
 def test_structural_names_are_kept_identifying_ones_hashed(rel, kept):
-    from xds.deid import scrub_path
+    from xds.io.deid import scrub_path
 
     shown = scrub_path(b"key", rel)
     assert (shown == rel) is kept

@@ -14,24 +14,26 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchio")
 
 from xds import cohort_subjects  # noqa: E402
-from xds.audit import audit_split  # noqa: E402
 from xds.catalog import Catalog, build_cohort  # noqa: E402
 from xds.catalog.cohorts import select_scans  # noqa: E402
 from xds.cli.main import cli  # noqa: E402
-from xds.export.common import plan_export, remap_label  # noqa: E402
-from xds.harmonize import IGNORE  # noqa: E402
+from xds.export.files import remap_label  # noqa: E402
 from xds.ingest import ingest_nifti  # noqa: E402
-from xds.labels import best_labels  # noqa: E402
-from xds.pseudo import Gates, PseudoLabelWriter, judge_case  # noqa: E402
+from xds.labels.cases import plan_export  # noqa: E402
+from xds.labels.mapping import IGNORE  # noqa: E402
+from xds.labels.selection import best_labels  # noqa: E402
+from xds.pseudo.gates import Gates, judge_case  # noqa: E402
+from xds.pseudo.writer import PseudoLabelWriter  # noqa: E402
 from xds.schemas.errors import RunError  # noqa: E402
-from xds.splits import derive_split, get_split, make_split, split_cohort  # noqa: E402
-from xds.trainers.pseudo import (  # noqa: E402
+from xds.splits.audit import audit_split  # noqa: E402
+from xds.splits.store import derive_split, get_split, make_split, split_cohort  # noqa: E402
+from xds.trainers.runs import get_run, train_run  # noqa: E402
+from xds.trainers.students import (  # noqa: E402
     FLIPS,
     STUDENT_PSEUDO_WEIGHT,
     labelled_reference,
     pseudo_label,
 )
-from xds.trainers.runs import get_run, train_run  # noqa: E402
 from xds.trainers.torch_backend import TorchConfig, _subject_sampler  # noqa: E402
 
 

@@ -50,7 +50,7 @@ def test_rules_the_real_files_taught():
 def test_near_duplicate_threshold_on_real_volumes(tmp_path):
     """Disguised copies of real MR volumes are found, different people are not confused."""
     from benchmarks.near_duplicates import measure, real_volumes
-    from xds.fingerprint import THRESHOLD
+    from xds.io.fingerprint import THRESHOLD
 
     volumes = real_volumes(tmp_path)
     assert len(volumes) >= 6

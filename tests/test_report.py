@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from xds.catalog import Catalog, build_cohort
-from xds.evaluate import evaluate
-from xds.report import build_report
+from xds.evaluation.report import build_report
+from xds.evaluation.scoring import evaluate
 from xds.schemas import EvaluationError
-from xds.splits import split_cohort
+from xds.splits.store import split_cohort
 
 CHROMIUM = "/usr/bin/chromium"
 

@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from xds import split_strategies as st
+from xds.splits import protocols as st
 
 
 @hs.composite

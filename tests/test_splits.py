@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from xds.audit import audit_split
 from xds.catalog import build_cohort
 from xds.cli.main import cli
 from xds.schemas import SplitError
-from xds.split_strategies import Scans, holdout
-from xds.splits import get_split, list_splits, parse_ratios, split_cohort
+from xds.splits.audit import audit_split
+from xds.splits.protocols import Scans, holdout
+from xds.splits.store import get_split, list_splits, parse_ratios, split_cohort
 
 RATIOS = {"train": 0.7, "val": 0.1, "test": 0.2}
 
@@ -108,7 +108,7 @@ def test_audit_finds_a_subject_in_two_roles(catalog, cohort):
 
 
 def test_every_protocol_on_the_catalog(catalog, cohort):
-    from xds.splits import make_split
+    from xds.splits.store import make_split
 
     seqs = sorted({r["sequence"] for r in catalog.read("scan_view").to_pylist()})
     loso = make_split(catalog, "all", "leave-one-out", column="sequence", seed=3)

@@ -114,7 +114,7 @@ def test_a_forged_cohort_row_is_refused_by_split(catalog):
     from xds.catalog import build_cohort
     from xds.schemas import CohortError
     from xds.schemas.tables import schema_for
-    from xds.splits import split_cohort
+    from xds.splits.store import split_cohort
 
     real = build_cohort(catalog, "sequence = 'T1W'", "t1")
     forged = {**real.summary(), "name": "forged", "cohort_id": "coh-forged"}

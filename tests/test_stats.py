@@ -8,7 +8,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from xds import stats
+from xds.evaluation import stats
 
 A = np.array([0.91, 0.85, 0.78, 0.88, 0.93, 0.67, 0.81, 0.9, 0.74, 0.86, 0.8, 0.95])
 # distinct |differences| (no ties), one of them negative

@@ -15,15 +15,15 @@ pytest.importorskip("torchio")
 
 from xds import cohort_subjects  # noqa: E402
 from xds.catalog import Catalog, build_cohort  # noqa: E402
-from xds.evaluate import evaluate  # noqa: E402
+from xds.evaluation.scoring import evaluate  # noqa: E402
 from xds.schemas.errors import RunError  # noqa: E402
-from xds.splits import make_split  # noqa: E402
+from xds.splits.store import make_split  # noqa: E402
 from xds.trainers.torch_backend import (  # noqa: E402
     TorchConfig,
     _training_batches,
-    predict_torch,
     train_torch,
 )
+from xds.trainers.torch_predict import predict_torch  # noqa: E402
 
 
 @pytest.mark.slow

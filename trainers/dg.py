@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xds.schemas.errors import RunError
+
 
 def group_means(losses: torch.Tensor, groups: torch.Tensor, n_groups: int):
     """(mean loss per group, groups present) for one batch."""
@@ -168,11 +170,11 @@ def make_objective(name: str, n_groups: int, **params) -> nn.Module:
     """The objective called ``name`` for ``n_groups`` groups.
 
     Raises:
-        ValueError: an unknown name.
+        RunError: an unknown name.
     """
     key = name.lower().replace("-", "").replace("_", "")
     if key not in METHODS:
-        raise ValueError(f"unknown DG method {name!r}; known: {', '.join(METHODS)}")
+        raise RunError(f"unknown DG method {name!r}; known: {', '.join(METHODS)}")
     cls = METHODS[key]
     if cls in (ERM,):
         return cls()

@@ -16,13 +16,13 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from xds.executors import resolve_device
+from xds.io.parallel import resolve_device
 
 
 def select_device(spec: str = "auto") -> torch.device:
     """``cuda`` when asked or when ``auto`` finds a GPU, else ``cpu``.
 
-    See :func:`xds.executors.resolve_device`.
+    See :func:`xds.io.parallel.resolve_device`.
     """
     return torch.device(resolve_device(spec))
 

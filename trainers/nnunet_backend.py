@@ -249,7 +249,7 @@ class NnunetTeacher:
     def probabilities(self, image: str | Path, flips=((),)):
         """Yield (classes + 1, *scan shape) float32 probabilities, one array per flip.
 
-        See :meth:`xds.trainers.torch_backend.TorchTeacher.probabilities`.
+        See :meth:`xds.trainers.torch_predict.TorchTeacher.probabilities`.
         """
         data, properties = self._reader.read_images([str(image)])
         for axes in flips:

@@ -17,12 +17,14 @@ from pathlib import Path
 
 from xds.catalog import Catalog, utcnow
 from xds.catalog.cohorts import get_cohort, select_scans
-from xds.export.subjects import cohort_subjects
+from xds.export.torchio import cohort_subjects
 from xds.schemas.errors import RunError
 from xds.schemas.ids import stable_id
-from xds.splits import get_split
+from xds.splits.store import get_split
+from xds.trainers.checkpoints import config_fields
 from xds.trainers.nnunet_backend import NnunetConfig, predict_nnunet, train_nnunet
-from xds.trainers.torch_backend import TorchConfig, config_fields, predict_torch, train_torch
+from xds.trainers.torch_backend import TorchConfig, train_torch
+from xds.trainers.torch_predict import predict_torch
 
 BACKENDS = {"torch": TorchConfig, "nnunet": NnunetConfig}
 
@@ -114,21 +116,16 @@ def train_run(
         raise RunError(f"split {split!r} fold {fold} has no labelled train scan"
                        + (f" matching {train_where!r}" if train_where else ""))  # fmt: skip
     folder = Path(out) if out else catalog.root / "models" / name
-    try:
-        if backend == "nnunet":
-            result = train_nnunet(catalog, cohort, split=split, fold=fold, out=folder,
-                                  config=config, classes=classes, device=device)  # fmt: skip
-        else:
-            unlabeled = None
-            if config.ssl != "none":
-                unlabeled = cohort_subjects(catalog, cohort, split=split, role="unlabeled",
-                                            fold=fold, classes=classes, partial=True)  # fmt: skip
-            result = train_torch(subjects, folder, config, unlabeled=unlabeled, device=device,
-                                 progress=progress)  # fmt: skip
-    except RunError:
-        raise
-    except ValueError as exc:
-        raise RunError(str(exc)) from None
+    if backend == "nnunet":
+        result = train_nnunet(catalog, cohort, split=split, fold=fold, out=folder,
+                              config=config, classes=classes, device=device)  # fmt: skip
+    else:
+        unlabeled = None
+        if config.ssl != "none":
+            unlabeled = cohort_subjects(catalog, cohort, split=split, role="unlabeled",
+                                        fold=fold, classes=classes, partial=True)  # fmt: skip
+        result = train_torch(subjects, folder, config, unlabeled=unlabeled, device=device,
+                             progress=progress)  # fmt: skip
     run = Run(run_id, name, str(folder), result.classes, result.device, result.epoch_losses,
               result.seconds, result.resumed_from)  # fmt: skip
     if not existing:
@@ -203,7 +200,7 @@ def predict_run(
                        device=device)  # fmt: skip
     else:
         predict_torch(row["uri"], subjects, folder, device=device)
-    from xds.executors import resolve_device
+    from xds.io.parallel import resolve_device
 
     prediction = {
         "prediction_id": stable_id("prd", row["run_id"], found.cohort_id, split_id, role, fold),

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from xds.harmonize import IGNORE
+from xds.labels.mapping import IGNORE
+from xds.schemas.errors import RunError
 from xds.synth.render import draw_set, render_set
 
 
@@ -23,7 +24,7 @@ class SyntheticMix:
 
     def __init__(self, p: float, seed: int = 0):
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"--synthetic-mix must be within [0, 1], not {p}")
+            raise RunError(f"--synthetic-mix must be within [0, 1], not {p}")
         self.p = p
         self.generator = torch.Generator().manual_seed(seed)
 

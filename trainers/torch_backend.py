@@ -15,22 +15,21 @@ Gaussian-weighted (nnU-Net's weights), resampled back onto each scan's own grid.
 
 from __future__ import annotations
 
-import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from xds.harmonize import IGNORE
+from xds.labels.mapping import IGNORE
+from xds.schemas.errors import RunError
+from xds.trainers.checkpoints import load_checkpoint, save_checkpoint
 from xds.trainers.dg import RandConv, make_objective
 from xds.trainers.losses import PartialDiceCELoss
 from xds.trainers.network import PenultimateFeatures, autocast, build_unet, select_device
 from xds.trainers.synthmix import SyntheticMix
-
-CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
@@ -94,13 +93,15 @@ class TrainResult:
     resumed_from: int = 0
 
 
-def _seed(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA) for a run."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def _preprocess(config: TorchConfig, train: bool):
+def preprocess(config: TorchConfig, train: bool):
+    """The torchio transform a scan goes through before patches are drawn (and at inference)."""
     import torchio as tio
 
     steps = [
@@ -132,25 +133,25 @@ def train_torch(
     A checkpoint from an earlier run with the same configuration is resumed.
 
     Raises:
-        ValueError: no subject with a label, or a groups attribute the subjects lack.
+        RunError: no subject with a label, or a groups attribute the subjects lack.
     """
     import torchio as tio
 
     subjects = [s for s in subjects if "label" in s]
     if not subjects:
-        raise ValueError("no training subject has a label")
+        raise RunError("no training subject has a label")
     problem = pseudo_mixing_problem(config.pseudo_share, config.pseudo_batch,
                                     config.pseudo_weight)  # fmt: skip
     if problem:
-        raise ValueError(problem)
+        raise RunError(problem)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _seed(config.seed)
+    seed_everything(config.seed)
     where = select_device(device)
     classes = [c for c in subjects[0]["classes"] if c != "background"]  # foreground, in order
     groups = sorted({str(s.get(config.groups)) for s in subjects}) if config.groups else ["all"]
     if config.groups and any(config.groups not in s for s in subjects):
-        raise ValueError(f"subjects have no attribute {config.groups!r} to form groups")
+        raise RunError(f"subjects have no attribute {config.groups!r} to form groups")
     group_index = {g: i for i, g in enumerate(groups)}
 
     def build():
@@ -174,7 +175,7 @@ def train_torch(
     randconv = RandConv() if config.randconv else None
     synthetic = SyntheticMix(config.synthetic_mix, config.seed) if config.synthetic_mix else None
 
-    state = _load_checkpoint(out, config)
+    state = load_checkpoint(out, config)
     start, losses = 0, []
     if state is not None:
         network.load_state_dict(state["model"])
@@ -187,9 +188,9 @@ def train_torch(
         start, losses = state["epoch"], state["losses"]
         torch.set_rng_state(state["rng"])
     elif config.init_from:
-        warm = _load_checkpoint(Path(config.init_from))
+        warm = load_checkpoint(Path(config.init_from))
         if warm is None or warm["classes"] != classes:
-            raise ValueError(f"{config.init_from}: no checkpoint of a run with classes {classes}")
+            raise RunError(f"{config.init_from}: no checkpoint of a run with classes {classes}")
         network.load_state_dict(warm["model"])
 
     started = time.perf_counter()
@@ -238,7 +239,7 @@ def train_torch(
                            description=f"epoch {epoch + 1} loss {running[-1]:.3f} "
                            f"dice {dice:.3f}")  # fmt: skip
             losses.append(float(np.mean(running)))
-            _save_checkpoint(out, config, network, optimizer, schedule, objective, scaler,
+            save_checkpoint(out, config, network, optimizer, schedule, objective, scaler,
                              epoch + 1, losses, classes, groups, ssl)  # fmt: skip
     return TrainResult(str(out), str(where), classes, groups, losses,
                        round(time.perf_counter() - started, 2), start)  # fmt: skip
@@ -285,7 +286,7 @@ def _training_batches(config: TorchConfig, subjects: list, n_classes: int):
     share one queue (pro rata, or by ``config.pseudo_share``).
 
     Raises:
-        ValueError: ``pseudo_batch`` without any human-labelled subject.
+        RunError: ``pseudo_batch`` without any human-labelled subject.
     """
     import torchio as tio
 
@@ -294,11 +295,11 @@ def _training_batches(config: TorchConfig, subjects: list, n_classes: int):
     if config.pseudo_batch and pseudo:
         subjects = [s for s in subjects if s.get("label_origin") != "pseudo"]
         if not subjects:
-            raise ValueError("--pseudo-batch needs human-labelled training scans besides the "
+            raise RunError("--pseudo-batch needs human-labelled training scans besides the "
                              "pseudo-labelled ones")  # fmt: skip
 
     def stream(chosen: list, size: int, draws=None):
-        dataset = tio.SubjectsDataset(chosen, transform=_preprocess(config, train=True))
+        dataset = tio.SubjectsDataset(chosen, transform=preprocess(config, train=True))
         queue = tio.Queue(dataset, config.queue_length, config.samples_per_volume, sampler,
                           subject_sampler=draws, shuffle_subjects=draws is None,
                           num_workers=config.workers)  # fmt: skip
@@ -336,16 +337,16 @@ def _semi_supervised(config: TorchConfig, network, build, n_classes: int, unlabe
     if config.ssl == "none":
         return None, None
     if config.ssl not in ("uamt", "cps"):
-        raise ValueError(f"unknown SSL method {config.ssl!r}; known: none, uamt, cps")
+        raise RunError(f"unknown SSL method {config.ssl!r}; known: none, uamt, cps")
     images = [tio.Subject(image=s["image"]) for s in unlabeled or []]
     if not images:
-        raise ValueError(f"--ssl {config.ssl} needs unlabeled scans (a semi-supervised split)")
+        raise RunError(f"--ssl {config.ssl} needs unlabeled scans (a semi-supervised split)")
     if config.ssl == "uamt":
         method = UAMT(network, n_classes, ramp=config.ssl_ramp)
     else:
         torch.manual_seed(config.seed + 1)  # CPS needs two differently initialized networks
         method = CPS(build(), ramp=config.ssl_ramp)
-    steps = [t for t in _preprocess(config, train=True).transforms]
+    steps = [t for t in preprocess(config, train=True).transforms]
     dataset = tio.SubjectsDataset(images, transform=tio.Compose(steps))
     queue = tio.Queue(dataset, config.queue_length, config.samples_per_volume,
                       tio.UniformSampler(config.patch), num_workers=config.workers)  # fmt: skip
@@ -375,27 +376,6 @@ def _progress(show: bool):
                     console=console, disable=not (show and console.is_terminal))  # fmt: skip
 
 
-def config_fields(settings: dict) -> dict:
-    """A configuration's fields from stored JSON settings.
-
-    Lists become tuples again; keys that start with ``_`` describe a run, not the
-    configuration.
-    """
-    return {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in settings.items()
-        if not k.startswith("_")
-    }
-
-
-def _config_key(config: TorchConfig) -> str:
-    fields = asdict(config)
-    for key, unset in (("pseudo_share", None), ("pseudo_batch", 0), ("pseudo_weight", 1.0)):
-        if fields[key] == unset:  # added later: checkpoints from before still resume
-            del fields[key]
-    return json.dumps(fields, sort_keys=True, default=list)
-
-
 def _subject_sampler(subjects: list, share: float | None):
     """A sampler drawing pseudo-labelled subjects as ``share`` of the queue's subjects.
 
@@ -413,126 +393,9 @@ def _subject_sampler(subjects: list, share: float | None):
     return torch.utils.data.WeightedRandomSampler(weights, len(subjects), replacement=True)
 
 
-def _save_checkpoint(out, config, network, optimizer, schedule, objective, scaler, epoch,
-                     losses, classes, groups, ssl) -> None:  # fmt: skip
-    state = {
-        "model": network.state_dict(), "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(), "objective": objective.state_dict(),
-        "scaler": scaler.state_dict(), "epoch": epoch, "losses": losses,
-        "config": _config_key(config), "classes": classes, "groups": groups,
-        "rng": torch.get_rng_state(), "ssl": ssl.state_dict() if ssl else None,
-    }  # fmt: skip
-    tmp = Path(out) / f"{CHECKPOINT}.part"
-    torch.save(state, tmp)
-    tmp.replace(Path(out) / CHECKPOINT)  # a crash never leaves half a checkpoint
 
 
-def _load_checkpoint(out: Path, config: TorchConfig | None = None) -> dict | None:
-    path = out / CHECKPOINT
-    if not path.exists():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if config is not None and state["config"] != _config_key(config):
-        raise ValueError(f"{path}: a checkpoint of another configuration; use a new folder")
-    return state
 
 
-class TorchTeacher:
-    """A trained run of this backend, predicting class probabilities on a scan's own grid.
-
-    Prediction: canonical orientation, resampling and normalization as in training, sliding
-    windows with half-patch overlap weighted by nnU-Net's Gaussian, then the probabilities
-    resampled (linearly) back onto the scan's grid, as nnU-Net does before its argmax.
-    """
-
-    def __init__(self, run: str | Path, *, device: str = "auto"):
-        from nnunetv2.inference.sliding_window_prediction import compute_gaussian
-
-        state = _load_checkpoint(Path(run))
-        if state is None:
-            raise ValueError(f"{run}: no {CHECKPOINT} (train first)")
-        self.config = TorchConfig(**config_fields(json.loads(state["config"])))
-        self.classes: list[str] = state["classes"]
-        self.device = select_device(device)
-        config = self.config
-        self.network = build_unet(1, len(self.classes) + 1, config.patch, config.spacing,
-                                  base_features=config.base_features).to(self.device)  # fmt: skip
-        self.network.load_state_dict(state["model"])
-        self.network.eval()
-        self._weights = compute_gaussian(tuple(config.patch), device=self.device,
-                                         dtype=torch.float32)  # fmt: skip
-        self._prepare = _preprocess(config, train=False)
-
-    def probabilities(self, image: str | Path, flips=((),)):
-        """Yield (classes + 1, *scan shape) float32 probabilities, one array per flip.
-
-        Args:
-            image: the scan's NIfTI file.
-            flips: test-time flips, each a tuple of voxel axes (``()``: none); the input is
-                flipped and the output flipped back, so members differ only by what the
-                network does with mirrored anatomy.
-        """
-        import nibabel as nib
-        import torchio as tio
-
-        from xds.export.subjects import NiftiReader
-
-        original = nib.load(str(image))
-        ready = self._prepare(tio.Subject(image=tio.ScalarImage(image, reader=NiftiReader())))
-        back = tio.Resample((original.shape[:3], original.affine))
-        for axes in flips:
-            dims = [a + 1 for a in axes]
-            data = ready["image"].data.flip(dims) if dims else ready["image"].data
-            probs = self._windows(tio.ScalarImage(tensor=data, affine=ready["image"].affine))
-            probs = probs.flip(dims) if dims else probs
-            resampled = back(tio.ScalarImage(tensor=probs.cpu(), affine=ready["image"].affine))
-            yield resampled.data.numpy().astype(np.float32, copy=False)
-
-    def _windows(self, image) -> torch.Tensor:
-        """Gaussian-weighted sliding-window softmax over one prepared image."""
-        import torchio as tio
-
-        patch = self.config.patch
-        grid = tio.GridSampler(tio.Subject(image=image), patch, tuple(p // 2 for p in patch))
-        shape = image.shape[1:]
-        total = torch.zeros((len(self.classes) + 1, *shape), device=self.device)
-        weight = torch.zeros(shape, device=self.device)
-        loader = torch.utils.data.DataLoader(grid, batch_size=self.config.batch_size)
-        with torch.no_grad(), autocast(self.device):
-            for batch in loader:
-                logits = self.network(batch["image"][tio.DATA].to(self.device).float()).float()
-                for k, location in enumerate(batch[tio.LOCATION]):
-                    i0, j0, k0, i1, j1, k1 = location.tolist()
-                    total[:, i0:i1, j0:j1, k0:k1] += logits[k].softmax(0) * self._weights
-                    weight[i0:i1, j0:j1, k0:k1] += self._weights
-        return total / weight.clamp(min=1e-6)
 
 
-def predict_torch(
-    run: str | Path, subjects: list, out: str | Path, *, device: str = "auto", progress=True
-) -> list[Path]:
-    """Predict every subject with the checkpoint in folder ``run``.
-
-    Writes ``{scan_id}.nii.gz`` on each scan's own grid and a ``dataset.json`` naming the
-    labels, which is what ``xds evaluate --pred`` reads.
-
-    Raises:
-        ValueError: ``run`` holds no checkpoint.
-    """
-    import nibabel as nib
-
-    teacher = TorchTeacher(run, device=device)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for subject in subjects:
-        image = subject["image"].path
-        probs = next(teacher.probabilities(image))
-        path = out / f"{subject['scan_id']}.nii.gz"
-        nib.save(nib.Nifti1Image(probs.argmax(0).astype(np.uint8), nib.load(str(image)).affine),
-                 path)  # fmt: skip
-        written.append(path)
-    classes = teacher.classes
-    names = {"background": 0, **{c: i for i, c in enumerate(classes, start=1)}}
-    (out / "dataset.json").write_text(json.dumps({"labels": names}, indent=1))
-    return written

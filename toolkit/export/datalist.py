@@ -23,14 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xds.catalog import Catalog
-from xds.export.common import (
-    ExportPlan,
-    ExportResult,
-    FileJob,
-    place_files,
-    plan_export,
-    writing_target,
-)
+from xds.export.files import ExportResult, FileJob, place_files, writing_target
+from xds.labels.cases import ExportPlan, plan_export
 from xds.schemas.errors import ExportError
 
 ROLE_KEYS = {"train": "training", "val": "validation", "test": "test", "unlabeled": "unlabeled"}
@@ -67,9 +61,9 @@ def export_datalist(
         split: split name.
         out: the datalist file (``.json``); files go in the folder of the same name.
         fold: which fold of the split.
-        classes: classes to export (see :func:`xds.export.common.plan_export`).
+        classes: classes to export (see :func:`xds.export.files.plan_export`).
         class_set: export the labels ``xds harmonize`` wrote for this class set, linked
-            as they are (see :func:`xds.export.common.plan_export`).
+            as they are (see :func:`xds.export.files.plan_export`).
         partial: allow classes some label maps do not annotate (listed per entry).
         jobs: worker processes for label conversion.
         copy: copy files instead of hard-linking them.
@@ -77,7 +71,7 @@ def export_datalist(
 
     Raises:
         ExportError: ``out`` is not a .json file, a target is not empty without ``force``,
-            or the plan is refused (see :func:`~xds.export.common.plan_export`).
+            or the plan is refused (see :func:`~xds.export.files.plan_export`).
     """
     out = Path(out).absolute()
     if out.suffix != ".json":

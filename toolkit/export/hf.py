@@ -32,14 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xds.catalog import Catalog
-from xds.export.common import (
-    ExportPlan,
-    ExportResult,
-    FileJob,
-    place_files,
-    plan_export,
-    writing_target,
-)
+from xds.export.files import ExportResult, FileJob, place_files, writing_target
+from xds.labels.cases import ExportPlan, plan_export
 
 HF_SPLITS = {"train": "train", "val": "validation", "test": "test", "unlabeled": "unlabeled"}
 """Split role -> dataset split name."""
@@ -83,9 +77,9 @@ def export_hf(
         split: split name.
         out: the dataset folder (``datasets.load_from_disk(out)`` reads it).
         fold: which fold of the split.
-        classes: classes to export (see :func:`xds.export.common.plan_export`).
+        classes: classes to export (see :func:`xds.export.files.plan_export`).
         class_set: export the labels ``xds harmonize`` wrote for this class set, linked
-            as they are (see :func:`xds.export.common.plan_export`).
+            as they are (see :func:`xds.export.files.plan_export`).
         partial: allow classes some label maps do not annotate (see ``annotated``).
         embed: store the NIfTI bytes in the dataset (``Nifti`` features) instead of paths.
         jobs: worker processes for label conversion.

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xds.catalog import Catalog
-from xds.export.common import ExportResult, FileJob, place_files, plan_export, writing_target
-from xds.harmonize import IGNORE
+from xds.export.files import ExportResult, FileJob, place_files, writing_target
+from xds.labels.cases import plan_export
+from xds.labels.mapping import IGNORE
 from xds.schemas.errors import ExportError
 
 
@@ -66,7 +67,7 @@ def export_nnunet(
             every label map in the export names, so an organ one center does not annotate
             is never trained as background.
         class_set: export the labels ``xds harmonize`` wrote for this class set, linked
-            as they are (see :func:`xds.export.common.plan_export`).
+            as they are (see :func:`xds.export.files.plan_export`).
         fold: which fold of the split to export.
         jobs: worker processes.
         link: hard-link images (and labels that need no remapping) instead of copying.

@@ -1,6 +1,22 @@
-"""Ingest: bring a center's data into the catalog."""
+"""Ingest: bring a center's data, or a downloaded public dataset, into the catalog.
 
+- :func:`ingest_nifti`: a NIfTI folder (layouts, label maps, metadata sheets);
+- :func:`ingest_dicom`: a DICOM export, converted with dcm2niix and classified;
+- :func:`ingest_dataset`: a public dataset through its adapter (:data:`ADAPTERS`);
+- :func:`set_sequence`: correct a scan's sequence by hand.
+"""
+
+from xds.ingest.common import IngestReport
+from xds.ingest.datasets import ADAPTERS, ingest_dataset
 from xds.ingest.dicom import DicomIngestReport, ingest_dicom, set_sequence
-from xds.ingest.nifti import IngestReport, ingest_nifti
+from xds.ingest.nifti import ingest_nifti
 
-__all__ = ["DicomIngestReport", "IngestReport", "ingest_dicom", "ingest_nifti", "set_sequence"]
+__all__ = [
+    "ADAPTERS",
+    "DicomIngestReport",
+    "IngestReport",
+    "ingest_dataset",
+    "ingest_dicom",
+    "ingest_nifti",
+    "set_sequence",
+]

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import re
 import secrets
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from filelock import FileLock
-
 from xds.catalog import Catalog, utcnow
-from xds.deid import hidden_names, matches_scrubbed, scrub_message, scrub_path
+from xds.io.deid import matches_scrubbed, scrub_message, scrub_path
 from xds.schemas.errors import IngestError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -25,7 +20,7 @@ class IngestReport:
     """What one ingest run did.
 
     ``problems`` holds (file, one-line reason) with the file's path relative to the source
-    folder and scrubbed of identifiers (:func:`xds.deid.scrub_path`), as the quarantine
+    folder and scrubbed of identifiers (:func:`xds.io.deid.scrub_path`), as the quarantine
     table stores it; ``sources`` holds the same files' real paths, for a user who asks to
     see them on their own machine (``--show-paths``) and never stored.
     """
@@ -144,43 +139,6 @@ class Quarantine:
         """The rows gathered since the last call (for a transaction)."""
         rows, self.rows = self.rows, []
         return rows
-
-
-_NAMES = ".xds-names"
-
-
-def record_source_names(catalog: Catalog, relpaths: Iterable[str], keep: frozenset[str]) -> None:
-    """Remember, as keyed hashes, the source folder and file names that scrubbing hides.
-
-    ``xds verify`` looks for them in every stored byte: a folder named after a patient
-    must never reappear. Only HMACs under the catalog's secret are kept, in a file beside
-    it (mode 0600), so the file itself holds no name.
-    """
-    secret = catalog.secret()
-    tokens: set[str] = set()
-    for rel in relpaths:
-        tokens |= hidden_names(rel, keep)
-    digests = {name_digest(secret, t) for t in tokens}
-    path = catalog.root / _NAMES
-    with FileLock(str(catalog.root / f"{_NAMES}.lock")):
-        known = set(path.read_text().split()) if path.exists() else set()
-        if digests <= known:
-            return
-        tmp = path.with_name(f"{_NAMES}.{os.getpid()}.part")
-        tmp.write_text("".join(f"{d}\n" for d in sorted(known | digests)))
-        tmp.chmod(0o600)
-        os.replace(tmp, path)
-
-
-def source_name_digests(catalog_root: Path) -> set[str]:
-    """The keyed hashes :func:`record_source_names` kept."""
-    path = Path(catalog_root) / _NAMES
-    return set(path.read_text().split()) if path.exists() else set()
-
-
-def name_digest(secret: bytes, name: str) -> str:
-    """The keyed hash of one lower-case source path component."""
-    return hmac.new(secret, b"source-name\0" + name.encode(), hashlib.sha256).hexdigest()[:24]
 
 
 def locate_quarantined(catalog: Catalog, root: str | Path, rows: list[dict]) -> list[list[str]]:

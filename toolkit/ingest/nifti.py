@@ -18,19 +18,18 @@ from pathlib import Path
 import numpy as np
 
 from xds.catalog import Catalog, utcnow
-from xds.deid import pseudonym, valid_utf8
-from xds.executors import progress_map
-from xds.imageio import nifti_files, read_volume, store_volume
 from xds.ingest.common import (
     IngestReport,
     Quarantine,
     check_source,
-    record_source_names,
     run_id,
 )
 from xds.ingest.layouts import Layout, detect_layout, parse_layout
 from xds.ingest.sequences import sequence_from_name
 from xds.ingest.sheets import canonical_label_map, read_sheet
+from xds.io.deid import pseudonym, record_source_names, valid_utf8
+from xds.io.images import nifti_files, read_volume, store_volume
+from xds.io.parallel import progress_map
 from xds.schemas.errors import IngestError
 from xds.schemas.ids import stable_id
 from xds.schemas.tables import SEQUENCES
@@ -87,7 +86,7 @@ def ingest_nifti(
         jobs: worker processes.
         link: hard-link clean .nii.gz sources into the catalog instead of copying.
         max_voxels: refuse images with more voxels, before decoding them (default
-            :data:`xds.imageio.MAX_VOXELS` or ``XDS_MAX_VOXELS``).
+            :data:`xds.io.images.MAX_VOXELS` or ``XDS_MAX_VOXELS``).
 
     Raises:
         IngestError: the folder, names, sheet, label map or layout are unusable as a whole.

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from xds.deid import age_bin, cap_age, is_phi_column
+from xds.io.deid import age_bin, cap_age, is_phi_column
 from xds.schemas.errors import IngestError, SchemaError
 from xds.schemas.vocabulary import canonical_map
 

@@ -9,7 +9,6 @@ Everything follows from ``seed``.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -17,8 +16,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from xds.executors import progress_map
 from xds.ingest.layouts import LAYOUTS
+from xds.io.parallel import progress_map
 from xds.phantoms.anatomy import ORGANS, Anatomy, labels_from_tissues
 from xds.phantoms.dicom import (
     DICOM_LAYOUTS,
@@ -36,6 +35,14 @@ from xds.phantoms.dicom import (
     write_dicomdir,
 )
 from xds.phantoms.physics import Protocol, default_protocol, render
+from xds.phantoms.records import (
+    STYLES,
+    demographics,
+    hash_name,
+    subject_key,
+    write_label_map,
+    write_sheet,
+)
 
 CENTER_NAMES = ("Aurora", "Boreal", "Cedar", "Delta", "Ember", "Fjord", "Glen", "Harbor")
 _VENDORS = (
@@ -46,7 +53,6 @@ _VENDORS = (
     ("GE MEDICAL SYSTEMS", "Signa HDxt", 1.5, 1.8),
     ("Philips", "Achieva", 1.5, 0.8),
 )
-_STYLES = ("bids", "nnunet", "folders", "flat")
 # How each layout style spells the sequences in its paths.
 _SEQUENCE_TOKENS = {
     "bids": {"T1W": "T1w", "T2W": "T2w", "OOP": "opp", "IP": "inp", "CT": "ct"},
@@ -62,8 +68,6 @@ _SEQUENCE_TOKENS = {
 }
 _ORIENTATIONS = ("RAS", "LPS", "LAS", "RPI", "LPI", "RAI", "LAI", "RPS")
 _DIRECTION = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
-_DIAGNOSES = ("normal", "ipmn", "pdac", "pancreatitis")
-_SYLLABLES = ("ka", "lo", "mi", "ra", "ne", "to", "su", "vi", "de", "jo", "an", "el")
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ def make_centers(
     for c in range(n_centers):
         rng = np.random.default_rng([seed, 1, c])
         vendor, model, b0, gain = _VENDORS[c % len(_VENDORS)]
-        style = _STYLES[c % len(_STYLES)]
+        style = STYLES[c % len(STYLES)]
         grid = tuple(int(n * rng.uniform(0.9, 1.1)) for n in shape)
         fov = (rng.uniform(320, 380), rng.uniform(300, 360), rng.uniform(150, 190))
         spacing = tuple(round(f / n, 3) for f, n in zip(fov, grid, strict=True))
@@ -157,18 +161,6 @@ class _SubjectJob:
     studies: tuple[Study, ...] = ()
     tags: CenterTags | None = None
     dicom_layout: str = ""
-
-
-def _subject_key(style: str, center: str, index: int, rng: np.random.Generator) -> str:
-    # Keys look like what hospitals really put in paths (IDs, names): PHI to keep out.
-    if style == "bids":
-        return f"{index + 1:03d}"
-    if style == "nnunet":
-        return f"{center.upper()}_{int(rng.integers(10**6, 10**7))}"
-    if style == "folders":
-        return f"MRN{int(rng.integers(10**7, 10**8))}"
-    first, last = ("".join(rng.choice(_SYLLABLES, 2)) for _ in range(2))
-    return f"{last}_{first}{index}"
 
 
 def _render_subject(job: _SubjectJob):
@@ -275,11 +267,6 @@ def _write_dicom_subject(job: _SubjectJob) -> list[dict]:
     return written
 
 
-def hash_name(name: str) -> int:
-    """A stable small integer for a name (Python's hash() is salted per process)."""
-    return int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "little") % (2**31)
-
-
 def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(array, affine)
@@ -358,16 +345,16 @@ def generate_world(
         rng = np.random.default_rng([seed, 3, hash_name(spec.name)])
         subjects = []
         for i in range(subjects_per_center):
-            key = _subject_key(spec.style, spec.name, i, rng)
+            key = subject_key(spec.style, spec.name, i, rng)
             present = tuple(s for s in sequences if rng.random() >= missing) or (sequences[0],)
-            subjects.append(_demographics(spec.style, key, rng))
+            subjects.append(demographics(spec.style, key, rng))
             jobs_list.append(
                 _SubjectJob(str(out / spec.name), spec, i, key, seed, present, variability)
             )
         folder = out / spec.name
         folder.mkdir(parents=True, exist_ok=True)
-        sheet = _write_sheet(folder, spec.style, subjects)
-        label_map = _write_label_map(folder, spec)
+        sheet = write_sheet(folder, spec.style, subjects)
+        label_map = write_label_map(folder, spec)
         manifest_centers.append(
             {
                 "name": spec.name,
@@ -408,72 +395,6 @@ def generate_world(
     }
     (out / "world.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
-
-
-def _demographics(style: str, key: str, rng: np.random.Generator) -> dict:
-    sex = str(rng.choice(["F", "M"]))
-    age = int(rng.integers(22, 88))
-    diagnosis = str(rng.choice(_DIAGNOSES, p=[0.4, 0.3, 0.2, 0.1]))
-    if style == "bids":
-        return {"participant_id": f"sub-{key}", "sex": sex, "age": age, "diagnosis": diagnosis}
-    if style == "nnunet":
-        year = 2024 - age
-        return {
-            "PatientID": key,
-            "PatientName": f"DOE^{key[-4:]}",
-            "BirthDate": f"{year}{int(rng.integers(1, 13)):02d}15",
-            "Gender": {"F": "female", "M": "male"}[sex],
-            "AgeYears": age,
-            "Dx": diagnosis.upper(),
-        }
-    if style == "folders":
-        return {
-            "patient": key,
-            "sex": sex.lower(),
-            "age": age,
-            "diagnosis": diagnosis,
-            "weight_kg": round(float(rng.normal(75, 12)), 1),
-        }
-    return {
-        "case": key,
-        "Sex": {"F": "Female", "M": "Male"}[sex],
-        "Age": age,
-        "Indication": diagnosis,
-        "Address": f"{int(rng.integers(1, 999))} Main Street",
-    }
-
-
-def _write_sheet(folder: Path, style: str, rows: list[dict]) -> str:
-    name, delimiter = {
-        "bids": ("participants.tsv", "\t"),
-        "nnunet": ("clinical.csv", ","),
-        "folders": ("metadata.csv", ","),
-        "flat": ("demographics.csv", ","),
-    }[style]
-    with open(folder / name, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter=delimiter)
-        writer.writeheader()
-        writer.writerows(rows)
-    return name
-
-
-def _write_label_map(folder: Path, spec: CenterSpec) -> str:
-    # Four spellings of the same thing, as centers really send them.
-    if spec.style == "nnunet":
-        labels = {name: i for i, name in spec.label_map.items()}
-        doc = {"channel_names": {"0": "MRI"}, "labels": labels, "file_ending": ".nii.gz"}
-        (folder / "dataset.json").write_text(json.dumps(doc, indent=2))
-        return "dataset.json"
-    if spec.style == "folders":
-        lines = ["index,name"] + [f"{i},{n}" for i, n in spec.label_map.items()]
-        (folder / "labels.csv").write_text("\n".join(lines) + "\n")
-        return "labels.csv"
-    if spec.style == "flat":
-        mapping = {name: i for i, name in spec.label_map.items() if i}
-    else:
-        mapping = {str(i): name for i, name in spec.label_map.items()}
-    (folder / "label_map.json").write_text(json.dumps(mapping, indent=2))
-    return "label_map.json"
 
 
 def _generate_dicom(

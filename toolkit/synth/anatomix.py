@@ -21,10 +21,10 @@ import numpy as np
 
 from xds.catalog import Catalog, utcnow
 from xds.catalog.cohorts import get_cohort
-from xds.executors import resolve_device
-from xds.export.common import writing_target
-from xds.imageio import Volume, nifti_files, store_volume, write_volume
-from xds.labels import best_labels
+from xds.export.files import writing_target
+from xds.io.images import Volume, nifti_files, store_volume, write_volume
+from xds.io.parallel import resolve_device
+from xds.labels.selection import best_labels
 from xds.schemas.errors import CohortError, SynthError
 from xds.schemas.ids import stable_id
 from xds.synth.render import SetDraw, draw_set, render_set

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from xds.io.optional import optional
+
 # Table 3 (a): within-set, (b): across-set. (probability, parameter ranges)
 WITHIN = {
     "affine": (0.25, {"degrees": (-25.0, 25.0), "translate": (0.0, 0.1), "scale": (0.9, 1.1)}),
@@ -91,7 +93,7 @@ class SetDraw:
 
 def draw_set(gen, n_labels: int, set_size: int, dims: int) -> SetDraw:
     """Draw a set's protocol and augmentations from its generator."""
-    import torch
+    torch = optional("torch", "Anatomix rendering", "synth")
 
     mean = torch.rand(n_labels + 1, generator=gen).numpy()
     lo, hi = TEXTURE_STD
@@ -102,7 +104,7 @@ def draw_set(gen, n_labels: int, set_size: int, dims: int) -> SetDraw:
 
 
 def _draw(gen, table: dict, dims: int) -> Augment:
-    import torch
+    torch = optional("torch", "Anatomix rendering", "synth")
 
     def u(lo: float, hi: float, n: int = 1) -> list[float]:
         return (lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)).tolist()
@@ -143,8 +145,8 @@ def render_set(template: np.ndarray, draw: SetDraw, gen, *, device="cpu"):
     ``template`` is 2D or 3D; ``gen`` (the set's generator, after :func:`draw_set`) draws
     the random fields and noise, always on the CPU, so a seed gives the same set on any device.
     """
-    import torch
-    import torch.nn.functional as F
+    torch = optional("torch", "Anatomix rendering", "synth")
+    F = optional("torch.nn.functional", "Anatomix rendering", "synth")
 
     k, shape = len(draw.within), tuple(template.shape)
     labels = torch.from_numpy(template).to(device=device, dtype=torch.float32)
@@ -206,7 +208,7 @@ def _rescale(image):
 
 def _affine(across: Augment, within: Augment, dims: int):
     """(dims, dims + 1) matrix, output -> template, in ``grid_sample``'s normalized (x, y, z)."""
-    import torch
+    torch = optional("torch", "Anatomix rendering", "synth")
 
     def matrix(aug: Augment):
         out = torch.eye(dims + 1, dtype=torch.float64)
@@ -220,7 +222,7 @@ def _affine(across: Augment, within: Augment, dims: int):
 
 
 def _rotation(degrees: tuple[float, ...], dims: int):
-    import torch
+    torch = optional("torch", "Anatomix rendering", "synth")
 
     a = [math.radians(d) for d in degrees]
     if dims == 2:
@@ -241,7 +243,7 @@ def _noise(aug: Augment, shape: tuple[int, ...], gen):
 
     Sigma is given at size 128 and scales with the size.
     """
-    import torch
+    torch = optional("torch", "Anatomix rendering", "synth")
 
     if not aug.elastic_alpha:
         return None
@@ -260,8 +262,8 @@ def _sampling_grid(draw: SetDraw, shape: tuple[int, ...], gen):
     share the finest lattice any of their fields needs (coarser noise is resampled onto
     it), so the whole set is interpolated in one call.
     """
-    import torch
-    import torch.nn.functional as F
+    torch = optional("torch", "Anatomix rendering", "synth")
+    F = optional("torch.nn.functional", "Anatomix rendering", "synth")
 
     dims = len(shape)
     mode = "trilinear" if dims == 3 else "bilinear"
@@ -302,7 +304,7 @@ def _upsample(coarse, shape: tuple[int, ...]):
     axis (last axis first), which keeps the channels last for ``grid_sample`` with no
     transposed copies: twice as fast on a CPU.
     """
-    import torch
+    torch = optional("torch", "Anatomix rendering", "synth")
 
     out = coarse.contiguous()
     k, lattice, channels = out.shape[0], list(out.shape[1:-1]), out.shape[-1]
@@ -324,7 +326,7 @@ def _upsample(coarse, shape: tuple[int, ...]):
 
 def _blur(image, sigmas: list[float]):
     """Separable Gaussian blur with a 5-tap kernel (Table 3's k), one sigma per image."""
-    import torch
+    torch = optional("torch", "Anatomix rendering", "synth")
 
     taps = torch.arange(BLUR_TAPS, dtype=torch.float32) - BLUR_TAPS // 2
     kernels = torch.stack([torch.exp(-(taps**2) / (2 * s * s)) for s in sigmas])
@@ -337,7 +339,7 @@ def _sharpen(image, factor):
     ``degenerate + f * (x - degenerate)`` with ``degenerate = (box_sum + 4 x) / (3^d + 4)``,
     folded into ``a * box_sum + b * x``.
     """
-    import torch
+    torch = optional("torch", "Anatomix rendering", "synth")
 
     n = 3 ** (image.dim() - 2)
     a = (1 - factor) / (n + 4)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xds.io.optional import optional
 from xds.schemas.errors import SynthError
 
 _TRIES = 25  # redraws before a template that keeps too few labels is an error
@@ -100,8 +101,8 @@ def load_structures(
         SynthError: a file that is not a 3D label map (named), or no structure at all.
     """
     import nibabel as nib
-    import torch
-    import torch.nn.functional as F
+    torch = optional("torch", "Anatomix synthesis", "synth")
+    F = optional("torch.nn.functional", "Anatomix synthesis", "synth")
     from scipy import ndimage
 
     masks, extents, fovs = [], [], []
@@ -149,7 +150,7 @@ def make_template(pool: StructurePool, config: AnatomixConfig, gen) -> tuple[np.
     Raises:
         SynthError: the templates cannot give ``min_labels`` labels in ``_TRIES`` draws.
     """
-    import torch
+    torch = optional("torch", "Anatomix synthesis", "synth")
 
     for tries in range(1, _TRIES + 1):
         volume, placed = _place(pool, config, gen)
@@ -199,8 +200,8 @@ def clean_labels(labels: np.ndarray, *, split: bool, config: AnatomixConfig) -> 
 
 def _place(pool: StructurePool, config: AnatomixConfig, gen) -> tuple[np.ndarray, int]:
     """Place min..max_labels random structures into a size^3 volume (larger ones first)."""
-    import torch
-    import torch.nn.functional as F
+    torch = optional("torch", "Anatomix synthesis", "synth")
+    F = optional("torch.nn.functional", "Anatomix synthesis", "synth")
 
     size, window = config.size, config.size // 2
     n = int(torch.randint(config.min_labels, config.max_labels + 1, (1,), generator=gen))
@@ -252,7 +253,7 @@ def _affine_grid(theta, w: int):
 
     A sum of broadcast axes instead of a batched matrix product with a ones channel.
     """
-    import torch
+    torch = optional("torch", "Anatomix synthesis", "synth")
 
     centres = (torch.arange(w, dtype=theta.dtype) * 2 + 1) / w - 1
     x, y, z = centres.view(1, 1, 1, w, 1), centres.view(1, 1, w, 1, 1), centres.view(1, w, 1, 1, 1)
@@ -262,7 +263,7 @@ def _affine_grid(theta, w: int):
 
 def _random_rotations(n: int, gen):
     """(n, 3, 3) rotations uniform on SO(3) (normalized Gaussian quaternions)."""
-    import torch
+    torch = optional("torch", "Anatomix synthesis", "synth")
 
     q = torch.randn(n, 4, generator=gen)
     w, x, y, z = (q / q.norm(dim=1, keepdim=True)).unbind(1)
@@ -278,7 +279,7 @@ def _random_rotations(n: int, gen):
 
 def set_generator(seed: int, index: int):
     """The torch generator of set ``index``: its draws do not depend on other sets or batches."""
-    import torch
+    torch = optional("torch", "Anatomix synthesis", "synth")
 
     digest = hashlib.sha256(f"anatomix:{seed}:{index}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))

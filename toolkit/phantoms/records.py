@@ -1,0 +1,113 @@
+"""What each phantom center writes beside its images: subject keys, metadata sheets, label maps.
+
+Each center names its subjects and spells its sheet in its own style (BIDS, nnU-Net,
+folders, flat), as real centers do; the ingest has to read them all.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from xds.phantoms.world import CenterSpec
+
+
+STYLES = ("bids", "nnunet", "folders", "flat")
+
+
+_DIAGNOSES = ("normal", "ipmn", "pdac", "pancreatitis")
+
+
+_SYLLABLES = ("ka", "lo", "mi", "ra", "ne", "to", "su", "vi", "de", "jo", "an", "el")
+
+
+def subject_key(style: str, center: str, index: int, rng: np.random.Generator) -> str:
+    """A subject's key as the center writes it in paths and sheets (identifier-like on purpose)."""
+    # Keys look like what hospitals really put in paths (IDs, names): PHI to keep out.
+    if style == "bids":
+        return f"{index + 1:03d}"
+    if style == "nnunet":
+        return f"{center.upper()}_{int(rng.integers(10**6, 10**7))}"
+    if style == "folders":
+        return f"MRN{int(rng.integers(10**7, 10**8))}"
+    first, last = ("".join(rng.choice(_SYLLABLES, 2)) for _ in range(2))
+    return f"{last}_{first}{index}"
+
+
+def hash_name(name: str) -> int:
+    """A stable small integer for a name (Python's hash() is salted per process)."""
+    return int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "little") % (2**31)
+
+
+def demographics(style: str, key: str, rng: np.random.Generator) -> dict:
+    """One subject's sheet row: sex, age, diagnosis, spelled in the center's style."""
+    sex = str(rng.choice(["F", "M"]))
+    age = int(rng.integers(22, 88))
+    diagnosis = str(rng.choice(_DIAGNOSES, p=[0.4, 0.3, 0.2, 0.1]))
+    if style == "bids":
+        return {"participant_id": f"sub-{key}", "sex": sex, "age": age, "diagnosis": diagnosis}
+    if style == "nnunet":
+        year = 2024 - age
+        return {
+            "PatientID": key,
+            "PatientName": f"DOE^{key[-4:]}",
+            "BirthDate": f"{year}{int(rng.integers(1, 13)):02d}15",
+            "Gender": {"F": "female", "M": "male"}[sex],
+            "AgeYears": age,
+            "Dx": diagnosis.upper(),
+        }
+    if style == "folders":
+        return {
+            "patient": key,
+            "sex": sex.lower(),
+            "age": age,
+            "diagnosis": diagnosis,
+            "weight_kg": round(float(rng.normal(75, 12)), 1),
+        }
+    return {
+        "case": key,
+        "Sex": {"F": "Female", "M": "Male"}[sex],
+        "Age": age,
+        "Indication": diagnosis,
+        "Address": f"{int(rng.integers(1, 999))} Main Street",
+    }
+
+
+def write_sheet(folder: Path, style: str, rows: list[dict]) -> str:
+    """Write the center's metadata sheet in its style; returns its file name."""
+    name, delimiter = {
+        "bids": ("participants.tsv", "\t"),
+        "nnunet": ("clinical.csv", ","),
+        "folders": ("metadata.csv", ","),
+        "flat": ("demographics.csv", ","),
+    }[style]
+    with open(folder / name, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+    return name
+
+
+def write_label_map(folder: Path, spec: CenterSpec) -> str:
+    """Write the center's label-map file in its style; returns its file name."""
+    # Four spellings of the same thing, as centers really send them.
+    if spec.style == "nnunet":
+        labels = {name: i for i, name in spec.label_map.items()}
+        doc = {"channel_names": {"0": "MRI"}, "labels": labels, "file_ending": ".nii.gz"}
+        (folder / "dataset.json").write_text(json.dumps(doc, indent=2))
+        return "dataset.json"
+    if spec.style == "folders":
+        lines = ["index,name"] + [f"{i},{n}" for i, n in spec.label_map.items()]
+        (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+        return "labels.csv"
+    if spec.style == "flat":
+        mapping = {name: i for i, name in spec.label_map.items() if i}
+    else:
+        mapping = {str(i): name for i, name in spec.label_map.items()}
+    (folder / "label_map.json").write_text(json.dumps(mapping, indent=2))
+    return "label_map.json"
