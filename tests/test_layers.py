@@ -164,3 +164,23 @@ def test_cli_mirrors_the_packages():
     helpers = {"main", "options", "output", "__init__"}
     on_disk = {p.stem for p in (ROOT / "cli").glob("*.py")} - helpers
     assert on_disk == names, f"cli modules not registered: {on_disk - names}"
+
+
+def test_a_missing_optional_package_names_its_extra(monkeypatch):
+    import xds.io.optional as opt
+    from xds.schemas.errors import MissingDependencyError, XdsError
+
+    def missing(name):
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name.split(".")[0])
+
+    monkeypatch.setattr(opt, "import_module", missing)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'xds-toolkit\[synth\]'") as err:
+        opt.optional("torch.nn.functional", "Anatomix synthesis", "synth")
+    assert isinstance(err.value, XdsError)  # the CLI prints it as one line, exit 1
+
+    def broken(name):  # torch is there but one of its own imports fails: keep that error
+        raise ModuleNotFoundError("No module named 'sympy'", name="sympy")
+
+    monkeypatch.setattr(opt, "import_module", broken)
+    with pytest.raises(ModuleNotFoundError, match="sympy"):
+        opt.optional("torch", "Anatomix synthesis", "synth")

@@ -313,3 +313,18 @@ def short_error(exc: BaseException) -> str:
     """An exception as one short line for a quarantine row."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+
+
+def scrubber(phi_of: dict[str, set[str]]):
+    """A function that replaces every identifier of ``phi_of`` in a text by its pseudonym.
+
+    ``phi_of`` maps a subject id to the names, IDs and dates of that subject's headers. One
+    pass of one regex (longest strings first), however many subjects the center has.
+    """
+    sid_of = {p.lower(): sid for sid, values in phi_of.items() for p in values if len(p) >= 3}
+    if not sid_of:
+        return lambda text: text
+    pattern = re.compile(
+        "|".join(re.escape(p) for p in sorted(sid_of, key=len, reverse=True)), re.I
+    )
+    return lambda text: pattern.sub(lambda m: sid_of[m.group(0).lower()], text)

@@ -26,7 +26,6 @@ are re-saved without header text; sidecars keep only acquisition technique field
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections import defaultdict
 from collections.abc import Callable
@@ -43,19 +42,17 @@ from xds.ingest.common import (
 )
 from xds.ingest.dicom.convert import SeriesJob, convert_series, dcm2niix_path
 from xds.ingest.dicom.headers import (
-    MODALITIES,
-    localizer_reason,
     phi_strings,
-    projection_reason,
+    scrubber,
     subject_key,
 )
 from xds.ingest.dicom.overrides import match_override, read_overrides
 from xds.ingest.dicom.series import (
     MIN_SLICES,
-    check_series_geometry,
     common_folder,
     ingested_series,
     series_facts,
+    series_problem,
     subjects_and_studies,
 )
 from xds.ingest.dicom.walk import (
@@ -156,18 +153,7 @@ def ingest_dicom(
         key = (subject_of_path(head["rel"]) if subject_of_path else None) or subject_key(head)
         subject_of[uid] = pseudonym(secret, dataset, center, key)
         phi_of[subject_of[uid]].update(phi_strings(head))
-    # One pass of one regex (longest strings first) however many subjects the center has.
-    sid_of = {p.lower(): sid for sid, values in phi_of.items() for p in values if len(p) >= 3}
-    phi_pattern = (
-        re.compile("|".join(re.escape(p) for p in sorted(sid_of, key=len, reverse=True)), re.I)
-        if sid_of
-        else None
-    )
-
-    def shown(rel: str) -> str:
-        if phi_pattern is None:
-            return rel
-        return phi_pattern.sub(lambda m: sid_of[m.group(0).lower()], rel)
+    shown = scrubber(phi_of)
 
     quarantine = Quarantine(catalog, report, root, run)
     record_source_names(catalog, relpaths, quarantine.keep)
@@ -195,32 +181,8 @@ def ingest_dicom(
             report.files_in_scans += len(files)
             continue
         first = head_of[uid]
-        modality = (first.get("modality") or "").upper()
-        if modality not in MODALITIES:
-            error = f"modality {modality or 'missing'} is not MR, CT or PT"
-            reject(label, "series", error, len(files))
-            continue
-        if reason := localizer_reason(first):
-            reject(label, "series", f"localizer, not a volume ({reason})", len(files))
-            continue
-        if reason := projection_reason(first):
-            reject(label, "series", f"projection image, not a volume ({reason})", len(files))
-            continue
-        if error := check_series_geometry(files):
-            reject(label, "geometry", error, len(files))
-            continue
-        slices = sum(h["frames"] for h in files)
-        if slices < min_slices:
-            error = f"not a volume: {slices} slice(s), fewer than the minimum of {min_slices}"
-            reject(label, "series", error, len(files))
-            continue
-        rows, columns = files[0]["size"]
-        if rows * columns * slices > voxel_limit(max_voxels):
-            error = (
-                f"{rows * columns * slices:,} voxels, over the limit of "
-                f"{voxel_limit(max_voxels):,} (raise it with --max-voxels or XDS_MAX_VOXELS)"
-            )
-            reject(label, "series", error, len(files))
+        if problem := series_problem(first, files, min_slices, voxel_limit(max_voxels)):
+            reject(label, *problem, len(files))
             continue
         subject_id = subject_of[uid]
         phi = tuple(sorted(phi_of[subject_id]))
@@ -292,24 +254,3 @@ def ingest_dicom(
     report.catalog_version = catalog.version
     report.quarantined = len(report.problems)
     return report
-
-
-# -- headers ---------------------------------------------------------------------------------
-
-
-# -- series checks ---------------------------------------------------------------------------
-
-
-# -- subjects and studies --------------------------------------------------------------------
-
-
-# -- conversion (worker) ---------------------------------------------------------------------
-
-
-# -- overrides, resume -----------------------------------------------------------------------
-
-
-
-
-
-

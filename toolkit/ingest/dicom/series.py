@@ -9,7 +9,14 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from xds.catalog import Catalog, utcnow
-from xds.ingest.dicom.headers import age_years, parse_date, seconds_of_day
+from xds.ingest.dicom.headers import (
+    MODALITIES,
+    age_years,
+    localizer_reason,
+    parse_date,
+    projection_reason,
+    seconds_of_day,
+)
 from xds.io.deid import age_bin, cap_age, clean_text, date_shift_days, pseudonym
 from xds.schemas.ids import acquisition_time_key
 
@@ -155,3 +162,32 @@ def ingested_series(catalog: Catalog, dataset: str, center: str) -> set[str]:
         [dataset, center],
     )
     return set(rows.column("series_uid_hash").to_pylist())
+
+
+def series_problem(first: dict, files: list[dict], min_slices: int,
+                   max_voxels: int) -> tuple[str, str] | None:  # fmt: skip
+    """Why a series cannot be a volume, as (stage, reason), or None when it can.
+
+    Checked in order: the modality (MR, CT or PT), a localizer, a projection image (MIP),
+    the geometry (:func:`check_series_geometry`), at least ``min_slices`` slices, and at
+    most ``max_voxels`` voxels, all before anything is converted.
+    """
+    modality = (first.get("modality") or "").upper()
+    if modality not in MODALITIES:
+        return "series", f"modality {modality or 'missing'} is not MR, CT or PT"
+    if reason := localizer_reason(first):
+        return "series", f"localizer, not a volume ({reason})"
+    if reason := projection_reason(first):
+        return "series", f"projection image, not a volume ({reason})"
+    if error := check_series_geometry(files):
+        return "geometry", error
+    slices = sum(h["frames"] for h in files)
+    if slices < min_slices:
+        return "series", f"not a volume: {slices} slice(s), fewer than the minimum of {min_slices}"
+    rows, columns = files[0]["size"]
+    if rows * columns * slices > max_voxels:
+        return "series", (
+            f"{rows * columns * slices:,} voxels, over the limit of {max_voxels:,} "
+            "(raise it with --max-voxels or XDS_MAX_VOXELS)"
+        )
+    return None
