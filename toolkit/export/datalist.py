@@ -61,9 +61,9 @@ def export_datalist(
         split: split name.
         out: the datalist file (``.json``); files go in the folder of the same name.
         fold: which fold of the split.
-        classes: classes to export (see :func:`xds.export.files.plan_export`).
+        classes: classes to export (see :func:`xds.labels.plan_export`).
         class_set: export the labels ``xds harmonize`` wrote for this class set, linked
-            as they are (see :func:`xds.export.files.plan_export`).
+            as they are (see :func:`xds.labels.plan_export`).
         partial: allow classes some label maps do not annotate (listed per entry).
         jobs: worker processes for label conversion.
         copy: copy files instead of hard-linking them.
@@ -71,7 +71,7 @@ def export_datalist(
 
     Raises:
         ExportError: ``out`` is not a .json file, a target is not empty without ``force``,
-            or the plan is refused (see :func:`~xds.export.files.plan_export`).
+            or the plan is refused (see :func:`~xds.labels.plan_export`).
     """
     out = Path(out).absolute()
     if out.suffix != ".json":

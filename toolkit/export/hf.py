@@ -77,9 +77,9 @@ def export_hf(
         split: split name.
         out: the dataset folder (``datasets.load_from_disk(out)`` reads it).
         fold: which fold of the split.
-        classes: classes to export (see :func:`xds.export.files.plan_export`).
+        classes: classes to export (see :func:`xds.labels.plan_export`).
         class_set: export the labels ``xds harmonize`` wrote for this class set, linked
-            as they are (see :func:`xds.export.files.plan_export`).
+            as they are (see :func:`xds.labels.plan_export`).
         partial: allow classes some label maps do not annotate (see ``annotated``).
         embed: store the NIfTI bytes in the dataset (``Nifti`` features) instead of paths.
         jobs: worker processes for label conversion.

@@ -67,7 +67,7 @@ def export_nnunet(
             every label map in the export names, so an organ one center does not annotate
             is never trained as background.
         class_set: export the labels ``xds harmonize`` wrote for this class set, linked
-            as they are (see :func:`xds.export.files.plan_export`).
+            as they are (see :func:`xds.labels.plan_export`).
         fold: which fold of the split to export.
         jobs: worker processes.
         link: hard-link images (and labels that need no remapping) instead of copying.

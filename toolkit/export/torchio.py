@@ -69,10 +69,10 @@ def cohort_subjects(
         split: split name; None gives every scan of the cohort (``role`` must be None).
         role: train, val, test or unlabeled; None gives every role of the split.
         fold: which fold of the split.
-        classes: classes of the ``label`` images (see :func:`xds.export.files.plan_export`);
+        classes: classes of the ``label`` images (see :func:`xds.labels.plan_export`);
             the subjects' ``classes`` attribute names them.
         class_set: read the labels ``xds harmonize`` wrote for this class set, as they
-            are (see :func:`xds.export.files.plan_export`).
+            are (see :func:`xds.labels.plan_export`).
         partial: allow classes some label maps do not annotate (see ``annotated``).
 
     Returns:
@@ -80,7 +80,7 @@ def cohort_subjects(
         (LabelMap, when the scan has one) and the metadata attributes.
 
     Raises:
-        ExportError: as :func:`xds.export.files.plan_export`, or a role without a split.
+        ExportError: as :func:`xds.labels.plan_export`, or a role without a split.
     """
     torch = optional("torch", "cohort_subjects", "train")
     tio = optional("torchio", "cohort_subjects", "train")
