@@ -307,7 +307,7 @@ class Catalog:
         """
         txn = Transaction()
         yield txn
-        if not txn.appends and not txn.updates:
+        if txn.empty:
             return
         with FileLock(str(self.root / LOCK_FILE)):
             head = version_rows(self.root)[-1]
@@ -316,10 +316,10 @@ class Catalog:
             tables = {t: txn.pending(t, current) for t in txn.appends}
             tables = {t: data for t, data in tables.items() if data.num_rows}
             txn.written = {t: data.num_rows for t, data in tables.items()}
-            if not tables and not txn.updates:
+            if not tables and not txn.updates and not txn.replacements:
                 self._move_to(current.version, recorded)
                 return
-            touched = set(tables) | {u[0] for u in txn.updates}
+            touched = set(tables) | {u[0] for u in (*txn.updates, *txn.replacements)}
             restore_orphans(self.root, {t: recorded[t] for t in touched})
             versions = dict(recorded)
             for table, key, values, changes in txn.updates:
@@ -332,6 +332,19 @@ class Catalog:
                     writer_properties=WRITER_PROPERTIES.get(table),
                 )
                 txn.written[table] = txn.written.get(table, 0) + metrics.get("num_updated_rows", 0)
+                versions[table] = dt.version()
+            for table, key, data, columns in txn.replacements:
+                dt = DeltaTable(str(self.root / table))
+                metrics = (
+                    dt.merge(data, predicate=f"t.{key} = s.{key}", source_alias="s",
+                             target_alias="t", writer_properties=WRITER_PROPERTIES.get(table),
+                             commit_properties=commit_props(table, operation))  # fmt: skip
+                    .when_matched_update(updates={c: f"s.{c}" for c in columns})
+                    .execute()
+                )
+                txn.written[table] = txn.written.get(table, 0) + metrics.get(
+                    "num_target_rows_updated", 0
+                )
                 versions[table] = dt.version()
             for table, data in tables.items():
                 write_deltalake(

@@ -24,7 +24,13 @@ class Transaction:
         self.appends: dict[str, list[pa.Table]] = {}
         self.unique: dict[str, tuple[str, ...]] = {}
         self.updates: list[tuple[str, str, list, dict]] = []
+        self.replacements: list[tuple[str, str, pa.Table, tuple[str, ...]]] = []
         self.written: dict[str, int] = {}
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to write."""
+        return not (self.appends or self.updates or self.replacements)
 
     def update(self, table: str, key: str, values: Sequence, changes: dict) -> None:
         """Set ``changes`` (column -> value) where ``key`` is in ``values``, at commit.
@@ -38,6 +44,23 @@ class Transaction:
                 raise CatalogError(f"{table}: no column {column!r}")
         if values:
             self.updates.append((table, key, list(values), dict(changes)))
+
+    def replace(self, table: str, key: str, rows: list[dict], columns: Sequence[str]) -> None:
+        """Set ``columns`` of the rows whose ``key`` matches one of ``rows``, at commit.
+
+        Each row brings its own values (one Delta MERGE for all of them), where
+        :meth:`update` sets one value everywhere. Rows whose key the table lacks are
+        ignored; earlier versions keep the old values.
+        """
+        schema = schema_for(table)
+        for column in (key, *columns):
+            if column not in schema.names:
+                raise CatalogError(f"{table}: no column {column!r}")
+        if rows:
+            fields = [schema.field(c) for c in (key, *columns)]
+            data = pa.Table.from_pylist([{c: r.get(c) for c in (key, *columns)} for r in rows],
+                                        schema=pa.schema(fields))  # fmt: skip
+            self.replacements.append((table, key, data, tuple(columns)))
 
     def append(
         self, table: str, rows: list[dict] | pa.Table, *, unique_by: Sequence[str] = ()

@@ -9,6 +9,7 @@ from xds.cli.options import (
     center_source,
     jobs_option,
     json_option,
+    key_options,
     max_voxels_option,
     show_paths_option,
 )
@@ -123,6 +124,13 @@ def ingest_nifti_cmd(
     help="Series with fewer slices are quarantined as not a volume (localizers, scouts, "
     "screenshots).",
 )
+@click.option(
+    "--metadata",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The center's clinical sheet (CSV/TSV) keyed by --key; joined to the subjects "
+    "through keyed pseudonyms, never stored by key (docs/dicom.md).",
+)
+@key_options
 @max_voxels_option
 @show_paths_option
 @jobs_option
@@ -136,6 +144,9 @@ def ingest_dicom_cmd(
     sequence_overrides,
     commit_every,
     min_slices,
+    metadata,
+    key,
+    key_column,
     max_voxels,
     show_paths,
     jobs,
@@ -163,6 +174,9 @@ def ingest_dicom_cmd(
         commit_every=commit_every,
         min_slices=min_slices,
         max_voxels=max_voxels,
+        metadata=metadata,
+        key=key,
+        key_column=key_column,
     )
     _print_ingest(report, f"ingest {center}", as_json, show_paths)
 
@@ -199,6 +213,37 @@ def ingest_dataset_cmd(state, name, directory, dataset, show_paths, jobs, as_jso
         state.catalog(create=True), name, directory, dataset=dataset, jobs=_jobs(jobs)
     )
     _print_ingest(report, f"ingest {name}", as_json, show_paths)
+
+
+@ingest.command("sheet")
+@click.argument("sheet", type=click.Path(exists=True, dir_okay=False))
+@click.option("--center", required=True, help="Center whose subjects the sheet describes.")
+@click.option("--dataset", help="Dataset name (default: the center name).")
+@key_options
+@json_option
+@click.pass_obj
+def ingest_sheet_cmd(state, sheet, center, dataset, key, key_column, as_json):
+    """Add or update a DICOM center's clinical data from a sheet keyed by MRN or accession.
+
+    Each key is turned into the pseudonym the DICOM ingest gave that patient (PatientID)
+    or study (AccessionNumber) under the catalog's key, then joined: sex, age, diagnosis,
+    race, ethnicity and the other non-identifying columns (in extra) are stored in one new
+    catalog version. Identifying columns are dropped; keys are never stored or printed,
+    only the matched and unmatched counts.
+    """
+    from xds.ingest import apply_sheet, read_keyed_sheet
+
+    catalog = state.catalog()
+    keyed = read_keyed_sheet(sheet, key, key_column=key_column, secret=catalog.secret())
+    report = apply_sheet(catalog, keyed, center=center, dataset=dataset)
+    for problem in report.problems:
+        warn(problem)
+    if as_json:
+        emit_json(report.summary())
+    else:
+        summary = report.summary()
+        summary.pop("problems")
+        print_kv(summary, f"sheet {center}")
 
 
 def _print_ingest(report, title: str, as_json: bool, show_paths: bool = False) -> None:

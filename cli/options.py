@@ -126,3 +126,18 @@ def resolve_jobs(jobs: int | None) -> int:
 def csv_list(text: str | None) -> list[str] | None:
     """A comma-separated option as a list (blanks dropped), None when not given."""
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def key_options(fn):
+    """Add ``--key`` and ``--key-column``: which hospital identifier keys a clinical sheet."""
+    fn = click.option(
+        "--key-column", help="The key column's name, when it is none of the usual ones "
+        "(PatientID, MRN, patient_id... / AccessionNumber, accession...).",
+    )(fn)  # fmt: skip
+    return click.option(
+        "--key",
+        type=click.Choice(["PatientID", "AccessionNumber"]),
+        default="PatientID",
+        show_default=True,
+        help="The DICOM attribute the sheet's key column holds (an MRN is the PatientID).",
+    )(fn)

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from xds.schemas.errors import SchemaError
 
-SCHEMA_VERSION = "5"
+SCHEMA_VERSION = "6"
 """Bumped whenever a table's columns change. Version 2 added the DICOM acquisition columns
 of ``scans``, the ``studies`` table and the harmonization columns of ``labels``; version 3
 the ``evaluations``, ``metrics`` and ``set_metrics`` tables; version 4 the ``runs`` and
@@ -102,6 +102,9 @@ _FIELDS: dict[str, list[pa.Field]] = {
         pa.field("n_series", pa.int32()),
         pa.field("added_at", _TS, nullable=False),
         pa.field("source", _STR, nullable=False),
+        # Added in schema version 6 (clinical sheets keyed by accession number): the keyed
+        # pseudonym of the study's AccessionNumber, never the number itself.
+        pa.field("accession_key", _STR),
     ],
     "labels": [
         pa.field("label_id", _STR, nullable=False),

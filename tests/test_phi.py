@@ -37,7 +37,7 @@ CANARIES = [
     "ZZCANARYSMITH", "MRN778899", "ZZCANARY^HIDDENPERSON", "ZZMRN-4417-CANARY",
     "ZZDESCRIPCANARY", "ZZEXTCANARY", "ZZSHEETNAME", "ZZDICOMPERSON", "ZZPID5512",
     "ZZACCESSION77", "ZZCANARY GENERAL HOSPITAL", "ZZDRWHO", "ZZSTATION9",
-    "ZZTRUNCCANARY",
+    "ZZTRUNCCANARY", "ZZCLINICALNAME", "ZZPIDUNMATCHED", "ZZACCUNMATCHED",
 ]  # fmt: skip
 SHEET_DOB = "19610203"
 UID_ROOT = "1.2.826.0.1.3680043.8.498.4417"  # source UIDs the test plants
@@ -168,8 +168,17 @@ def phi_run(tmp_path_factory):
     xds("ingest", "nifti", str(nifti), "--center", "Nif", "--dataset", "phi", "--layout",
         "folders", "--metadata", str(nifti / "metadata.csv"), "--label-map",
         str(nifti / "labels.json"), "-j", "2")  # fmt: skip
+    # the center's clinical sheets, keyed by MRN (at ingest) and by accession (afterwards)
+    by_mrn, by_accession = root / "clinical_mrn.csv", root / "clinical_acc.tsv"
+    by_mrn.write_text("MRN,Patient Name,diagnosis,notes\n"
+                      "ZZPID5512,ZZCLINICALNAME,pdac,seen twice\n"
+                      "ZZPIDUNMATCHED,ZZCLINICALNAME,normal,\n")  # fmt: skip
+    by_accession.write_text("AccessionNumber\tPatientID\tstage\n"
+                            "ZZACCESSION77\tZZPID5512\tIII\nZZACCUNMATCHED\tZZPID5512\tI\n")
     xds("ingest", "dicom", str(dicom), "--center", "Dcm", "--dataset", "phi", "-j", "2",
-        "--min-slices", "1")  # fmt: skip
+        "--min-slices", "1", "--metadata", str(by_mrn), "--key", "PatientID")  # fmt: skip
+    xds("ingest", "sheet", str(by_accession), "--center", "Dcm", "--dataset", "phi", "--key",
+        "AccessionNumber")  # fmt: skip
     xds("build-cohort", "--where", "dataset = 'phi' AND has_label", "--name", "all")
     xds("split", "all", "--ratios", "50,0,50", "--stratify", "")
     exports = root / "exports"
@@ -227,6 +236,10 @@ def test_every_kind_of_input_was_exercised(phi_run):
         assert reason in errors
     assert cat.count("scans") >= 5  # both NIfTI subjects, phantom series and pydicom's
     assert {r["modality"] for r in cat.read("scans").to_pylist()} >= {"MR", "CT"}
+    # both clinical sheets reached the subject of the canary patient, by pseudonyms only
+    sheets = [r for r in cat.read("subjects", "center = 'Dcm'").to_pylist() if r["diagnosis"]]
+    assert [r["diagnosis"] for r in sheets] == ["pdac"]
+    assert dict(sheets[0]["extra"]) == {"notes": "seen twice", "stage": "III"}
 
 
 def test_no_canary_uid_or_date_in_any_stored_byte(phi_run):

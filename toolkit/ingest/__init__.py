@@ -3,9 +3,12 @@
 - :func:`ingest_nifti`: a NIfTI folder (layouts, label maps, metadata sheets);
 - :func:`ingest_dicom`: a DICOM export, converted with dcm2niix and classified;
 - :func:`ingest_dataset`: a public dataset through its adapter (:data:`ADAPTERS`);
-- :func:`set_sequence`: correct a scan's sequence by hand.
+- :func:`set_sequence`: correct a scan's sequence by hand;
+- :func:`read_keyed_sheet` + :func:`apply_sheet`: a DICOM center's clinical sheet keyed by
+  MRN or accession number (:mod:`xds.ingest.clinical`).
 """
 
+from xds.ingest.clinical import SheetReport, apply_sheet, read_keyed_sheet
 from xds.ingest.common import IngestReport
 from xds.ingest.datasets import ADAPTERS, ingest_dataset
 from xds.ingest.dicom import DicomIngestReport, ingest_dicom, set_sequence
@@ -15,8 +18,11 @@ __all__ = [
     "ADAPTERS",
     "DicomIngestReport",
     "IngestReport",
+    "SheetReport",
+    "apply_sheet",
     "ingest_dataset",
     "ingest_dicom",
     "ingest_nifti",
+    "read_keyed_sheet",
     "set_sequence",
 ]

@@ -32,6 +32,14 @@ _SUBJECT = (
     "amos_id",  # AMOS labeled_data_meta_0000_0599.csv
     "image_id",  # TotalSegmentator meta.csv
 )
+KEY_COLUMNS = {
+    "PatientID": ("patientid", "patient_id", "mrn", "medical_record_number", "patient_number",
+                  "pid", "patient"),
+    "AccessionNumber": ("accessionnumber", "accession_number", "accession", "accession_no",
+                        "acc"),
+}  # fmt: skip
+"""Column names of a clinical sheet's key, per DICOM attribute it holds (normalized)."""
+
 _FIELDS = {
     "sex": ("sex", "gender", "patient_s_sex", "patientsex"),
     "age": ("age", "age_years", "ageyears", "age_at_scan", "patientage", "patient_s_age"),
@@ -59,8 +67,16 @@ def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
 
 
-def read_sheet(path: str | Path, shown: Callable[[str], str] | None = None) -> dict[str, dict]:
+def read_sheet(
+    path: str | Path,
+    shown: Callable[[str], str] | None = None,
+    key_columns: tuple[str, ...] | None = None,
+) -> dict[str, dict]:
     """Subject rows of a sheet, keyed by the subject key as it appears in paths.
+
+    With ``key_columns`` (normalized names; the first one present is the key) the sheet
+    is keyed by a hospital identifier such as an MRN: no column naming a subject, patient
+    or accession goes to ``extra``, whatever its name.
 
     A subject may appear on several rows only when they agree: rows that give one subject
     different values are refused, naming the subject by ``shown(key)`` (its pseudonym; the
@@ -86,9 +102,14 @@ def read_sheet(path: str | Path, shown: Callable[[str], str] | None = None) -> d
     if not rows:
         return {}
     columns = {_norm(c): c for c in rows[0]}
-    subject_col = next((columns[c] for c in _SUBJECT if c in columns), None)
+    candidates = key_columns or _SUBJECT
+    subject_col = next((columns[c] for c in candidates if c in columns), None)
     if subject_col is None:
-        raise IngestError(f"{path}: no subject column (expected one of: {', '.join(_SUBJECT)})")
+        what = "key" if key_columns else "subject"
+        raise IngestError(
+            f"{path}: no {what} column (expected one of: {', '.join(candidates)})"
+        )
+    identifying = {*_SUBJECT, *(c for names in KEY_COLUMNS.values() for c in names)}
     field_cols = {
         f: next((columns[c] for c in names if c in columns), None) for f, names in _FIELDS.items()
     }
@@ -130,6 +151,7 @@ def read_sheet(path: str | Path, shown: Callable[[str], str] | None = None) -> d
             _norm(c): v
             for c, v in row.items()
             if c not in used and c is not None and v not in (None, "") and not is_phi_column(c)
+            and not (key_columns and _norm(c) in identifying)
         }
         for alias in _aliases(key):
             out[alias] = record

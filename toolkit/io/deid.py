@@ -358,3 +358,17 @@ def source_name_digests(catalog_root: Path) -> set[str]:
 def name_digest(secret: bytes, name: str) -> str:
     """The keyed hash of one lower-case source path component."""
     return hmac.new(secret, b"source-name\0" + name.encode(), hashlib.sha256).hexdigest()[:24]
+
+
+def patient_key(secret: bytes, dataset: str, center: str, patient_id: str) -> str:
+    """The subject id ``xds ingest dicom`` gives a DICOM patient ID.
+
+    A clinical sheet keyed by PatientID (an MRN) joins on it.
+    """
+    return pseudonym(secret, dataset, center, "id:" + patient_id.strip())
+
+
+def accession_key(secret: bytes, accession: str | None) -> str | None:
+    """The keyed pseudonym of an accession number (``studies.accession_key``), or None."""
+    accession = (accession or "").strip()
+    return pseudonym(secret, "accession", accession, prefix="acc") if accession else None

@@ -111,3 +111,40 @@ def write_label_map(folder: Path, spec: CenterSpec) -> str:
         mapping = {str(i): name for i, name in spec.label_map.items()}
     (folder / "label_map.json").write_text(json.dumps(mapping, indent=2))
     return "label_map.json"
+
+
+CLINICAL_KEYS = ("PatientID", "AccessionNumber")
+"""What a DICOM center's clinical sheet is keyed by, alternating over the centers."""
+
+
+def write_clinical_sheet(folder: Path, center: str, index: int, subjects: list, seed: int):
+    """Write a DICOM center's clinical sheet, keyed as hospitals key them; return its facts.
+
+    ``subjects``: (person, studies, sequences) per subject. Even centers key the sheet by
+    MRN (the PatientID in the headers), one row per patient; odd centers by accession
+    number, one row per study. Each row carries the patient's name (identifying: ingest
+    must drop it), a diagnosis and stage, and what the catalog can check independently:
+    the sequences acquired and the number of visits.
+    """
+    key = CLINICAL_KEYS[index % len(CLINICAL_KEYS)]
+    rng = np.random.default_rng([seed, 7, index])  # its own stream: the images stay as they were
+    rows = []
+    for person, studies, sequences in subjects:
+        facts = {
+            "Patient Name": person.name.replace("^", ", "),
+            "diagnosis": str(rng.choice(_DIAGNOSES)),
+            "stage": str(rng.choice(["I", "II", "III", "IV"])),
+            "sequences": "+".join(sorted(sequences)),
+            "visits": str(len(studies)),
+        }
+        if key == "PatientID":
+            rows.append({"MRN": person.patient_id, **facts})
+        else:
+            rows.extend({"Accession Number": s.accession, **facts} for s in studies)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{center}.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return {"path": f"{folder.name}/{path.name}", "key": key, "rows": len(rows)}

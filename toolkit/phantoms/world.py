@@ -40,6 +40,7 @@ from xds.phantoms.records import (
     demographics,
     hash_name,
     subject_key,
+    write_clinical_sheet,
     write_label_map,
     write_sheet,
 )
@@ -458,6 +459,11 @@ def _generate_dicom(
         )
     results = progress_map(_write_subject, jobs_list, jobs=jobs, description="phantoms (DICOM)")
     for c, center in enumerate(manifest_centers):
+        # the center's clinical sheet sits beside its folder (ingest walks only the folder)
+        subjects = [(job.person, job.studies, job.sequences) for job in jobs_list
+                    if job.center.name == center["name"]]  # fmt: skip
+        center["clinical"] = write_clinical_sheet(out / "clinical", center["name"], c, subjects,
+                                                  seed)  # fmt: skip
         series = [
             r
             for job, written in zip(jobs_list, results, strict=True)

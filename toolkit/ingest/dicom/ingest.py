@@ -34,6 +34,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from xds.catalog import Catalog, utcnow
+from xds.ingest.clinical import apply_sheet, read_keyed_sheet
 from xds.ingest.common import (
     IngestReport,
     Quarantine,
@@ -78,6 +79,7 @@ class DicomIngestReport(IngestReport):
     files_quarantined: int = 0
     studies_added: int = 0
     sequences: dict[str, int] = field(default_factory=dict)
+    sheet: dict | None = None  # the clinical sheet's matched / unmatched counts
 
 
 def ingest_dicom(
@@ -93,6 +95,9 @@ def ingest_dicom(
     subject_of_path: Callable[[str], str | None] | None = None,
     min_slices: int = MIN_SLICES,
     max_voxels: int | None = None,
+    metadata: str | Path | None = None,
+    key: str = "PatientID",
+    key_column: str | None = None,
 ) -> DicomIngestReport:
     """Convert, classify, de-identify and register a center's DICOM series.
 
@@ -114,11 +119,21 @@ def ingest_dicom(
         min_slices: series with fewer slices (frames) are quarantined as not a volume.
         max_voxels: series with more voxels are quarantined before conversion (default
             :data:`xds.io.images.MAX_VOXELS` or ``XDS_MAX_VOXELS``).
+        metadata: a clinical sheet keyed by ``key`` (see :mod:`xds.ingest.clinical`),
+            read before anything is converted and joined to the subjects once they are in.
+        key: the DICOM attribute the sheet's key column holds: ``PatientID`` (an MRN) or
+            ``AccessionNumber``.
+        key_column: the key column's name when it is none of the usual ones.
 
     Raises:
-        IngestError: the folder, names or override file are unusable as a whole.
+        IngestError: the folder, names, override file or sheet are unusable as a whole.
     """
     root, dataset = check_source(root, center, dataset)
+    sheet = (
+        read_keyed_sheet(metadata, key, key_column=key_column, secret=catalog.secret())
+        if metadata is not None
+        else None
+    )
     if commit_every < 1:
         raise IngestError("commit_every must be at least 1")
     overrides = read_overrides(sequence_overrides) if sequence_overrides else []
@@ -251,6 +266,8 @@ def ingest_dicom(
             commit()
     finally:
         shutil.rmtree(workroot, ignore_errors=True)
+    if sheet is not None:
+        report.sheet = apply_sheet(catalog, sheet, center=center, dataset=dataset).summary()
     report.catalog_version = catalog.version
     report.quarantined = len(report.problems)
     return report

@@ -17,7 +17,7 @@ from xds.ingest.dicom.headers import (
     projection_reason,
     seconds_of_day,
 )
-from xds.io.deid import age_bin, cap_age, clean_text, date_shift_days, pseudonym
+from xds.io.deid import accession_key, age_bin, cap_age, clean_text, date_shift_days, pseudonym
 from xds.schemas.ids import acquisition_time_key
 
 MIN_SLICES = 5
@@ -124,6 +124,7 @@ def subjects_and_studies(head_of, subject_of, dataset, center, run, secret):
                 "n_series": len(members),
                 "added_at": now,
                 "source": run,
+                "accession_key": accession_key(secret, members[0].get("accession")),
             }
     return subjects, studies
 
