@@ -234,7 +234,8 @@ def ingest_sheet_cmd(state, sheet, center, dataset, key, key_column, as_json):
     from xds.ingest import apply_sheet, read_keyed_sheet
 
     catalog = state.catalog()
-    keyed = read_keyed_sheet(sheet, key, key_column=key_column, secret=catalog.secret())
+    keyed = read_keyed_sheet(sheet, key, key_column=key_column, secret=catalog.secret(),
+                             center=center, dataset=dataset)  # fmt: skip
     report = apply_sheet(catalog, keyed, center=center, dataset=dataset)
     for problem in report.problems:
         warn(problem)

@@ -132,3 +132,10 @@ def test_bad_sheets_are_one_line_and_the_rest_goes_on(world, tmp_path):
         assert secret not in ran.output
     dx = [r["diagnosis"] for r in Catalog.open(catalog).read("subjects").to_pylist()]
     assert sorted(dx, key=str) == sorted([None, None] + ["ipmn"] * (len(patients) - 2), key=str)
+    # one MRN on rows that disagree: refused, naming the subject the catalog knows, not the MRN
+    sheet.write_text(f"MRN,diagnosis\n{patients[2]},pdac\n{patients[2]},normal\n")
+    ran = _xds(catalog, "ingest", "sheet", str(sheet), "--center", "B", ok=False)
+    assert ran.exit_code == 1
+    assert patients[2] not in ran.output
+    subjects = {r["subject_id"] for r in Catalog.open(catalog).read("subjects").to_pylist()}
+    assert [s for s in subjects if s in ran.output], ran.output

@@ -58,7 +58,13 @@ class KeyedSheet:
 
 
 def read_keyed_sheet(
-    path: str | Path, key: str, *, key_column: str | None = None, secret: bytes = b""
+    path: str | Path,
+    key: str,
+    *,
+    key_column: str | None = None,
+    secret: bytes = b"",
+    center: str = "",
+    dataset: str | None = None,
 ) -> KeyedSheet:
     """Read a clinical sheet keyed by ``key`` (``PatientID`` or ``AccessionNumber``).
 
@@ -67,7 +73,9 @@ def read_keyed_sheet(
         key: the DICOM attribute the key column holds.
         key_column: the key column's name when it is none of the usual ones
             (:data:`xds.ingest.sheets.KEY_COLUMNS`).
-        secret: the catalog's key, to name a subject in an error by its pseudonym.
+        secret: the catalog's key, so that an error names a patient by its subject id.
+        center: the sheet's center (for that subject id).
+        dataset: the center's dataset (default: the center's name).
 
     Raises:
         IngestError: an unknown key, an unreadable sheet, no key column, a bad value, or
@@ -79,7 +87,7 @@ def read_keyed_sheet(
 
     def shown(raw: str) -> str:
         if key == "PatientID":
-            return patient_key(secret, "sheet", "sheet", raw)
+            return patient_key(secret, dataset or center, center, raw)
         return accession_key(secret, raw) or "a row"
 
     return KeyedSheet(key, read_sheet(path, shown, key_columns=columns))

@@ -130,7 +130,8 @@ def ingest_dicom(
     """
     root, dataset = check_source(root, center, dataset)
     sheet = (
-        read_keyed_sheet(metadata, key, key_column=key_column, secret=catalog.secret())
+        read_keyed_sheet(metadata, key, key_column=key_column, secret=catalog.secret(),
+                         center=center, dataset=dataset)  # fmt: skip
         if metadata is not None
         else None
     )
