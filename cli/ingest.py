@@ -215,6 +215,44 @@ def ingest_dataset_cmd(state, name, directory, dataset, show_paths, jobs, as_jso
     _print_ingest(report, f"ingest {name}", as_json, show_paths)
 
 
+@ingest.command("labels")
+@center_source
+@click.option("--label-map", type=click.Path(exists=True, dir_okay=False),
+              help="Index -> class file (JSON, CSV, nnU-Net dataset.json).")
+@click.option("--match", default="auto", show_default=True,
+              help="How masks find their series: a manifest CSV (mask, series_uid), "
+              "'series' (a SeriesInstanceUID names the file or its folder), 'grid' (the one "
+              "scan with the same voxel grid) or 'auto' (series, else grid).")
+@click.option("--origin", default="manual", show_default=True,
+              help="The labels' origin: manual, revised, pseudo...")
+@show_paths_option
+@json_option
+@click.pass_obj
+def ingest_labels_cmd(state, directory, center, dataset, label_map, match, origin, show_paths,
+                      as_json):  # fmt: skip
+    """Pair NIfTI masks drawn on a center's DICOM series with its scans, and register them.
+
+    The series DICOM ingest converted must be in the catalog. Series UIDs are compared as
+    keyed hashes (none is stored); a mask stored in another axis order of the same grid is
+    reoriented without resampling; a mask whose grid differs, an unknown series or an
+    ambiguous grid is quarantined with its reason. A re-run adds nothing.
+    """
+    from pathlib import Path
+
+    from xds.ingest import ingest_labels
+
+    manifest = None
+    if match not in ("auto", "series", "grid"):
+        if not Path(match).is_file():
+            raise click.BadParameter(f"{match}: not a file, nor auto, series or grid",
+                                     param_hint="--match")  # fmt: skip
+        manifest, match = match, "auto"
+    report = ingest_labels(state.catalog(), directory, center=center, dataset=dataset,
+                           label_map=label_map, manifest=manifest, match=match,
+                           origin=origin)  # fmt: skip
+    _print_ingest(report, f"labels {center}", as_json, show_paths)
+
+
 @ingest.command("sheet")
 @click.argument("sheet", type=click.Path(exists=True, dir_okay=False))
 @click.option("--center", required=True, help="Center whose subjects the sheet describes.")

@@ -148,3 +148,21 @@ def write_clinical_sheet(folder: Path, center: str, index: int, subjects: list, 
         writer.writeheader()
         writer.writerows(rows)
     return {"path": f"{folder.name}/{path.name}", "key": key, "rows": len(rows)}
+
+
+def write_mask_manifest(folder: Path, spec: CenterSpec, series: list[dict]) -> dict:
+    """Write the manifest pairing a DICOM center's masks with their series, and its label map.
+
+    ``series``: the generator's records (``mask``: the mask's path under the world folder,
+    ``series_uid``: the source series). Returns where they are, relative to the world.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "manifest.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["mask", "series_uid"])
+        for record in series:
+            writer.writerow([Path(record["mask"]).name, record["series_uid"]])
+    label_map = write_label_map(folder, spec)
+    base = Path(folder.parent.name) / folder.name
+    return {"path": base.as_posix(), "manifest": (base / "manifest.csv").as_posix(),
+            "label_map": (base / label_map).as_posix()}  # fmt: skip

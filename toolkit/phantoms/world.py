@@ -42,6 +42,7 @@ from xds.phantoms.records import (
     subject_key,
     write_clinical_sheet,
     write_label_map,
+    write_mask_manifest,
     write_sheet,
 )
 
@@ -226,7 +227,7 @@ def _write_subject(job: _SubjectJob) -> list[dict]:
 
 def _write_dicom_subject(job: _SubjectJob) -> list[dict]:
     """Write a subject's series as DICOM; return one record per series (with its truth)."""
-    affine, _, images = _render_subject(job)
+    affine, labels, images = _render_subject(job)
     rng = np.random.default_rng([job.seed, 5, hash_name(job.center.name), job.index])
     root = Path(job.root)
     written = []
@@ -255,9 +256,13 @@ def _write_dicom_subject(job: _SubjectJob) -> list[dict]:
                 )
                 write_dataset(ds, path)
                 first = first or path
+            # the annotator's mask of this series, on the generator's grid (NIfTI, as sent)
+            mask = Path("annotations") / job.center.name / f"mask_{job.index}_{number}.nii.gz"
+            _save(labels, affine, root.parent / mask)
             written.append(
                 {
                     "series_uid": series_uid,
+                    "mask": mask.as_posix(),
                     "sequence": sequence,
                     "patient_id": job.person.patient_id,
                     "description": str(datasets[0].SeriesDescription),
@@ -459,17 +464,15 @@ def _generate_dicom(
         )
     results = progress_map(_write_subject, jobs_list, jobs=jobs, description="phantoms (DICOM)")
     for c, center in enumerate(manifest_centers):
-        # the center's clinical sheet sits beside its folder (ingest walks only the folder)
-        subjects = [(job.person, job.studies, job.sequences) for job in jobs_list
-                    if job.center.name == center["name"]]  # fmt: skip
+        mine = [(job, written) for job, written in zip(jobs_list, results, strict=True)
+                if job.center.name == center["name"]]  # fmt: skip
+        series = [r for _, written in mine for r in written]
+        # beside the center's folder: its clinical sheet, the annotators' masks and manifest
+        subjects = [(job.person, job.studies, job.sequences) for job, _ in mine]
         center["clinical"] = write_clinical_sheet(out / "clinical", center["name"], c, subjects,
                                                   seed)  # fmt: skip
-        series = [
-            r
-            for job, written in zip(jobs_list, results, strict=True)
-            if job.center.name == center["name"]
-            for r in written
-        ]
+        center["annotations"] = write_mask_manifest(out / "annotations" / center["name"],
+                                                    specs[c], series)  # fmt: skip
         center["series"] = series
         center["scans_per_sequence"] = {
             s: sum(r["sequence"] == s for r in series) for s in sequences
