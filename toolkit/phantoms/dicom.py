@@ -287,6 +287,7 @@ def series_datasets(
         ds.PatientAddress = person.address
         ds.StudyInstanceUID = study.uid
         ds.SeriesInstanceUID = series_uid
+        ds.FrameOfReferenceUID = uid(study.uid, "frame-of-reference")  # one per visit
         ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study.date
         ds.StudyTime = _tm(study.start_seconds)
         # each series some minutes after the last, so visits differ in time of day too

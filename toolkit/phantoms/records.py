@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import nibabel as nib
 import numpy as np
 
 if TYPE_CHECKING:
@@ -166,3 +167,58 @@ def write_mask_manifest(folder: Path, spec: CenterSpec, series: list[dict]) -> d
     base = Path(folder.parent.name) / folder.name
     return {"path": base.as_posix(), "manifest": (base / "manifest.csv").as_posix(),
             "label_map": (base / label_map).as_posix()}  # fmt: skip
+
+
+def write_segmentation(path: Path, datasets: list, labels: np.ndarray, names: dict[int, str]):
+    """Write the DICOM SEG of one phantom series with highdicom, as an annotator's tool would.
+
+    ``datasets``: the series' slices (slice k holds ``labels[:, :, k].T``, the generator's
+    pixel order); ``names``: the center's label index -> class. Segments are numbered from
+    1 in index order and coded with the vocabulary's SNOMED CT codes.
+    """
+    import highdicom as hd
+    from highdicom.sr.coding import CodedConcept
+
+    from xds.schemas.vocabulary import vocabulary
+
+    vocab = vocabulary()
+    classes = [(i, n) for i, n in sorted(names.items()) if i and n != "background"]
+    lut = np.zeros(max(names) + 1, np.uint8)
+    descriptions = []
+    for number, (index, name) in enumerate(classes, start=1):
+        lut[index] = number
+        code = vocab.code(name)
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=name,
+            segmented_property_category=CodedConcept("91723000", "SCT", "Anatomical structure"),
+            segmented_property_type=CodedConcept(code, "SCT", name) if code
+            else CodedConcept("85756007", "SCT", "Tissue"),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        ))  # fmt: skip
+    frames = np.stack([lut[labels[:, :, k].T] for k in range(labels.shape[2])])
+    source = datasets[0]
+    seg = hd.seg.Segmentation(
+        source_images=datasets, pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(), series_number=900 + int(source.SeriesNumber),
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="xds phantoms",
+        manufacturer_model_name="annotator", software_versions="1", device_serial_number="1",
+    )  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(path)
+
+
+def write_annotations(folder: Path, name: str, labels, affine, datasets, names) -> str:
+    """Write a series' annotations as a center sends them; return the mask's world path.
+
+    The NIfTI mask an annotator drew, on the generator's grid, and the same labels as a
+    DICOM SEG, both beside (not in) the center's folder.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    image = nib.Nifti1Image(labels.astype(np.uint8), affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    nib.save(image, folder / f"mask_{name}.nii.gz")
+    write_segmentation(folder / "seg" / f"seg_{name}.dcm", datasets, labels, names)
+    return f"{folder.parent.name}/{folder.name}/mask_{name}.nii.gz"

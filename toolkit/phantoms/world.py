@@ -40,6 +40,7 @@ from xds.phantoms.records import (
     demographics,
     hash_name,
     subject_key,
+    write_annotations,
     write_clinical_sheet,
     write_label_map,
     write_mask_manifest,
@@ -256,13 +257,13 @@ def _write_dicom_subject(job: _SubjectJob) -> list[dict]:
                 )
                 write_dataset(ds, path)
                 first = first or path
-            # the annotator's mask of this series, on the generator's grid (NIfTI, as sent)
-            mask = Path("annotations") / job.center.name / f"mask_{job.index}_{number}.nii.gz"
-            _save(labels, affine, root.parent / mask)
+            mask = write_annotations(root.parent / "annotations" / job.center.name,
+                                     f"{job.index}_{number}", labels, affine, datasets,
+                                     job.center.label_map)  # fmt: skip
             written.append(
                 {
                     "series_uid": series_uid,
-                    "mask": mask.as_posix(),
+                    "mask": mask,
                     "sequence": sequence,
                     "patient_id": job.person.patient_id,
                     "description": str(datasets[0].SeriesDescription),
@@ -467,7 +468,6 @@ def _generate_dicom(
         mine = [(job, written) for job, written in zip(jobs_list, results, strict=True)
                 if job.center.name == center["name"]]  # fmt: skip
         series = [r for _, written in mine for r in written]
-        # beside the center's folder: its clinical sheet, the annotators' masks and manifest
         subjects = [(job.person, job.studies, job.sequences) for job, _ in mine]
         center["clinical"] = write_clinical_sheet(out / "clinical", center["name"], c, subjects,
                                                   seed)  # fmt: skip

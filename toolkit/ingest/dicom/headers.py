@@ -15,6 +15,7 @@ from pydicom.errors import InvalidDicomError
 from xds.ingest.sheets import parse_age
 
 _DICOMDIR_SOP = "1.2.840.10008.1.3.10"
+SEG_SOP = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
 
 
 MODALITIES = ("MR", "CT", "PT")
@@ -95,6 +96,8 @@ def _read_header(root: Path, rel: str, seen: set[str]) -> dict:
             "rel": rel,
             "problem": ("read", "DICOMDIR index (its images are read from the tree)"),
         }
+    if sop == SEG_SOP:  # an annotation: placed on its series once the series is a scan
+        return {"rel": rel, "annotation": "seg"}
     sop_name = pydicom.uid.UID(sop).name if sop else "unknown SOP class"
     if "Rows" not in ds or "Columns" not in ds:
         if "Image" in sop_name:

@@ -48,6 +48,7 @@ from xds.ingest.dicom.headers import (
     subject_key,
 )
 from xds.ingest.dicom.overrides import match_override, read_overrides
+from xds.ingest.dicom.segmentations import attach_segmentations
 from xds.ingest.dicom.series import (
     MIN_SLICES,
     common_folder,
@@ -158,7 +159,7 @@ def ingest_dicom(
 
     by_series: dict[str, list[dict]] = defaultdict(list)
     for h in headers:
-        if not h.get("problem"):
+        if not h.get("problem") and not h.get("annotation"):
             by_series[h["series_uid"]].append(h)
     # The series-level facts: the first header of each series read in full.
     head_of = {uid: next(h for h in files if "modality" in h) for uid, files in by_series.items()}
@@ -267,6 +268,15 @@ def ingest_dicom(
             commit()
     finally:
         shutil.rmtree(workroot, ignore_errors=True)
+    annotations = [h["rel"] for h in headers if h.get("annotation")]
+    if annotations:
+        labels, maps = attach_segmentations(catalog, root, annotations, dataset=dataset,
+                                            center=center, run=run, quarantine=quarantine)
+        with catalog.transaction(f"ingest dicom {dataset}/{center}: annotations") as txn:
+            txn.append("label_maps", maps, unique_by=["label_map_id"])
+            txn.append("labels", labels, unique_by=["label_id"])
+            txn.append("quarantine", quarantine.take(), unique_by=["uri", "error"])
+        report.labels_added += txn.written.get("labels", 0)
     if sheet is not None:
         report.sheet = apply_sheet(catalog, sheet, center=center, dataset=dataset).summary()
     report.catalog_version = catalog.version

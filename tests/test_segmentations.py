@@ -1,0 +1,136 @@
+"""DICOM SEG annotations placed on their source series (``xds ingest dicom``)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from click.testing import CliRunner
+
+from xds.catalog import Catalog
+from xds.cli.main import cli
+from xds.phantoms import generate_world
+
+
+def _xds(catalog: Path, *args):
+    result = CliRunner().invoke(cli, ["--catalog", str(catalog), *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout) if "--json" in args else result
+
+
+def _names(path: Path, mapping: dict[int, str]) -> tuple:
+    image = nib.load(path)
+    data = np.asanyarray(image.dataobj).astype(int)
+    lookup = np.array([mapping.get(i, f"?{i}") for i in range(int(data.max()) + 1)], object)
+    return image, lookup[data]
+
+
+def _same_classes_in_world(label: Path, label_map: dict, truth: Path, truth_map: dict) -> bool:
+    """Every voxel of ``label`` names the class the voxel of ``truth`` at its world position
+    names (label values differ between the two: segment numbers vs the center's indices)."""
+    image, names = _names(label, label_map)
+    other, wanted = _names(truth, truth_map)
+    ijk = np.argwhere(np.ones(image.shape, bool))
+    there = nib.affines.apply_affine(np.linalg.inv(other.affine) @ image.affine, ijk)
+    index = np.rint(there).astype(int)
+    if not np.allclose(there, index, atol=0.02) or (index < 0).any() or (
+        index >= other.shape
+    ).any():
+        return False
+    return bool((names[tuple(ijk.T)] == wanted[tuple(index.T)]).all())
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg")
+    manifest = generate_world(root / "w", format="dicom", centers=1, subjects_per_center=2,
+                              shape=(16, 16, 8), sequences=("T1W", "T2W"), seed=4,
+                              broken=False)  # fmt: skip
+    return root, manifest["centers"][0]
+
+
+def test_seg_files_are_the_generators_truth_on_the_converted_grid(world, tmp_path):
+    root, info = world
+    notes = root / "w" / info["annotations"]["path"]
+    truth_map = {int(k): v for k, v in json.loads((notes / "label_map.json").read_text()).items()}
+    catalog = tmp_path / "c"
+    # a SEG whose series is not in the catalog yet: quarantined with that reason
+    early = _xds(catalog, "ingest", "dicom", str(notes / "seg"), "--center", "A", "--json")
+    assert early["labels_added"] == 0
+    assert all("series is not in the catalog" in p["error"] for p in early["problems"])
+    _xds(catalog, "ingest", "dicom", str(root / "w" / info["path"]), "--center", "A")
+    # a later run over a folder holding only annotations attaches them
+    report = _xds(catalog, "ingest", "dicom", str(notes / "seg"), "--center", "A", "--json")
+    assert report["labels_added"] == len(info["series"])
+    assert report["quarantined"] == 0
+    cat = Catalog.open(catalog)
+    maps = {r["label_map_id"]: dict(zip(r["indices"], r["names"], strict=True))
+            for r in cat.read("label_maps").to_pylist()}  # fmt: skip
+    scans = {s["scan_id"]: s for s in cat.read("scans").to_pylist()}
+    truths = sorted(notes.glob("mask_*.nii.gz"))
+    labels = cat.read("labels").to_pylist()
+    assert len({lab["scan_id"] for lab in labels}) == len(info["series"])
+    for label in labels:
+        path = cat.resolve(label["uri"])
+        image = nib.load(cat.resolve(scans[label["scan_id"]]["image_uri"]))
+        assert nib.load(path).shape == image.shape
+        assert np.allclose(nib.load(path).affine, image.affine, atol=1e-3)
+        assert any(_same_classes_in_world(path, maps[label["label_map"]], t, truth_map)
+                   for t in truths)  # fmt: skip
+        assert label["origin"] == "manual"
+        assert set(label["classes_annotated"]) == set(truth_map.values()) - {"background"}
+    # a re-run adds nothing; no identifier the SEG headers carry reaches a stored byte
+    again = _xds(catalog, "ingest", "dicom", str(notes / "seg"), "--center", "A", "--json")
+    assert again["labels_added"] == 0
+    needles = [p.lower().encode() for p in info["phi"] if len(p) > 3]
+    for path in catalog.rglob("*"):
+        if path.is_file() and path.name != ".xds-secret":
+            data = path.read_bytes().lower()
+            assert not [n for n in needles if n in data], path
+
+
+def test_bad_seg_files_are_quarantined_and_the_rest_attached(world, tmp_path):
+    root, info = world
+    notes = root / "w" / info["annotations"]["path"]
+    tree = tmp_path / "center"
+    shutil.copytree(root / "w" / info["path"], tree)
+    segs = sorted((notes / "seg").glob("*.dcm"))
+    # SEG files inside the center's own tree are attached in the same run ...
+    shutil.copy(segs[0], tree / "good.dcm")
+    # ... a frame moved off the voxel grid, an unknown segment, overlapping segments
+    off = pydicom.dcmread(segs[1])
+    step = float(off.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing[0])
+    position = off.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0]
+    moved = [float(v) for v in position.ImagePositionPatient]
+    moved[0] += 0.4 * step  # four tenths of a pixel sideways
+    position.ImagePositionPatient = moved
+    off.save_as(tree / "off_grid.dcm")
+    unknown = pydicom.dcmread(segs[2])
+    unknown.SegmentSequence[0].SegmentLabel = "zzfrobnicator"
+    unknown.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue = "123456789"
+    unknown.save_as(tree / "unknown.dcm")
+    overlap = pydicom.dcmread(segs[3])
+    groups = overlap.PerFrameFunctionalGroupsSequence
+    ident = groups[0].SegmentIdentificationSequence[0]
+    twin = next(g for g in groups
+                if g.PlanePositionSequence[0].ImagePositionPatient
+                == groups[0].PlanePositionSequence[0].ImagePositionPatient
+                and g.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+                != ident.ReferencedSegmentNumber)  # fmt: skip
+    # the first frame's segment also covers the pixels of another segment in that plane
+    frames = overlap.pixel_array
+    other = list(groups).index(twin)
+    frames[0] = np.maximum(frames[0], frames[other])
+    overlap.PixelData = pydicom.pixels.pack_bits(frames.astype(np.uint8))
+    overlap.save_as(tree / "overlap.dcm")
+    catalog = tmp_path / "c"
+    report = _xds(catalog, "ingest", "dicom", str(tree), "--center", "A", "--json")
+    errors = " | ".join(p["error"] for p in report["problems"])
+    assert "does not lie on its series' voxel grid" in errors
+    assert "unknown class name 'zzfrobnicator'" in errors
+    assert "overlap" in errors
+    assert report["quarantined"] == 3
+    assert report["labels_added"] == 1  # the good SEG, in the same run as its series

@@ -1,0 +1,176 @@
+"""DICOM SEG objects turned into label maps on their source series' converted grid.
+
+``xds ingest dicom`` finds SEG files among the images, or in a later run over a folder that
+holds only annotations. Each is read with highdicom and linked to its source series by
+ReferencedSeriesSequence; the series must already be a scan of the catalog (the series UID
+is compared as a keyed hash), else the SEG is quarantined with that reason and a re-run
+after the series arrives attaches it.
+
+Placement uses the SEG's own geometry: every pixel of every frame is put where its
+ImagePositionPatient, ImageOrientationPatient and PixelSpacing say, on the voxel grid of
+the stored scan; a frame that does not fall on that grid's voxel centres is a quarantine
+reason. Segments are named through the vocabulary from their SegmentedPropertyType code
+(SNOMED CT) or, failing that, their SegmentLabel; fractional segments count where the
+fraction is at least one half. Segments that overlap are refused with their numbers: a
+label map holds one class per voxel. The label's values are the segment numbers; its
+origin follows SegmentAlgorithmType (MANUAL -> manual, SEMIAUTOMATIC -> revised,
+AUTOMATIC -> pseudo, the least manual segment deciding).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from xds.catalog import Catalog, utcnow
+from xds.ingest.common import Quarantine
+from xds.ingest.nifti import _label_map_id
+from xds.io.deid import pseudonym
+from xds.io.images import read_volume, store_volume
+from xds.schemas.errors import IngestError, SchemaError
+from xds.schemas.ids import stable_id
+from xds.schemas.vocabulary import vocabulary
+
+ORIGIN_OF = {"MANUAL": "manual", "SEMIAUTOMATIC": "revised", "AUTOMATIC": "pseudo"}
+_RANK = ("manual", "revised", "pseudo")
+
+
+def attach_segmentations(
+    catalog: Catalog, root: Path, rels: list[str], *, dataset: str, center: str, run: str,
+    quarantine: Quarantine,
+) -> tuple[list[dict], list[dict]]:  # fmt: skip
+    """The ``labels`` and ``label_maps`` rows of the SEG files ``rels`` (problems quarantined)."""
+    if not rels:
+        return [], []
+    scans = {
+        r["series_uid_hash"]: r
+        for r in catalog.latest().read("scans", "dataset = ? AND center = ?", [dataset, center])
+        .to_pylist()
+        if r["series_uid_hash"]
+    }
+    import highdicom as hd  # a large import: only when there are SEG files
+
+    secret = catalog.secret()
+    labels, maps = [], {}
+    now = utcnow()
+    with tempfile.TemporaryDirectory(dir=catalog.root) as scratch:
+        for n, rel in enumerate(rels):
+            try:
+                seg = hd.seg.segread(root / rel)
+                ref = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
+                scan = scans.get(pseudonym(secret, "series", ref, prefix="ser"))
+                if scan is None:
+                    raise IngestError("its source series is not in the catalog (ingest it, "
+                                      "then run again)")  # fmt: skip
+                mapping, origin = segment_classes(seg)
+                image = read_volume(catalog.resolve(scan["image_uri"]))
+                data = place_frames(seg, image.affine, image.shape)
+            except IngestError as exc:
+                quarantine.add(rel, "annotation", f"DICOM SEG: {exc}")
+                continue
+            except Exception as exc:  # pydicom / highdicom raise many types on odd files
+                quarantine.add(rel, "annotation", f"DICOM SEG unreadable ({type(exc).__name__})")
+                continue
+            path = Path(scratch) / f"{n}.nii.gz"
+            out = nib.Nifti1Image(data, image.affine)
+            out.set_qform(image.affine, code=1)
+            out.set_sform(image.affine, code=1)
+            nib.save(out, path)
+            volume = read_volume(path)
+            label_id = stable_id("lbl", scan["scan_id"], volume.hash)
+            uri = (Path("data") / dataset / scan["subject_id"] / f"{label_id}.nii.gz").as_posix()
+            store_volume(volume, catalog.root / uri, link=False)
+            names = {0: "background", **mapping}
+            map_id = _label_map_id(dataset, names)
+            maps[map_id] = {"label_map_id": map_id, "dataset": dataset, "indices": list(names),
+                            "names": list(names.values()), "source": "DICOM SEG",
+                            "created_at": now}  # fmt: skip
+            present = sorted({mapping[int(v)] for v in np.unique(data) if v})
+            labels.append({
+                "label_id": label_id, "scan_id": scan["scan_id"], "uri": uri,
+                "hash": volume.hash, "label_map": map_id, "origin": origin,
+                "classes_present": present, "classes_annotated": sorted(set(mapping.values())),
+                "created_at": now, "source": run,
+            })  # fmt: skip
+    return labels, list(maps.values())
+
+
+def segment_classes(seg) -> tuple[dict[int, str], str]:
+    """Segment number -> canonical class, and the label's origin.
+
+    Raises:
+        IngestError: a segment whose code and label the vocabulary does not know, or two
+            segments naming one class.
+    """
+    vocab = vocabulary()
+    by_code = {vocab.code(n): n for n in vocab.names if vocab.code(n)}
+    mapping: dict[int, str] = {}
+    origins = []
+    for item in seg.SegmentSequence:
+        number = int(item.SegmentNumber)
+        codes = item.get("SegmentedPropertyTypeCodeSequence") or []
+        code = str(codes[0].CodeValue) if codes else ""
+        name = by_code.get(code) if codes and codes[0].CodingSchemeDesignator in ("SCT", "SRT")\
+            else None  # fmt: skip
+        if name is None:
+            try:
+                name = vocab.resolve(str(item.get("SegmentLabel") or ""))
+            except SchemaError as exc:
+                raise IngestError(f"segment {number} (code {code or 'none'}): {exc}") from None
+        if name in mapping.values():
+            raise IngestError(f"segments {[k for k, v in mapping.items() if v == name][0]} and "
+                              f"{number} both name {name}")  # fmt: skip
+        mapping[number] = name
+        origins.append(ORIGIN_OF.get(str(item.get("SegmentAlgorithmType", "MANUAL")), "manual"))
+    return mapping, max(origins, key=_RANK.index) if origins else "manual"
+
+
+def place_frames(seg, affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """The SEG's segments as one label volume on the grid ``affine`` / ``shape``.
+
+    Raises:
+        IngestError: a frame off the grid's voxel centres or outside it, or overlapping
+            segments.
+    """
+    pixels = np.asarray(seg.pixel_array)
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    if str(seg.SegmentationType) == "FRACTIONAL":
+        pixels = pixels >= float(seg.MaximumFractionalValue) / 2
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    to_voxel = np.linalg.inv(affine) @ np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS mm -> voxel
+    rows, cols = pixels.shape[1:]
+    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    out = np.zeros(shape, np.uint16)
+    owner = np.zeros(shape, np.uint16)
+    for f, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        orient = _item(group, shared, "PlaneOrientationSequence").ImageOrientationPatient
+        spacing = [float(v) for v in _item(group, shared, "PixelMeasuresSequence").PixelSpacing]
+        origin = np.array(group.PlanePositionSequence[0].ImagePositionPatient, float)
+        row_dir, col_dir = np.array(orient[:3], float), np.array(orient[3:], float)
+        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        lps = (origin + c[..., None] * spacing[1] * row_dir + r[..., None] * spacing[0] * col_dir)
+        ijk = nib.affines.apply_affine(to_voxel, lps.reshape(-1, 3))
+        index = np.rint(ijk).astype(int)
+        if not np.allclose(ijk, index, atol=0.05):
+            raise IngestError(f"frame {f + 1} does not lie on its series' voxel grid")
+        if (index < 0).any() or (index >= shape).any():
+            raise IngestError(f"frame {f + 1} lies outside its series' volume")
+        hit = pixels[f].reshape(-1) > 0
+        where = tuple(index[hit].T)
+        clash = owner[where][(owner[where] != 0) & (owner[where] != number)]
+        if clash.size:
+            raise IngestError(f"segments {int(clash[0])} and {number} overlap (frame {f + 1}); "
+                              "a label map holds one class per voxel")  # fmt: skip
+        owner[where] = number
+        out[where] = number
+    return out
+
+
+def _item(group, shared, name: str):
+    """A functional group's item: the frame's own, else the shared one."""
+    own = group.get(name)
+    return own[0] if own else shared.get(name)[0]
