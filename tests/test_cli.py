@@ -168,7 +168,9 @@ def test_dicom_commands(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{") :])
     assert report["scans_added"] == len(center["series"])
-    assert report["files_in_scans"] + report["files_quarantined"] == report["files_found"]
+    assert report["files_in_scans"] + report["files_in_labels"] + report["files_quarantined"] == (
+        report["files_found"]
+    )
     assert any("not a DICOM file" in p["error"] for p in report["problems"])
     scan = json.loads(
         CliRunner()

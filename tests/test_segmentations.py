@@ -134,3 +134,74 @@ def test_bad_seg_files_are_quarantined_and_the_rest_attached(world, tmp_path):
     assert "overlap" in errors
     assert report["quarantined"] == 3
     assert report["labels_added"] == 1  # the good SEG, in the same run as its series
+
+
+def _source_series(seg: pydicom.Dataset, folder: Path) -> None:
+    """The CT series a real SEG references, rebuilt from the SEG's own references and frame
+    geometry (the SEG ships without it): same UIDs, positions, orientation and spacing."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    ref = seg.ReferencedSeriesSequence[0]
+    by_sop = {}
+    for group in seg.PerFrameFunctionalGroupsSequence:
+        source = group.DerivationImageSequence[0].SourceImageSequence[0]
+        by_sop[source.ReferencedSOPInstanceUID] = group.PlanePositionSequence[0]
+    folder.mkdir(parents=True)
+    for n, (sop, plane) in enumerate(sorted(by_sop.items(), key=lambda kv: float(
+            kv[1].ImagePositionPatient[2])), start=1):  # fmt: skip
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = sop
+        ds.Modality, ds.PatientID, ds.PatientName = "CT", seg.PatientID, seg.PatientName
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = seg.StudyInstanceUID, ref.SeriesInstanceUID
+        ds.FrameOfReferenceUID, ds.SeriesNumber, ds.InstanceNumber = seg.FrameOfReferenceUID, 1, n
+        ds.ImagePositionPatient = plane.ImagePositionPatient
+        ds.ImageOrientationPatient = shared.PlaneOrientationSequence[0].ImageOrientationPatient
+        ds.PixelSpacing = shared.PixelMeasuresSequence[0].PixelSpacing
+        ds.SliceThickness = shared.PixelMeasuresSequence[0].SliceThickness
+        ds.Rows, ds.Columns = seg.Rows, seg.Columns
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = np.full((seg.Rows, seg.Columns), 1000 + n, np.int16).tobytes()
+        ds.save_as(folder / f"{n}.dcm", enforce_file_format=True)
+
+
+def test_a_real_seg_lands_where_its_frames_say(tmp_path):
+    """pydicom-data's liver.dcm, a SEG other tools wrote (SRT code T-62000, SEMIAUTOMATIC)."""
+    data_store = pytest.importorskip("data_store")
+    real = Path(data_store.__file__).parent / "data" / "liver.dcm"
+    seg = pydicom.dcmread(real)
+    tree = tmp_path / "center"
+    _source_series(seg, tree / "ct")
+    shutil.copy(real, tree / "liver_seg.dcm")
+    catalog = tmp_path / "c"
+    report = _xds(catalog, "ingest", "dicom", str(tree), "--center", "R", "--min-slices", "1",
+                  "--json")  # fmt: skip
+    assert report["scans_added"] == 1
+    assert report["files_in_labels"] == 1
+    cat = Catalog.open(catalog)
+    (label,) = cat.read("labels").to_pylist()
+    assert label["origin"] == "revised"  # SEMIAUTOMATIC
+    assert label["classes_present"] == ["liver"]  # by its label: T-62000 is an SRT code
+    # every segmented pixel, placed by the DICOM formula from the SEG's own frame geometry,
+    # is a liver voxel of the stored label, and nothing else is
+    image = nib.load(cat.resolve(label["uri"]))
+    stored = np.asanyarray(image.dataobj)
+    world = np.round(nib.affines.apply_affine(image.affine, np.argwhere(stored > 0)), 1)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    dy, dx = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
+    iop = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    expected = []
+    for frame, group in zip(seg.pixel_array, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        r, c = np.nonzero(frame)
+        origin = np.array(group.PlanePositionSequence[0].ImagePositionPatient, float)
+        lps = origin + np.outer(c * dx, iop[:3]) + np.outer(r * dy, iop[3:])
+        expected.append(lps * [-1, -1, 1])  # DICOM LPS -> NIfTI RAS
+    expected = np.round(np.concatenate(expected), 1)
+    assert len(world) == len(expected) == int((seg.pixel_array > 0).sum())
+    assert set(map(tuple, world)) == set(map(tuple, expected))

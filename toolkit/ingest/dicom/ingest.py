@@ -78,6 +78,7 @@ class DicomIngestReport(IngestReport):
     series_skipped: int = 0  # already in the catalog
     files_in_scans: int = 0  # files of series that are (now or already) catalog scans
     files_quarantined: int = 0
+    files_in_labels: int = 0  # DICOM SEG files now labels of the catalog's scans
     studies_added: int = 0
     sequences: dict[str, int] = field(default_factory=dict)
     sheet: dict | None = None  # the clinical sheet's matched / unmatched counts
@@ -277,6 +278,8 @@ def ingest_dicom(
             txn.append("labels", labels, unique_by=["label_id"])
             txn.append("quarantine", quarantine.take(), unique_by=["uri", "error"])
         report.labels_added += txn.written.get("labels", 0)
+        report.files_in_labels = len(labels)
+        report.files_quarantined += len(annotations) - len(labels)
     if sheet is not None:
         report.sheet = apply_sheet(catalog, sheet, center=center, dataset=dataset).summary()
     report.catalog_version = catalog.version
