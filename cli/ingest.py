@@ -161,6 +161,10 @@ def ingest_dicom_cmd(
     pseudonyms and dates are shifted per subject. Unreadable files, non-images, broken
     or inconsistent series are quarantined with their reason; the rest goes on. Re-running
     (also after a crash) converts only the series not yet in the catalog.
+
+    DICOM SEG objects in DIRECTORY (with the images, or alone in a later run) become labels
+    of their source series' scans. --metadata joins the center's clinical sheet, keyed by
+    MRN (PatientID) or AccessionNumber, through keyed pseudonyms (see docs/dicom.md).
     """
     from xds.ingest import ingest_dicom
 
