@@ -96,7 +96,7 @@ def main() -> None:
     world = work / "world"
     manifest = generate_world(world, format="dicom", centers=1, subjects_per_center=args.subjects,
                               sequences=("T1W", "T2W", "OOP", "IP"), shape=shape, seed=0,
-                              jobs=args.jobs, broken=False)  # fmt: skip
+                              jobs=args.jobs, broken=False, annotations=False)  # fmt: skip
     center = world / manifest["centers"][0]["path"]
     files = sum(1 for p in center.rglob("*") if p.is_file())
     series = len(manifest["centers"][0]["series"])

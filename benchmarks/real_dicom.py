@@ -112,7 +112,8 @@ def phantom_accuracy(work: Path, subjects: int) -> tuple[int, int]:
 
     manifest = generate_world(work / "world", format="dicom", centers=8,
                               subjects_per_center=subjects, sequences=("T1W", "T2W", "OOP", "IP"),
-                              shape=(24, 24, 12), seed=11, jobs=2, broken=False)  # fmt: skip
+                              shape=(24, 24, 12), seed=11, jobs=2, broken=False,
+                              annotations=False)  # fmt: skip
     catalog = Catalog.create(work / "catalog")
     for c in manifest["centers"]:
         ingest_dicom(catalog, work / "world" / c["path"], center=c["name"], jobs=2)

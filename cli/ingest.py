@@ -241,19 +241,10 @@ def ingest_labels_cmd(state, directory, center, dataset, label_map, match, origi
     reoriented without resampling; a mask whose grid differs, an unknown series or an
     ambiguous grid is quarantined with its reason. A re-run adds nothing.
     """
-    from pathlib import Path
-
     from xds.ingest import ingest_labels
 
-    manifest = None
-    if match not in ("auto", "series", "grid"):
-        if not Path(match).is_file():
-            raise click.BadParameter(f"{match}: not a file, nor auto, series or grid",
-                                     param_hint="--match")  # fmt: skip
-        manifest, match = match, "auto"
     report = ingest_labels(state.catalog(), directory, center=center, dataset=dataset,
-                           label_map=label_map, manifest=manifest, match=match,
-                           origin=origin)  # fmt: skip
+                           label_map=label_map, match=match, origin=origin)  # fmt: skip
     _print_ingest(report, f"labels {center}", as_json, show_paths)
 
 

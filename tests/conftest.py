@@ -5,12 +5,14 @@ Tests that write to a catalog copy it into their own tmp_path first.
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from xds.catalog import Catalog
@@ -99,3 +101,72 @@ def write_predictions():
     spleen, pancreas = 1, 2, 3), perfect for every other scan and shifted 2 voxels for the
     rest; returns scan_id -> (prediction, reference, spacing, annotated classes)."""
     return _write_predictions
+
+
+# -- checks several test modules share ----------------------------------------------------
+
+
+def _searchable(path: Path) -> list[tuple[str, bytes]]:
+    """The raw bytes of a file and, where it is compressed or columnar, its decoded text."""
+    raw = path.read_bytes()
+    out = [("raw", raw)]
+    if raw[:2] == b"\x1f\x8b":
+        out.append(("gunzip", gzip.decompress(raw)))
+    if path.name.endswith(".parquet"):
+        table = pq.read_table(path)
+        out.append(("cells", json.dumps(table.to_pylist(), default=str).encode()))
+    return out
+
+
+def _leaks(paths: list[Path], needles, base: Path) -> list[str]:
+    """Where any of ``needles`` (case-insensitive) stands in a file's name, bytes, gunzipped
+    bytes or Parquet cells; one line per finding."""
+    found = []
+    lowered = {n.lower().encode() for n in needles if n}
+    for path in paths:
+        names = path.relative_to(base).as_posix().lower().encode("utf-8", "surrogateescape")
+        for needle in lowered:
+            if needle in names:
+                found.append(f"{path.relative_to(base)} (its name): {needle!r}")
+        for kind, data in _searchable(path):
+            data = data.lower()
+            found += [f"{path.relative_to(base)} ({kind}): {n!r}" for n in lowered if n in data]
+    return found
+
+
+@pytest.fixture(scope="session")
+def find_leaks():
+    """``find_leaks(folder, needles)``: identifiers found in any stored byte under ``folder``
+    (the catalog's key file aside), as one line each."""
+
+    def find(folder: Path, needles, base: Path | None = None) -> list[str]:
+        folders = folder if isinstance(folder, list | tuple) else [folder]
+        paths = [p for f in folders for p in Path(f).rglob("*")
+                 if p.is_file() and p.name != ".xds-secret"]  # fmt: skip
+        return _leaks(paths, needles, base or Path(folders[0]))
+
+    return find
+
+
+def _values_in_world(path, truth_path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The voxels of ``path`` and those of ``truth_path`` at the same world positions, in
+    one order; None when ``path``'s voxel centres are not ``truth_path``'s (storage order
+    may differ, nothing is resampled)."""
+    image, truth = nib.load(path), nib.load(truth_path)
+    data, want = np.asanyarray(image.dataobj), np.asanyarray(truth.dataobj)
+    if data.size != want.size:
+        return None
+    ijk = np.argwhere(np.ones(data.shape, bool))
+    there = nib.affines.apply_affine(np.linalg.inv(truth.affine) @ image.affine, ijk)
+    index = np.rint(there).astype(int)
+    if not np.allclose(there, index, atol=0.02) or (index < 0).any() or (
+        index >= want.shape
+    ).any():
+        return None
+    return data[tuple(ijk.T)], want[tuple(index.T)]
+
+
+@pytest.fixture(scope="session")
+def values_in_world():
+    """``values_in_world(path, truth)``: both volumes' voxels paired by world position."""
+    return _values_in_world

@@ -63,7 +63,8 @@ def planted(ingested, tmp_path_factory):
     ]
     # one study under two subject ids: same study UID, then a regenerated one
     world = generate_world(root / "dicom", format="dicom", centers=1, subjects_per_center=2,
-                           shape=(24, 24, 12), sequences=("T1W", "T2W"), broken=False)  # fmt: skip
+                           shape=(24, 24, 12), sequences=("T1W", "T2W"), broken=False,
+                           annotations=False)  # fmt: skip
     center = world["centers"][0]
     ingest_dicom(cat, root / "dicom" / center["path"], center="DicomA", dataset="dcm")
     patient, series = _one_series(root / "dicom" / center["path"], root / "one_series")

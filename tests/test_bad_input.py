@@ -144,7 +144,7 @@ def dicom_center(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_dicom") / "world"
     manifest = generate_world(root, format="dicom", centers=1, subjects_per_center=6,
                               sequences=("T1W", "T2W", "OOP"), shape=(24, 24, 12), seed=11,
-                              broken=False)  # fmt: skip
+                              broken=False, annotations=False)  # fmt: skip
     return root / manifest["centers"][0]["path"], manifest["centers"][0]
 
 

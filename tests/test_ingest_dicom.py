@@ -28,7 +28,8 @@ WORLD = {"centers": 4, "subjects_per_center": 6, "shape": (24, 24, 12), "seed": 
 @pytest.fixture(scope="session")
 def dicom_world(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("dicom") / "world"
-    manifest = generate_world(root, format="dicom", sequences=SEQUENCES, jobs=2, **WORLD)
+    manifest = generate_world(root, format="dicom", sequences=SEQUENCES, jobs=2,
+                              annotations=False, **WORLD)  # fmt: skip
     # A stray file inside a folder named after a patient: its quarantine row must not
     # carry the name.
     nested = next(c for c in manifest["centers"] if c["layout"] == "nested")

@@ -113,9 +113,8 @@ def apply_sheet(
     secret = catalog.secret()
     targets = _targets(catalog, sheet, secret, dataset, center, stored, report)
     by_subject: dict[str, list[tuple[str, dict]]] = defaultdict(list)
-    for raw, record in sheet.rows.items():
-        for sid in targets.get(raw, ()):
-            by_subject[sid].append((targets[raw][sid], record))
+    for raw, (sid, row) in targets.items():
+        by_subject[sid].append((row, sheet.rows[raw]))
     changed = []
     for sid, entries in sorted(by_subject.items()):
         values = [_values(r) for _, r in entries]
@@ -136,14 +135,18 @@ def apply_sheet(
     return report
 
 
-def _targets(catalog, sheet, secret, dataset, center, stored, report) -> dict[str, dict]:
-    """Raw key -> {subject id: how to name the row in a message}; counts unmatched rows."""
-    out: dict[str, dict] = {}
+def _targets(catalog, sheet, secret, dataset, center, stored, report) -> dict[str, tuple]:
+    """Raw key -> (its subject id, how to name its row in a message).
+
+    Only keys that match exactly one subject are kept; the unmatched ones are counted and
+    the ambiguous ones reported.
+    """
+    out: dict[str, tuple] = {}
     if sheet.key == "PatientID":
         for n, raw in enumerate(sheet.rows, start=1):
             sid = patient_key(secret, dataset, center, raw)
             if sid in stored:
-                out[raw] = {sid: f"#{n}"}
+                out[raw] = (sid, f"#{n}")
             else:
                 report.unmatched += 1
         return out
@@ -165,7 +168,7 @@ def _targets(catalog, sheet, secret, dataset, center, stored, report) -> dict[st
                 f"({', '.join(sorted(found))}); row #{n} skipped"
             )
         else:
-            out[raw] = {next(iter(found)): f"#{n}"}
+            out[raw] = (next(iter(found)), f"#{n}")
     return out
 
 

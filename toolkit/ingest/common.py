@@ -1,7 +1,9 @@
-"""What every ingest path shares: the run report, name checks and quarantine rows."""
+"""What every ingest path shares: the run report, name checks, quarantine rows and labels."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import secrets
@@ -10,7 +12,9 @@ from pathlib import Path
 
 from xds.catalog import Catalog, utcnow
 from xds.io.deid import matches_scrubbed, scrub_message, scrub_path
+from xds.io.images import Volume, store_volume
 from xds.schemas.errors import IngestError
+from xds.schemas.ids import stable_id
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -165,3 +169,30 @@ def locate_quarantined(catalog: Catalog, root: str | Path, rows: list[dict]) -> 
             ]
         out.append(sorted(str(p) for p in level) if parts else [])
     return out
+
+
+def label_map_id(dataset: str, mapping: dict[int, str] | None) -> str:
+    """The id of a dataset's label map: the same map always gets the same id."""
+    text = json.dumps(sorted((mapping or {}).items()))
+    return f"{dataset}:{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def label_map_row(map_id: str, dataset: str, names: dict[int, str], source: str, now) -> dict:
+    """A ``label_maps`` row: index -> class name (background included)."""
+    return {"label_map_id": map_id, "dataset": dataset, "indices": list(names),
+            "names": list(names.values()), "source": source, "created_at": now}  # fmt: skip
+
+
+def store_label(
+    catalog_root: Path, volume: Volume, *, dataset: str, subject_id: str, scan_id: str,
+    link: bool = True,
+) -> tuple[str, str]:  # fmt: skip
+    """Store a scan's label beside its image; returns (label_id, uri).
+
+    The id is the scan's and the voxels' (a re-run stores the same file under the same
+    name); the file goes under ``data/<dataset>/<subject>/``.
+    """
+    label_id = stable_id("lbl", scan_id, volume.hash)
+    uri = (Path("data") / dataset / subject_id / f"{label_id}.nii.gz").as_posix()
+    store_volume(volume, Path(catalog_root) / uri, link=link)
+    return label_id, uri

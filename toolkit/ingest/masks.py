@@ -29,13 +29,20 @@ import nibabel as nib
 import numpy as np
 
 from xds.catalog import Catalog, utcnow
-from xds.ingest.common import IngestReport, Quarantine, check_source, run_id
-from xds.ingest.nifti import _check_label, _label_map_id
+from xds.ingest.common import (
+    IngestReport,
+    Quarantine,
+    check_source,
+    label_map_id,
+    label_map_row,
+    run_id,
+    store_label,
+)
+from xds.ingest.nifti import check_label
 from xds.ingest.sheets import canonical_label_map
 from xds.io.deid import pseudonym
-from xds.io.images import Volume, nifti_files, read_volume, store_volume
+from xds.io.images import Grid, Volume, nifti_files, read_volume, write_volume
 from xds.schemas.errors import IngestError
-from xds.schemas.ids import stable_id
 from xds.schemas.tables import LABEL_ORIGINS
 
 MATCHES = ("auto", "series", "grid")
@@ -59,8 +66,7 @@ def ingest_labels(
     center: str,
     dataset: str | None = None,
     label_map: str | Path | None = None,
-    manifest: str | Path | None = None,
-    match: str = "auto",
+    match: str | Path = "auto",
     origin: str = "manual",
 ) -> IngestReport:
     """Pair the NIfTI masks under ``root`` with the center's scans and register them.
@@ -72,21 +78,22 @@ def ingest_labels(
         dataset: its dataset (default: the center's name).
         label_map: index -> class file (JSON, CSV, nnU-Net dataset.json); without it classes
             are ``label_<index>``.
-        manifest: CSV with ``mask`` and ``series_uid`` columns (it wins over ``match``).
-        match: ``auto`` (a series UID in the path, else the grid), ``series`` (the UID
-            only) or ``grid`` (the grid only).
+        match: a manifest CSV with ``mask`` and ``series_uid`` columns, or ``auto`` (a
+            series UID in the path, else the grid), ``series`` (the UID only) or ``grid``
+            (the grid only).
         origin: the labels' origin (manual, revised, pseudo...).
 
     Raises:
         IngestError: an unusable folder, label map or manifest, or no scan of the center.
     """
     root, dataset = check_source(root, center, dataset)
-    if match not in MATCHES:
-        raise IngestError(f"--match must be a manifest file or one of {', '.join(MATCHES)}")
+    mode = str(match) if str(match) in MATCHES else "manifest"
+    if mode == "manifest" and not Path(match).is_file():
+        raise IngestError(f"--match {match}: not a manifest file, nor one of {', '.join(MATCHES)}")
     if origin not in LABEL_ORIGINS:
         raise IngestError(f"--origin must be one of {', '.join(LABEL_ORIGINS)}, not {origin!r}")
     mapping = canonical_label_map(label_map) if label_map is not None else None
-    by_mask = _read_manifest(Path(manifest), root) if manifest is not None else {}
+    by_mask = _read_manifest(Path(match), root) if mode == "manifest" else {}
     secret = catalog.secret()
     scans = [
         _Scan(r["scan_id"], r["subject_id"], r["image_uri"], r["series_uid_hash"])
@@ -96,38 +103,41 @@ def ingest_labels(
     if not scans:
         raise IngestError(f"no scan of center {center!r} in dataset {dataset!r} to label")
     by_series = {s.series_uid_hash: s for s in scans if s.series_uid_hash}
-    grids = {s.scan_id: _grid(catalog.resolve(s.image_uri)) for s in scans}
+    grids: dict[str, tuple] = {}  # scan -> world corners, read (headers only) when first needed
     masks = [p.relative_to(root).as_posix() for p in nifti_files(root)]
     run = run_id()
     report = IngestReport(dataset, center, run, "masks", files_found=len(masks))
     quarantine = Quarantine(catalog, report, root, run)
-    map_id = _label_map_id(dataset, mapping)
+    map_id = label_map_id(dataset, mapping)
     now = utcnow()
     labels = []
     with tempfile.TemporaryDirectory(dir=catalog.root) as scratch:
         for rel in masks:
             try:
                 mask = read_volume(root / rel)
-                uid = by_mask.get(rel) or (_uid_in_path(rel) if match != "grid" else None)
-                if uid is None and (manifest is not None or match == "series"):
+                uid = by_mask.get(rel) or (_uid_in_path(rel) if mode != "grid" else None)
+                if uid is None and mode in ("manifest", "series"):
                     raise IngestError("no series UID names it" + (" in the manifest"
-                                      if manifest is not None else ""))  # fmt: skip
+                                      if mode == "manifest" else ""))  # fmt: skip
                 if uid is not None:
                     scan = by_series.get(pseudonym(secret, "series", uid, prefix="ser"))
                     if scan is None:
                         raise IngestError("its series is not in the catalog (ingest the DICOM "
                                           "first)")  # fmt: skip
                 else:
+                    if not grids:
+                        grids.update((s.scan_id, _corners(Grid.of(catalog.resolve(s.image_uri))))
+                                     for s in scans)  # fmt: skip
                     scan = _by_grid(mask, scans, grids)
-                image = read_volume(catalog.resolve(scan.image_uri))
+                image = Grid.of(catalog.resolve(scan.image_uri))
                 mask = _onto(mask, image, Path(scratch))
-                classes = _check_label(mask.data, mask.affine, image, mapping)
+                classes = check_label(mask.data, mask.affine, image, mapping)
             except IngestError as exc:
                 quarantine.add(rel, "label", str(exc))
                 continue
-            label_id = stable_id("lbl", scan.scan_id, mask.hash)
-            uri = (Path("data") / dataset / scan.subject_id / f"{label_id}.nii.gz").as_posix()
-            store_volume(mask, catalog.root / uri, link=False)
+            label_id, uri = store_label(catalog.root, mask, dataset=dataset,
+                                        subject_id=scan.subject_id, scan_id=scan.scan_id,
+                                        link=False)  # fmt: skip
             labels.append({
                 "label_id": label_id, "scan_id": scan.scan_id, "uri": uri, "hash": mask.hash,
                 "label_map": map_id, "origin": origin, "classes_present": classes,
@@ -135,13 +145,8 @@ def ingest_labels(
                 if mapping else None,
                 "created_at": now, "source": run,
             })  # fmt: skip
-    names = mapping or {0: "background"}
-    map_row = {
-        "label_map_id": map_id, "dataset": dataset, "indices": list(names),
-        "names": list(names.values()),
-        "source": quarantine.uri(Path(label_map).name) if label_map else "none given",
-        "created_at": now,
-    }  # fmt: skip
+    source = quarantine.uri(Path(label_map).name) if label_map else "none given"
+    map_row = label_map_row(map_id, dataset, mapping or {0: "background"}, source, now)
     with catalog.transaction(f"ingest labels {dataset}/{center}") as txn:
         if labels:
             txn.append("label_maps", [map_row], unique_by=["label_map_id"])
@@ -183,21 +188,17 @@ def _uid_in_path(rel: str) -> str | None:
     return None
 
 
-def _grid(path: Path) -> tuple:
-    """A scan's world grid independent of its storage order: its voxel-centre corners."""
-    header = nib.load(path).header
-    return _corners(header.get_data_shape()[:3], header.get_best_affine())
-
-
-def _corners(shape, affine) -> tuple:
+def _corners(grid: Grid | Volume) -> tuple:
+    """A grid's voxel-centre corners in the world, independent of its storage order."""
+    shape = grid.shape
     ijk = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
                     for k in (0, shape[2] - 1)], float)  # fmt: skip
-    xyz = nib.affines.apply_affine(affine, ijk)
+    xyz = nib.affines.apply_affine(grid.affine, ijk)
     return tuple(sorted(tuple(np.round(p, 2)) for p in xyz))
 
 
 def _by_grid(mask: Volume, scans: list[_Scan], grids: dict) -> _Scan:
-    wanted = _corners(mask.shape, mask.affine)
+    wanted = _corners(mask)
     found = [s for s in scans if np.allclose(grids[s.scan_id], wanted, atol=1e-2)]
     if not found:
         raise IngestError("no series UID names it and no scan of the center has its grid")
@@ -206,22 +207,17 @@ def _by_grid(mask: Volume, scans: list[_Scan], grids: dict) -> _Scan:
     return found[0]
 
 
-def _onto(mask: Volume, image: Volume, scratch: Path) -> Volume:
+def _onto(mask: Volume, image: Grid, scratch: Path) -> Volume:
     """The mask in the image's axis order when both cover one world grid (no resampling)."""
-    if tuple(mask.shape) == tuple(image.shape) and np.allclose(mask.affine, image.affine,
-                                                               atol=1e-3):  # fmt: skip
+    if tuple(mask.shape) == image.shape and np.allclose(mask.affine, image.affine, atol=1e-3):
         return mask
     have = nib.orientations.io_orientation(mask.affine)
     want = nib.orientations.io_orientation(image.affine)
     transform = nib.orientations.ornt_transform(have, want)
     data = nib.orientations.apply_orientation(np.asarray(mask.data), transform)
     affine = mask.affine @ nib.orientations.inv_ornt_aff(transform, mask.shape)
-    if data.shape != tuple(image.shape) or not np.allclose(affine, image.affine, atol=1e-3):
+    if data.shape != image.shape or not np.allclose(affine, image.affine, atol=1e-3):
         raise IngestError("grid differs from its scan's (masks are never resampled)")
-    out = nib.Nifti1Image(np.ascontiguousarray(data), image.affine)
-    out.set_qform(image.affine, code=1)
-    out.set_sform(image.affine, code=1)
     # written once to a scratch file, so it is stored like any other volume
-    path = scratch / f"{len(list(scratch.iterdir()))}.nii.gz"
-    nib.save(out, path)
-    return read_volume(path)
+    name = f"{len(list(scratch.iterdir()))}.nii.gz"
+    return write_volume(np.ascontiguousarray(data), image.affine, scratch / name)

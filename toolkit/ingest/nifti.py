@@ -10,8 +10,6 @@ nothing: scans are keyed by subject and voxel hash, labels by scan and voxel has
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +20,10 @@ from xds.ingest.common import (
     IngestReport,
     Quarantine,
     check_source,
+    label_map_id,
+    label_map_row,
     run_id,
+    store_label,
 )
 from xds.ingest.layouts import Layout, detect_layout, parse_layout
 from xds.ingest.sequences import sequence_from_name
@@ -106,7 +107,7 @@ def ingest_nifti(
         else {}
     )
     mapping = canonical_label_map(label_map) if label_map else None
-    map_id = _label_map_id(dataset, mapping)
+    map_id = label_map_id(dataset, mapping)
 
     images, labels, stray = _sort_files(relpaths, chosen)
     subject_ids = {key: pseudonym(secret, dataset, center, key) for key, _ in images}
@@ -208,15 +209,8 @@ def ingest_nifti(
         txn.append("subjects", list(subjects.values()), unique_by=["subject_id"])
         txn.append("scans", list(scans.values()), unique_by=["subject_id", "image_hash"])
         if label_rows:
-            names = mapping or {0: "background"}
-            map_row = {
-                "label_map_id": map_id,
-                "dataset": dataset,
-                "indices": list(names),
-                "names": list(names.values()),
-                "source": quarantine.uri(Path(label_map).name) if label_map else "none given",
-                "created_at": now,
-            }
+            source = quarantine.uri(Path(label_map).name) if label_map else "none given"
+            map_row = label_map_row(map_id, dataset, mapping or {0: "background"}, source, now)
             txn.append("label_maps", [map_row], unique_by=["label_map_id"])
         txn.append("labels", list(label_rows.values()), unique_by=["label_id"])
         txn.append("quarantine", quarantine.take(), unique_by=["uri", "error"])
@@ -241,11 +235,6 @@ def _sort_files(
         else:
             stray.append(rel)
     return images, labels, stray
-
-
-def _label_map_id(dataset: str, mapping: dict[int, str] | None) -> str:
-    text = json.dumps(sorted((mapping or {}).items()))
-    return f"{dataset}:{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 def _ingest_one(job: _Job) -> dict:
@@ -273,13 +262,12 @@ def _ingest_one(job: _Job) -> dict:
         return out
     try:
         label = read_volume(Path(job.root) / job.label, limit=job.max_voxels)
-        classes = _check_label(label.data, label.affine, volume, job.label_map)
+        classes = check_label(label.data, label.affine, volume, job.label_map)
     except IngestError as exc:
         out["problems"].append(("label", job.label, str(exc)))
         return out
-    label_id = stable_id("lbl", scan_id, label.hash)
-    uri = (folder / f"{label_id}.nii.gz").as_posix()
-    store_volume(label, catalog_root / uri, link=job.link)
+    label_id, uri = store_label(catalog_root, label, dataset=job.dataset,
+                                subject_id=job.subject_id, scan_id=scan_id, link=job.link)
     out["label"] = {
         "label_id": label_id,
         "scan_id": scan_id,
@@ -293,8 +281,15 @@ def _ingest_one(job: _Job) -> dict:
     return out
 
 
-def _check_label(data, affine, image, mapping: dict[int, str] | None) -> list[str]:
-    """Class names present in a label map that fits its image; raises IngestError."""
+def check_label(data, affine, image, mapping: dict[int, str] | None) -> list[str]:
+    """Class names present in a label map that fits ``image``.
+
+    ``image`` is anything with ``shape`` and ``affine``: a :class:`~xds.io.images.Volume`
+    or a :class:`~xds.io.images.Grid`.
+
+    Raises:
+        IngestError: another grid, non-integer or negative values, values the map lacks.
+    """
     if tuple(data.shape) != image.shape:
         raise IngestError(f"label shape {tuple(data.shape)} differs from image shape {image.shape}")
     if not np.allclose(affine, image.affine, atol=1e-3):

@@ -57,6 +57,20 @@ class Volume:
         }
 
 
+@dataclass(frozen=True)
+class Grid:
+    """A stored image's voxel grid, read from its header alone (no voxel decoded)."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> Grid:
+        """The grid of the NIfTI file at ``path``."""
+        header = nib.load(path).header
+        return cls(tuple(int(n) for n in header.get_data_shape()[:3]), header.get_best_affine())
+
+
 def nifti_files(root: Path) -> list[Path]:
     """Every NIfTI file (.nii, .nii.gz) below ``root``, hidden files left out, sorted."""
     return sorted(

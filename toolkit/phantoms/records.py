@@ -215,10 +215,16 @@ def write_annotations(folder: Path, name: str, labels, affine, datasets, names) 
     The NIfTI mask an annotator drew, on the generator's grid, and the same labels as a
     DICOM SEG, both beside (not in) the center's folder.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    image = nib.Nifti1Image(labels.astype(np.uint8), affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    nib.save(image, folder / f"mask_{name}.nii.gz")
+    save_nifti(labels.astype(np.uint8), affine, folder / f"mask_{name}.nii.gz")
     write_segmentation(folder / "seg" / f"seg_{name}.dcm", datasets, labels, names)
     return f"{folder.parent.name}/{folder.name}/mask_{name}.nii.gz"
+
+
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """Write a generated volume as NIfTI (millimetres, scanner-anchored q/s-forms)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(array, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, path)

@@ -13,7 +13,6 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from xds.ingest.layouts import LAYOUTS
@@ -39,6 +38,7 @@ from xds.phantoms.records import (
     STYLES,
     demographics,
     hash_name,
+    save_nifti,
     subject_key,
     write_annotations,
     write_clinical_sheet,
@@ -164,6 +164,7 @@ class _SubjectJob:
     studies: tuple[Study, ...] = ()
     tags: CenterTags | None = None
     dicom_layout: str = ""
+    annotations: bool = False  # write each series' NIfTI mask and DICOM SEG too
 
 
 def _render_subject(job: _SubjectJob):
@@ -214,8 +215,8 @@ def _write_subject(job: _SubjectJob) -> list[dict]:
         token = _SEQUENCE_TOKENS[center.style][sequence]
         image_path = root / layout.image_path(job.key, token)
         label_path = root / layout.label_path(job.key, token)
-        _save(image, affine, image_path)
-        _save(labels, affine, label_path)
+        save_nifti(image, affine, image_path)
+        save_nifti(labels, affine, label_path)
         written.append(
             {
                 "image": str(image_path.relative_to(root)),
@@ -257,9 +258,10 @@ def _write_dicom_subject(job: _SubjectJob) -> list[dict]:
                 )
                 write_dataset(ds, path)
                 first = first or path
-            mask = write_annotations(root.parent / "annotations" / job.center.name,
-                                     f"{job.index}_{number}", labels, affine, datasets,
-                                     job.center.label_map)  # fmt: skip
+            mask = write_annotations(
+                root.parent / "annotations" / job.center.name, f"{job.index}_{number}",
+                labels, affine, datasets, job.center.label_map,
+            ) if job.annotations else None  # fmt: skip
             written.append(
                 {
                     "series_uid": series_uid,
@@ -274,15 +276,6 @@ def _write_dicom_subject(job: _SubjectJob) -> list[dict]:
     return written
 
 
-def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(array, affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, path)
-
-
 def generate_world(
     out: str | Path,
     *,
@@ -295,6 +288,7 @@ def generate_world(
     jobs: int = 1,
     format: str = "nifti",
     broken: bool = True,
+    annotations: bool = True,
     variability: float = 1.0,
     scanner_shift: float = 0.0,
     protocol_shift: bool = False,
@@ -314,6 +308,9 @@ def generate_world(
             vendor tags and fake PHI; see :mod:`xds.phantoms.dicom`).
         broken: DICOM only: the first center also gets the files real exports contain
             besides good series (text, a report, broken and inconsistent series).
+        annotations: DICOM only: beside each center's folder, each series' labels as a
+            NIfTI mask (with a manifest) and as a DICOM SEG (writing them takes time: turn
+            it off where they are not read).
         variability: how much subjects' anatomy differs (see :class:`Anatomy`); 1 is the
             default world, larger values make labelled subjects cover less of the rest.
         scanner_shift: how far the last center's scanner departs from the others': its
@@ -346,7 +343,8 @@ def generate_world(
         specs[-1] = replace(specs[-1], protocols=protocols)
     if format == "dicom":
         return _generate_dicom(out, specs, subjects_per_center, sequences, missing, seed, jobs,
-                               broken, variability, scanner_shift, protocol_shift)  # fmt: skip
+                               broken, annotations, variability, scanner_shift,
+                               protocol_shift)  # fmt: skip
     jobs_list, manifest_centers = [], []
     for spec in specs:
         rng = np.random.default_rng([seed, 3, hash_name(spec.name)])
@@ -405,8 +403,8 @@ def generate_world(
 
 
 def _generate_dicom(
-    out, specs, subjects_per_center, sequences, missing, seed, jobs, broken, variability,
-    scanner_shift, protocol_shift,
+    out, specs, subjects_per_center, sequences, missing, seed, jobs, broken, annotations,
+    variability, scanner_shift, protocol_shift,
 ):  # fmt: skip
     jobs_list, manifest_centers, people = [], [], {}
     for c, spec in enumerate(specs):
@@ -447,6 +445,7 @@ def _generate_dicom(
                     studies=studies,
                     tags=tags,
                     dicom_layout=layout,
+                    annotations=annotations,
                 )
             )
         manifest_centers.append(
@@ -471,8 +470,9 @@ def _generate_dicom(
         subjects = [(job.person, job.studies, job.sequences) for job, _ in mine]
         center["clinical"] = write_clinical_sheet(out / "clinical", center["name"], c, subjects,
                                                   seed)  # fmt: skip
-        center["annotations"] = write_mask_manifest(out / "annotations" / center["name"],
-                                                    specs[c], series)  # fmt: skip
+        if annotations:
+            center["annotations"] = write_mask_manifest(out / "annotations" / center["name"],
+                                                        specs[c], series)  # fmt: skip
         center["series"] = series
         center["scans_per_sequence"] = {
             s: sum(r["sequence"] == s for r in series) for s in sequences

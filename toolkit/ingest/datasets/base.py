@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from xds.ingest.common import label_map_row
 from xds.schemas.vocabulary import LabelMap
 
 _SPLITS = {"tr": "train", "training": "train", "va": "val", "val": "val", "ts": "test",
@@ -59,14 +60,7 @@ def _paired(root: Path, pattern: str, label_map: str, **facts) -> list[Case]:
     return cases
 
 
-def label_map_row(label_map: LabelMap, now) -> dict:
+def builtin_map_row(label_map: LabelMap, now) -> dict:
     """The ``label_maps`` row of a built-in map (id ``builtin:<name>``)."""
-    names = label_map.names()
-    return {
-        "label_map_id": f"builtin:{label_map.name}",
-        "dataset": label_map.name,
-        "indices": list(names),
-        "names": list(names.values()),
-        "source": label_map.source,
-        "created_at": now,
-    }
+    return label_map_row(f"builtin:{label_map.name}", label_map.name, label_map.names(),
+                         label_map.source, now)  # fmt: skip

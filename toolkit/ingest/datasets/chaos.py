@@ -28,7 +28,7 @@ import pydicom
 
 from xds.catalog import Catalog, utcnow
 from xds.ingest.common import IngestReport
-from xds.ingest.datasets.base import label_map_row
+from xds.ingest.datasets.base import builtin_map_row
 from xds.ingest.dicom import ingest_dicom
 from xds.io.deid import pseudonym
 from xds.io.images import read_volume, store_volume
@@ -133,7 +133,7 @@ def ingest_chaos(
         if row is not None:
             rows.append(row)
     with catalog.transaction(f"ingest dataset chaos labels {dataset}") as txn:
-        map_rows = [label_map_row(m, now) for m in maps.values()]
+        map_rows = [builtin_map_row(m, now) for m in maps.values()]
         txn.append("label_maps", map_rows, unique_by=["label_map_id"])
         txn.append("labels", rows, unique_by=["label_id"])
     report.labels_added = txn.written.get("labels", 0)

@@ -42,7 +42,7 @@ import numpy as np
 from xds.catalog import Catalog, utcnow
 from xds.ingest.common import IngestReport, Quarantine, check_source, run_id
 from xds.ingest.datasets import amos, btcv, chaos, crosspan, flare22, msd, totalsegmentator, word
-from xds.ingest.datasets.base import Case, _files, label_map_row
+from xds.ingest.datasets.base import Case, _files, builtin_map_row
 from xds.ingest.nifti import _ingest_one, _Job
 from xds.ingest.sheets import read_sheet
 from xds.io.deid import pseudonym
@@ -222,7 +222,7 @@ def ingest_dataset(
         txn.append("scans", list(scans.values()), unique_by=["subject_id", "image_hash"])
         txn.append(
             "label_maps",
-            [label_map_row(m, now) for m in maps.values()],
+            [builtin_map_row(m, now) for m in maps.values()],
             unique_by=["label_map_id"],
         )
         txn.append("labels", list(labels.values()), unique_by=["label_id"])

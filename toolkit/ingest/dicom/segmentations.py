@@ -26,12 +26,10 @@ import nibabel as nib
 import numpy as np
 
 from xds.catalog import Catalog, utcnow
-from xds.ingest.common import Quarantine
-from xds.ingest.nifti import _label_map_id
+from xds.ingest.common import Quarantine, label_map_id, label_map_row, store_label
 from xds.io.deid import pseudonym
-from xds.io.images import read_volume, store_volume
+from xds.io.images import Grid, write_volume
 from xds.schemas.errors import IngestError, SchemaError
-from xds.schemas.ids import stable_id
 from xds.schemas.vocabulary import vocabulary
 
 ORIGIN_OF = {"MANUAL": "manual", "SEMIAUTOMATIC": "revised", "AUTOMATIC": "pseudo"}
@@ -66,28 +64,21 @@ def attach_segmentations(
                     raise IngestError("its source series is not in the catalog (ingest it, "
                                       "then run again)")  # fmt: skip
                 mapping, origin = segment_classes(seg)
-                image = read_volume(catalog.resolve(scan["image_uri"]))
-                data = place_frames(seg, image.affine, image.shape)
+                grid = Grid.of(catalog.resolve(scan["image_uri"]))
+                data = place_frames(seg, grid.affine, grid.shape)
             except IngestError as exc:
                 quarantine.add(rel, "annotation", f"DICOM SEG: {exc}")
                 continue
             except Exception as exc:  # pydicom / highdicom raise many types on odd files
                 quarantine.add(rel, "annotation", f"DICOM SEG unreadable ({type(exc).__name__})")
                 continue
-            path = Path(scratch) / f"{n}.nii.gz"
-            out = nib.Nifti1Image(data, image.affine)
-            out.set_qform(image.affine, code=1)
-            out.set_sform(image.affine, code=1)
-            nib.save(out, path)
-            volume = read_volume(path)
-            label_id = stable_id("lbl", scan["scan_id"], volume.hash)
-            uri = (Path("data") / dataset / scan["subject_id"] / f"{label_id}.nii.gz").as_posix()
-            store_volume(volume, catalog.root / uri, link=False)
+            volume = write_volume(data, grid.affine, Path(scratch) / f"{n}.nii.gz")
+            label_id, uri = store_label(catalog.root, volume, dataset=dataset,
+                                        subject_id=scan["subject_id"], scan_id=scan["scan_id"],
+                                        link=False)  # fmt: skip
             names = {0: "background", **mapping}
-            map_id = _label_map_id(dataset, names)
-            maps[map_id] = {"label_map_id": map_id, "dataset": dataset, "indices": list(names),
-                            "names": list(names.values()), "source": "DICOM SEG",
-                            "created_at": now}  # fmt: skip
+            map_id = label_map_id(dataset, names)
+            maps[map_id] = label_map_row(map_id, dataset, names, "DICOM SEG", now)
             present = sorted({mapping[int(v)] for v in np.unique(data) if v})
             labels.append({
                 "label_id": label_id, "scan_id": scan["scan_id"], "uri": uri,
