@@ -162,8 +162,10 @@ def ingest_dicom_cmd(
     or inconsistent series are quarantined with their reason; the rest goes on. Re-running
     (also after a crash) converts only the series not yet in the catalog.
 
-    DICOM SEG objects in DIRECTORY (with the images, or alone in a later run) become labels
-    of their source series' scans. --metadata joins the center's clinical sheet, keyed by
+    DICOM SEG and RTSTRUCT objects in DIRECTORY (with the images, or alone in a later run)
+    become labels of their source series' scans; RTSTRUCT ROIs are named through the
+    vocabulary (TG-263 names included) and those it does not know are left out, each said
+    on stderr. --metadata joins the center's clinical sheet, keyed by
     MRN (PatientID) or AccessionNumber, through keyed pseudonyms (see docs/dicom.md).
     """
     from xds.ingest import ingest_dicom
@@ -290,11 +292,15 @@ def _print_ingest(report, title: str, as_json: bool, show_paths: bool = False) -
         if show_paths:
             shown = real.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         warn(f"quarantined {shown}: {error}")
+    for line in getattr(report, "rois_left_out", ()):
+        warn(line)
     summary = report.summary()
     if as_json:
         emit_json(summary)
         return
     summary.pop("problems")
+    if "rois_left_out" in summary:
+        summary["rois_left_out"] = len(summary["rois_left_out"])
     if "sequences" in summary:
         summary["sequences"] = ", ".join(
             f"{k} {v}" for k, v in sorted(summary["sequences"].items())

@@ -166,7 +166,8 @@ def write_mask_manifest(folder: Path, spec: CenterSpec, series: list[dict]) -> d
     label_map = write_label_map(folder, spec)
     base = Path(folder.parent.name) / folder.name
     return {"path": base.as_posix(), "manifest": (base / "manifest.csv").as_posix(),
-            "label_map": (base / label_map).as_posix()}  # fmt: skip
+            "label_map": (base / label_map).as_posix(), "seg": (base / "seg").as_posix(),
+            "rtstruct": (base / "rtstruct").as_posix()}  # fmt: skip
 
 
 def write_segmentation(path: Path, datasets: list, labels: np.ndarray, names: dict[int, str]):
@@ -213,10 +214,13 @@ def write_annotations(folder: Path, name: str, labels, affine, datasets, names) 
     """Write a series' annotations as a center sends them; return the mask's world path.
 
     The NIfTI mask an annotator drew, on the generator's grid, and the same labels as a
-    DICOM SEG, both beside (not in) the center's folder.
+    DICOM SEG and as an RTSTRUCT, all beside (not in) the center's folder.
     """
+    from xds.phantoms.rtstruct import write_structure_set
+
     save_nifti(labels.astype(np.uint8), affine, folder / f"mask_{name}.nii.gz")
     write_segmentation(folder / "seg" / f"seg_{name}.dcm", datasets, labels, names)
+    write_structure_set(folder / "rtstruct" / f"rt_{name}.dcm", datasets, labels, names)
     return f"{folder.parent.name}/{folder.name}/mask_{name}.nii.gz"
 
 

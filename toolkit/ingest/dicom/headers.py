@@ -98,6 +98,8 @@ def _read_header(root: Path, rel: str, seen: set[str]) -> dict:
         }
     if sop == SEG_SOP:  # an annotation: placed on its series once the series is a scan
         return {"rel": rel, "annotation": "seg"}
+    if sop == pydicom.uid.RTStructureSetStorage:
+        return {"rel": rel, "annotation": "rtstruct"}
     sop_name = pydicom.uid.UID(sop).name if sop else "unknown SOP class"
     if "Rows" not in ds or "Columns" not in ds:
         if "Image" in sop_name:

@@ -41,6 +41,7 @@ from xds.ingest.common import (
     check_source,
     run_id,
 )
+from xds.ingest.dicom.annotations import attach_annotations
 from xds.ingest.dicom.convert import SeriesJob, convert_series, dcm2niix_path
 from xds.ingest.dicom.headers import (
     phi_strings,
@@ -48,7 +49,6 @@ from xds.ingest.dicom.headers import (
     subject_key,
 )
 from xds.ingest.dicom.overrides import match_override, read_overrides
-from xds.ingest.dicom.segmentations import attach_segmentations
 from xds.ingest.dicom.series import (
     MIN_SLICES,
     common_folder,
@@ -78,7 +78,8 @@ class DicomIngestReport(IngestReport):
     series_skipped: int = 0  # already in the catalog
     files_in_scans: int = 0  # files of series that are (now or already) catalog scans
     files_quarantined: int = 0
-    files_in_labels: int = 0  # DICOM SEG files now labels of the catalog's scans
+    files_in_labels: int = 0  # DICOM SEG and RTSTRUCT files now labels of the catalog's scans
+    rois_left_out: list[str] = field(default_factory=list)  # one line per ROI not taken
     studies_added: int = 0
     sequences: dict[str, int] = field(default_factory=dict)
     sheet: dict | None = None  # the clinical sheet's matched / unmatched counts
@@ -267,19 +268,21 @@ def ingest_dicom(
                 commit()
         if pending or quarantine.rows:
             commit()
+        annotations = [(h["rel"], h["annotation"]) for h in headers if h.get("annotation")]
+        if annotations:
+            labels, maps = attach_annotations(catalog, root, annotations, dataset=dataset,
+                                              center=center, run=run, quarantine=quarantine,
+                                              scratch=workroot / "annotations",
+                                              notes=report.rois_left_out)  # fmt: skip
+            with catalog.transaction(f"ingest dicom {dataset}/{center}: annotations") as txn:
+                txn.append("label_maps", maps, unique_by=["label_map_id"])
+                txn.append("labels", labels, unique_by=["label_id"])
+                txn.append("quarantine", quarantine.take(), unique_by=["uri", "error"])
+            report.labels_added += txn.written.get("labels", 0)
+            report.files_in_labels = len(labels)
+            report.files_quarantined += len(annotations) - len(labels)
     finally:
         shutil.rmtree(workroot, ignore_errors=True)
-    annotations = [h["rel"] for h in headers if h.get("annotation")]
-    if annotations:
-        labels, maps = attach_segmentations(catalog, root, annotations, dataset=dataset,
-                                            center=center, run=run, quarantine=quarantine)
-        with catalog.transaction(f"ingest dicom {dataset}/{center}: annotations") as txn:
-            txn.append("label_maps", maps, unique_by=["label_map_id"])
-            txn.append("labels", labels, unique_by=["label_id"])
-            txn.append("quarantine", quarantine.take(), unique_by=["uri", "error"])
-        report.labels_added += txn.written.get("labels", 0)
-        report.files_in_labels = len(labels)
-        report.files_quarantined += len(annotations) - len(labels)
     if sheet is not None:
         report.sheet = apply_sheet(catalog, sheet, center=center, dataset=dataset).summary()
     report.catalog_version = catalog.version

@@ -1,10 +1,8 @@
 """DICOM SEG objects turned into label maps on their source series' converted grid.
 
 ``xds ingest dicom`` finds SEG files among the images, or in a later run over a folder that
-holds only annotations. Each is read with highdicom and linked to its source series by
-ReferencedSeriesSequence; the series must already be a scan of the catalog (the series UID
-is compared as a keyed hash), else the SEG is quarantined with that reason and a re-run
-after the series arrives attaches it.
+holds only annotations (see :mod:`xds.ingest.dicom.annotations`). Each is read with
+highdicom and linked to its source series by ReferencedSeriesSequence.
 
 Placement uses the SEG's own geometry: every pixel of every frame is put where its
 ImagePositionPatient, ImageOrientationPatient and PixelSpacing say, on the voxel grid of
@@ -19,16 +17,11 @@ AUTOMATIC -> pseudo, the least manual segment deciding).
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from xds.catalog import Catalog, utcnow
-from xds.ingest.common import Quarantine, label_map_id, label_map_row, store_label
-from xds.io.deid import pseudonym
-from xds.io.images import Grid, write_volume
 from xds.schemas.errors import IngestError, SchemaError
 from xds.schemas.vocabulary import vocabulary
 
@@ -36,57 +29,25 @@ ORIGIN_OF = {"MANUAL": "manual", "SEMIAUTOMATIC": "revised", "AUTOMATIC": "pseud
 _RANK = ("manual", "revised", "pseudo")
 
 
-def attach_segmentations(
-    catalog: Catalog, root: Path, rels: list[str], *, dataset: str, center: str, run: str,
-    quarantine: Quarantine,
-) -> tuple[list[dict], list[dict]]:  # fmt: skip
-    """The ``labels`` and ``label_maps`` rows of the SEG files ``rels`` (problems quarantined)."""
-    if not rels:
-        return [], []
-    scans = {
-        r["series_uid_hash"]: r
-        for r in catalog.latest().read("scans", "dataset = ? AND center = ?", [dataset, center])
-        .to_pylist()
-        if r["series_uid_hash"]
-    }
+def seg_label(path: Path, affine: np.ndarray, shape: tuple[int, int, int]):
+    """A SEG file's label on the grid ``affine`` / ``shape``: (volume, classes, origin, notes).
+
+    Raises:
+        IngestError: unknown or repeated segments, frames off the grid, overlaps.
+    """
     import highdicom as hd  # a large import: only when there are SEG files
 
-    secret = catalog.secret()
-    labels, maps = [], {}
-    now = utcnow()
-    with tempfile.TemporaryDirectory(dir=catalog.root) as scratch:
-        for n, rel in enumerate(rels):
-            try:
-                seg = hd.seg.segread(root / rel)
-                ref = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
-                scan = scans.get(pseudonym(secret, "series", ref, prefix="ser"))
-                if scan is None:
-                    raise IngestError("its source series is not in the catalog (ingest it, "
-                                      "then run again)")  # fmt: skip
-                mapping, origin = segment_classes(seg)
-                grid = Grid.of(catalog.resolve(scan["image_uri"]))
-                data = place_frames(seg, grid.affine, grid.shape)
-            except IngestError as exc:
-                quarantine.add(rel, "annotation", f"DICOM SEG: {exc}")
-                continue
-            except Exception as exc:  # pydicom / highdicom raise many types on odd files
-                quarantine.add(rel, "annotation", f"DICOM SEG unreadable ({type(exc).__name__})")
-                continue
-            volume = write_volume(data, grid.affine, Path(scratch) / f"{n}.nii.gz")
-            label_id, uri = store_label(catalog.root, volume, dataset=dataset,
-                                        subject_id=scan["subject_id"], scan_id=scan["scan_id"],
-                                        link=False)  # fmt: skip
-            names = {0: "background", **mapping}
-            map_id = label_map_id(dataset, names)
-            maps[map_id] = label_map_row(map_id, dataset, names, "DICOM SEG", now)
-            present = sorted({mapping[int(v)] for v in np.unique(data) if v})
-            labels.append({
-                "label_id": label_id, "scan_id": scan["scan_id"], "uri": uri,
-                "hash": volume.hash, "label_map": map_id, "origin": origin,
-                "classes_present": present, "classes_annotated": sorted(set(mapping.values())),
-                "created_at": now, "source": run,
-            })  # fmt: skip
-    return labels, list(maps.values())
+    seg = hd.seg.segread(path)
+    mapping, origin = segment_classes(seg)
+    return place_frames(seg, affine, shape), mapping, origin, []
+
+
+def seg_series(path: Path) -> str:
+    """The SeriesInstanceUID of the series a SEG file segments."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    return str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
 
 
 def segment_classes(seg) -> tuple[dict[int, str], str]:
@@ -143,7 +104,7 @@ def place_frames(seg, affine: np.ndarray, shape: tuple[int, int, int]) -> np.nda
         origin = np.array(group.PlanePositionSequence[0].ImagePositionPatient, float)
         row_dir, col_dir = np.array(orient[:3], float), np.array(orient[3:], float)
         number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        lps = (origin + c[..., None] * spacing[1] * row_dir + r[..., None] * spacing[0] * col_dir)
+        lps = origin + c[..., None] * spacing[1] * row_dir + r[..., None] * spacing[0] * col_dir
         ijk = nib.affines.apply_affine(to_voxel, lps.reshape(-1, 3))
         index = np.rint(ijk).astype(int)
         if not np.allclose(ijk, index, atol=0.05):
