@@ -122,3 +122,46 @@ def test_series_uid_names_grid_and_bad_masks(center, tmp_path):
     ran = _xds(catalog, "ingest", "labels", str(bare), "--center", "A", "--match", "grid",
                "--json")  # fmt: skip
     assert "fits 2 scans" in json.loads(ran.stdout)["problems"][0]["error"]
+
+
+def test_a_manifest_by_accession_and_series_number(center, tmp_path, values_in_world,
+                                                   find_leaks):  # fmt: skip
+    """What a PACS worklist names: the study's accession number and the series number."""
+    import pydicom
+
+    root, info, _ = center
+    notes = info["annotations"]
+    catalog = tmp_path / "c"
+    _xds(catalog, "ingest", "dicom", str(root / "w" / info["path"]), "--center", "A")
+    rows, accessions = [], []
+    for record in info["series"]:
+        ds = pydicom.dcmread(root / "w" / info["path"] / record["first_file"],
+                             stop_before_pixels=True)  # fmt: skip
+        rows.append({"mask": Path(record["mask"]).name, "accession": ds.AccessionNumber,
+                     "series_number": str(ds.SeriesNumber)})  # fmt: skip
+        accessions.append(str(ds.AccessionNumber))
+    folder = tmp_path / "masks"
+    shutil.copytree(root / "w" / notes["path"], folder)
+    # a study the catalog lacks, a series number its study does not have
+    shutil.copy(folder / rows[0]["mask"], folder / "other_study.nii.gz")
+    shutil.copy(folder / rows[0]["mask"], folder / "other_series.nii.gz")
+    rows += [{"mask": "other_study.nii.gz", "accession": "ZZ0000001", "series_number": "2"},
+             {**rows[0], "mask": "other_series.nii.gz", "series_number": "97"}]  # fmt: skip
+    with open(tmp_path / "worklist.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["mask", "accession", "series_number"])
+        writer.writeheader()
+        writer.writerows(rows)
+    report = json.loads(_xds(catalog, "ingest", "labels", str(folder), "--center", "A",
+                             "--label-map", str(folder / "label_map.json"), "--match",
+                             str(tmp_path / "worklist.csv"), "--json").stdout)  # fmt: skip
+    assert report["labels_added"] == len(info["series"])
+    errors = sorted(p["error"] for p in report["problems"])
+    assert len(errors) == 2
+    assert "its study has 0 series numbered 97" in errors[0]
+    assert "no study of the catalog has its accession number" in errors[1]
+    cat = Catalog.open(catalog)
+    truths = sorted(folder.glob("mask_*.nii.gz"))
+    for label in cat.read("labels").to_pylist():
+        pairs = [values_in_world(cat.resolve(label["uri"]), truth) for truth in truths]
+        assert any(p is not None and np.array_equal(*p) for p in pairs)
+    assert find_leaks(catalog, accessions + ["ZZ0000001"]) == []

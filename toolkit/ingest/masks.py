@@ -4,13 +4,16 @@ Annotators working in 3D Slicer or ITK-SNAP deliver NIfTI masks drawn on the ser
 center sent. Each mask is paired with a scan already in the catalog, in this order:
 
 1. a **manifest** CSV (``--match manifest.csv``): a ``mask`` column (path under the folder)
-   and a ``series_uid`` column (the source SeriesInstanceUID);
+   and either a ``series_uid`` column (the source SeriesInstanceUID) or ``accession`` and
+   ``series_number`` columns (the study's AccessionNumber and the series' SeriesNumber, as
+   a PACS worklist names them);
 2. a **series UID in the path** (``<SeriesInstanceUID>.nii.gz``, or a folder of that name);
 3. the **voxel grid**, when exactly one scan of the center has it.
 
-A series UID is hashed with the catalog's key (``scans.series_uid_hash``) before it is
-compared, so matching needs no stored UID. A mask on the same world grid as its scan but
-stored in another axis order is reoriented losslessly (axes permuted or flipped, never
+A series UID or accession number is hashed with the catalog's key
+(``scans.series_uid_hash``, ``studies.accession_key``) before it is compared, so matching
+needs no stored identifier. A mask on the same world grid as its scan but stored in
+another axis order is reoriented losslessly (axes permuted or flipped, never
 resampled); any other grid difference, an unknown series, an ambiguous grid or values the
 label map does not name quarantine the mask with a one-line reason, and the rest goes on.
 Labels are ``labels`` rows of origin ``manual`` (``--origin`` for others), one
@@ -20,6 +23,7 @@ transaction per run; a re-run adds nothing.
 from __future__ import annotations
 
 import csv
+import json
 import re
 import tempfile
 from dataclasses import dataclass
@@ -40,7 +44,7 @@ from xds.ingest.common import (
 )
 from xds.ingest.nifti import check_label
 from xds.ingest.sheets import canonical_label_map
-from xds.io.deid import pseudonym
+from xds.io.deid import accession_key, pseudonym
 from xds.io.images import Grid, Volume, nifti_files, read_volume, write_volume
 from xds.schemas.errors import IngestError
 from xds.schemas.tables import LABEL_ORIGINS
@@ -57,6 +61,36 @@ class _Scan:
     subject_id: str
     image_uri: str
     series_uid_hash: str | None
+    study_id: str | None = None
+    sidecar_uri: str | None = None
+
+
+def _by_accession(catalog: Catalog, scans: list[_Scan], dataset: str, center: str):
+    """``find(accession, series_number)``: the scan a manifest row names that way."""
+    secret = catalog.secret()
+    studies: dict[str, list[str]] = {}
+    for row in catalog.read("studies", "dataset = ? AND center = ?", [dataset, center]).to_pylist():
+        if row.get("accession_key"):
+            studies.setdefault(row["accession_key"], []).append(row["study_id"])
+
+    def number(scan: _Scan) -> str | None:
+        if not scan.sidecar_uri:
+            return None
+        sidecar = json.loads(catalog.resolve(scan.sidecar_uri).read_text())
+        value = sidecar.get("SeriesNumber")
+        return None if value is None else str(value).strip()
+
+    def find(accession: str, series_number: str) -> _Scan:
+        ids = studies.get(accession_key(secret, accession) or "", [])
+        if not ids:
+            raise IngestError("no study of the catalog has its accession number (ingest the "
+                              "DICOM first)")  # fmt: skip
+        found = [s for s in scans if s.study_id in ids and number(s) == series_number.strip()]
+        if len(found) != 1:
+            raise IngestError(f"its study has {len(found)} series numbered {series_number}")
+        return found[0]
+
+    return find
 
 
 def ingest_labels(
@@ -96,12 +130,14 @@ def ingest_labels(
     by_mask = _read_manifest(Path(match), root) if mode == "manifest" else {}
     secret = catalog.secret()
     scans = [
-        _Scan(r["scan_id"], r["subject_id"], r["image_uri"], r["series_uid_hash"])
+        _Scan(r["scan_id"], r["subject_id"], r["image_uri"], r["series_uid_hash"],
+              r["study_id"], r["sidecar_uri"])  # fmt: skip
         for r in catalog.read("scans", "dataset = ? AND center = ?", [dataset, center])
         .to_pylist()
     ]
     if not scans:
         raise IngestError(f"no scan of center {center!r} in dataset {dataset!r} to label")
+    find_accession = _by_accession(catalog, scans, dataset, center)
     by_series = {s.series_uid_hash: s for s in scans if s.series_uid_hash}
     grids: dict[str, tuple] = {}  # scan -> world corners, read (headers only) when first needed
     masks = [p.relative_to(root).as_posix() for p in nifti_files(root)]
@@ -119,7 +155,9 @@ def ingest_labels(
                 if uid is None and mode in ("manifest", "series"):
                     raise IngestError("no series UID names it" + (" in the manifest"
                                       if mode == "manifest" else ""))  # fmt: skip
-                if uid is not None:
+                if isinstance(uid, tuple):  # (accession, series number)
+                    scan = find_accession(*uid)
+                elif uid is not None:
                     scan = by_series.get(pseudonym(secret, "series", uid, prefix="ser"))
                     if scan is None:
                         raise IngestError("its series is not in the catalog (ingest the DICOM "
@@ -159,20 +197,31 @@ def ingest_labels(
     return report
 
 
-def _read_manifest(path: Path, root: Path) -> dict[str, str]:
-    """Mask path (relative to ``root``) -> source series UID."""
+def _read_manifest(path: Path, root: Path) -> dict[str, str | tuple[str, str]]:
+    """Mask path (relative to ``root``) -> source series UID, or (accession, series number).
+
+    The manifest's own name is not shown in errors: a hospital may name it after a study.
+    """
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.DictReader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise IngestError(f"{path}: unreadable manifest ({exc})") from None
-    if not rows or not {"mask", "series_uid"} <= set(rows[0]):
-        raise IngestError(f"{path}: a manifest needs 'mask' and 'series_uid' columns")
-    out = {}
+        raise IngestError(f"--match manifest: unreadable ({type(exc).__name__})") from None
+    columns = set(rows[0]) if rows else set()
+    by_accession = {"mask", "accession", "series_number"} <= columns
+    if not by_accession and not {"mask", "series_uid"} <= columns:
+        raise IngestError("--match manifest: needs a 'mask' column and a 'series_uid' column, "
+                          "or 'accession' and 'series_number' columns")  # fmt: skip
+    out: dict[str, str | tuple[str, str]] = {}
     for line, row in enumerate(rows, start=2):
         mask, uid = (row.get("mask") or "").strip(), (row.get("series_uid") or "").strip()
-        if not mask or not UID.fullmatch(uid):
-            raise IngestError(f"{path}:{line}: needs a mask path and a DICOM series UID")
+        accession = (row.get("accession") or "").strip()
+        number = (row.get("series_number") or "").strip()
+        if mask and not uid and by_accession and accession and number.isdigit():
+            uid = (accession, number)
+        elif not mask or not UID.fullmatch(uid):
+            raise IngestError(f"--match manifest, line {line}: needs a mask path and a DICOM "
+                              "series UID, or an accession number and a series number")  # fmt: skip
         candidate = Path(mask)
         rel = candidate.relative_to(root) if candidate.is_absolute() else candidate
         out[rel.as_posix()] = uid
