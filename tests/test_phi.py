@@ -99,8 +99,9 @@ def _dicom_center(root: Path) -> tuple[Path, set[str], set[str]]:
     world = root / "dicom_world"
     manifest = generate_world(world, format="dicom", centers=1, subjects_per_center=2,
                               shape=(16, 16, 8), sequences=("T2W",), seed=5,
-                              broken=False, annotations=False)  # fmt: skip
+                              broken=False)  # fmt: skip
     src = world / manifest["centers"][0]["path"]
+    notes = world / manifest["centers"][0]["annotations"]["path"]
     center = root / "dicom_center"
     uids: set[str] = set()
     dates: set[str] = set()
@@ -128,6 +129,16 @@ def _dicom_center(root: Path) -> tuple[Path, set[str], set[str]]:
             broken.parent.mkdir(parents=True, exist_ok=True)
             data = (folder / f"{ds.SOPInstanceUID}.dcm").read_bytes()
             broken.write_bytes(data[: len(data) - 100])
+    # the series' annotations as a SEG and as an RTSTRUCT, carrying the same patient
+    for path in sorted([*notes.glob("seg/*.dcm"), *notes.glob("rtstruct/*.dcm")]):
+        ds = pydicom.dcmread(path)
+        ds.PatientName, ds.PatientID = "ZZDICOMPERSON^ZZCANARY", "ZZPID5512"
+        ds.AccessionNumber, ds.StudyDate = "ZZACCESSION77", "20221116"
+        ds.PatientBirthDate = "19580412"
+        uids |= {str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)}
+        folder = center / "ZZDICOMPERSON^ZZCANARY" / "annotations"
+        folder.mkdir(parents=True, exist_ok=True)
+        ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm")
     dates |= {"20221116", "19580412", "2022-11-16", "1958-04-12"}
     # Real files other tools wrote, in a folder named after their own patients.
     from pydicom.data import get_testdata_file
@@ -172,8 +183,10 @@ def phi_run(tmp_path_factory):
     by_mrn.write_text("MRN,Patient Name,diagnosis,notes\n"
                       "ZZPID5512,ZZCLINICALNAME,pdac,seen twice\n"
                       "ZZPIDUNMATCHED,ZZCLINICALNAME,normal,\n")  # fmt: skip
-    by_accession.write_text("AccessionNumber\tPatientID\tstage\n"
-                            "ZZACCESSION77\tZZPID5512\tIII\nZZACCUNMATCHED\tZZPID5512\tI\n")
+    by_accession.write_text(
+        "AccessionNumber\tPatientID\tstage\n"
+        "ZZACCESSION77\tZZPID5512\tIII\nZZACCUNMATCHED\tZZPID5512\tI\n"
+    )
     xds("ingest", "dicom", str(dicom), "--center", "Dcm", "--dataset", "phi", "-j", "2",
         "--min-slices", "1", "--metadata", str(by_mrn), "--key", "PatientID")  # fmt: skip
     xds("ingest", "sheet", str(by_accession), "--center", "Dcm", "--dataset", "phi", "--key",
@@ -213,6 +226,14 @@ def test_every_kind_of_input_was_exercised(phi_run):
     sheets = [r for r in cat.read("subjects", "center = 'Dcm'").to_pylist() if r["diagnosis"]]
     assert [r["diagnosis"] for r in sheets] == ["pdac"]
     assert dict(sheets[0]["extra"]) == {"notes": "seen twice", "stage": "III"}
+    # the canary patient's SEG and RTSTRUCT objects became labels of the DICOM center (the
+    # two of one series give the same voxels, so one label: its id is the scan's and theirs)
+    scans = {r["scan_id"]: r["center"] for r in cat.read("scans").to_pylist()}
+    labelled = {
+        r["scan_id"] for r in cat.read("labels").to_pylist() if scans[r["scan_id"]] == "Dcm"
+    }
+    assert len(labelled) == 2
+    assert "annotation" not in stages
 
 
 def test_no_canary_uid_or_date_in_any_stored_byte(phi_run, find_leaks):

@@ -286,3 +286,42 @@ def test_pydicoms_structure_set_is_read_where_its_contours_lie(tmp_path):
     for height, area in contours.items():
         voxels = int((np.round(z) == height).sum())
         assert abs(voxels * 25.0 - area) / area < 0.05, (height, voxels * 25.0, area)
+
+
+@pytest.mark.slow
+def test_kill_9_while_attaching_then_rerun_gives_the_same_labels(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    manifest = generate_world(tmp_path / "w", format="dicom", centers=1, subjects_per_center=4,
+                              shape=(48, 48, 16), sequences=("T1W", "T2W"), seed=6,
+                              broken=False)  # fmt: skip
+    info = manifest["centers"][0]
+    folder = tmp_path / "w" / info["annotations"]["rtstruct"]
+    reference = tmp_path / "reference"
+    _xds(reference, "ingest", "dicom", str(tmp_path / "w" / info["path"]), "--center", "A")
+    killed = tmp_path / "killed"
+    shutil.copytree(reference, killed)  # the same scans and key, no labels yet
+    _xds(reference, "ingest", "dicom", str(folder), "--center", "A")
+    command = [sys.executable, "-m", "xds.cli.main", "--catalog", str(killed), "ingest",
+               "dicom", str(folder), "--center", "A"]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any((killed / ".xds-tmp").glob("*/annotations/*.nii.gz")):
+            break
+        time.sleep(0.002)
+    assert proc.poll() is None, "the ingest ended before it could be killed"
+    proc.kill()  # SIGKILL midway through the structure sets: nothing is committed
+    proc.wait()
+    assert Catalog.open(killed).count("labels") == 0
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def labels(root):
+        rows = Catalog.open(root).read("labels").to_pylist()
+        return sorted((r["label_id"], r["scan_id"], r["hash"], r["label_map"]) for r in rows)
+
+    assert labels(killed) == labels(reference)
+    assert len(labels(killed)) == len(info["series"])
+    assert not any((killed / ".xds-tmp").iterdir())

@@ -168,7 +168,8 @@ SAFE_WORDS = frozenset(
     healthcare medical systems center centre site source crosspan amos flare flare22 word
     totalsegmentator btcv chaos msd task07 task anon inphase outphase t1dual t2spir spir
     bids nnunet folders flat world phantoms metadata clinical sheet map lut dataset
-    datasets im se st ser file files slice slices export exports cd dvd
+    datasets im se st ser file files slice slices export exports cd dvd annotation annotations
+    rtstruct rtss structure structures contour contours worklist manifest
     """.split()
 )
 _COUNTER = re.compile(
