@@ -93,6 +93,14 @@ def test_structure_sets_give_the_generators_organs(world, tmp_path, values_in_wo
     again = _xds(catalog, "ingest", "dicom", str(folder), "--center", "A", "--json")
     assert again["labels_added"] == 0
     assert find_leaks(catalog, [p for p in info["phi"] if len(p) > 3]) == []
+    # downstream they are labels like any other
+    _xds(catalog, "build-cohort", "--where", "has_label", "--name", "contoured")
+    _xds(catalog, "harmonize", "contoured", "--classes", "liver,kidney")
+    _xds(catalog, "split", "contoured", "--ratios", "50,0,50", "--stratify", "")
+    _xds(catalog, "export", "datalist", "contoured", "--split", "contoured-holdout-s0",
+         "--class-set", "liver,kidney", "--out", str(tmp_path / "list.json"))  # fmt: skip
+    listed = json.loads((tmp_path / "list.json").read_text())
+    assert sum(len(listed.get(k, [])) for k in ("training", "test")) == len(info["series"])
 
 
 def _broken_copy(src: Path, dst: Path, change) -> None:
