@@ -4,7 +4,8 @@
 subject's demographics and its label availability (``classes``: classes with voxels in some
 label; ``annotated_classes``: classes some label map annotates, present or not;
 ``label_origin``: the origin of the label a cohort uses, by the merge rule manual > revised
-> pseudo > synthetic > prediction), so
+> pseudo > synthetic > prediction) and its quality check (``qc_done``, ``qc_flags``: None
+when nothing stood out, ``qc_score``; see ``xds qc``), so
 ``--where "sequence='T2W' AND sex='F' AND list_contains(classes, 'pancreas')"`` needs no
 join by hand. ``metric_view`` is one row per evaluated case x class with the evaluation's
 name and every ``scan_view`` column: what ``xds report`` groups by.
@@ -39,10 +40,12 @@ SELECT s.scan_id, s.subject_id, s.study_id, s.dataset, s.center, s.modality, s.s
        coalesce(l.classes, []::VARCHAR[]) AS classes,
        coalesce(l.label_origins, []::VARCHAR[]) AS label_origins,
        l.label_origin,
-       coalesce(l.annotated_classes, []::VARCHAR[]) AS annotated_classes
+       coalesce(l.annotated_classes, []::VARCHAR[]) AS annotated_classes,
+       q.scan_id IS NOT NULL AS qc_done, q.flags AS qc_flags, q.score AS qc_score
 FROM scans s
 LEFT JOIN subjects p USING (subject_id)
 LEFT JOIN label_summary l USING (scan_id)
+LEFT JOIN qc q USING (scan_id)
 WHERE s.status = 'ok'
 """
 
@@ -56,8 +59,9 @@ LEFT JOIN scan_view s USING (scan_id)
 """
 
 VIEWS: dict[str, tuple[tuple[str, ...], str]] = {
-    "scan_view": (("scans", "subjects", "labels"), SCAN_VIEW),
-    "metric_view": (("metrics", "evaluations", "scans", "subjects", "labels"), METRIC_VIEW),
+    "scan_view": (("scans", "subjects", "labels", "qc"), SCAN_VIEW),
+    "metric_view": (("metrics", "evaluations", "scans", "subjects", "labels", "qc"),
+                    METRIC_VIEW),
 }
 """View name -> (tables it reads, CREATE statement), created on every connection that has
 those tables."""

@@ -22,6 +22,7 @@ from xds.cli import (
     ingest,
     labels,
     phantoms,
+    qc,
     splits,
     synth,
     training,
@@ -29,7 +30,8 @@ from xds.cli import (
 from xds.cli.options import State, XdsGroup
 
 DEFAULT_CATALOG = "./xds-catalog"
-MODULES = (phantoms, ingest, catalog, labels, splits, export, evaluation, training, synth, demo)
+MODULES = (phantoms, ingest, catalog, qc, labels, splits, export, evaluation, training, synth,
+           demo)  # fmt: skip
 """The command modules, in the order data flows through xds."""
 
 

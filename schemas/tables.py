@@ -15,13 +15,14 @@ import pyarrow as pa
 
 from xds.schemas.errors import SchemaError
 
-SCHEMA_VERSION = "6"
+SCHEMA_VERSION = "7"
 """Bumped whenever a table's columns change. Version 2 added the DICOM acquisition columns
 of ``scans``, the ``studies`` table and the harmonization columns of ``labels``; version 3
 the ``evaluations``, ``metrics`` and ``set_metrics`` tables; version 4 the ``runs`` and
 ``predictions`` tables; version 5 replaced ``scans.acquisition_time_s`` (the time of day,
 which the DICOM basic de-identification profile removes) by ``acquisition_time_key``, a
-keyed hash of it. ``xds migrate`` brings an older catalog up to date."""
+keyed hash of it; version 6 added ``studies.accession_key``; version 7 the ``qc`` table.
+``xds migrate`` brings an older catalog up to date."""
 
 _TS = pa.timestamp("us", tz="UTC")
 _STR = pa.string()
@@ -235,6 +236,19 @@ _FIELDS: dict[str, list[pa.Field]] = {
         pa.field("device", _STR, nullable=False),
         pa.field("seconds", pa.float64(), nullable=False),
         pa.field("created_at", _TS, nullable=False),
+    ],
+    "qc": [  # one row per scan: its quality measures and what stands out among its peers
+        pa.field("scan_id", _STR, nullable=False),
+        pa.field("image_hash", _STR, nullable=False),  # the voxels measured
+        pa.field("label_id", _STR),  # the label measured with them (None: none)
+        pa.field("qc_version", _STR, nullable=False),  # the measures' definitions
+        pa.field("measures", pa.map_(_STR, pa.float64()), nullable=False),
+        pa.field("flags", pa.list_(_STR)),  # None when nothing stands out
+        pa.field("reasons", pa.list_(_STR)),  # one line per flag
+        pa.field("score", pa.float64(), nullable=False),  # largest robust |z| behind a flag
+        pa.field("peers", _STR, nullable=False),  # center x sequence | sequence | cohort
+        pa.field("computed_at", _TS, nullable=False),
+        pa.field("source", _STR, nullable=False),  # the qc run
     ],
     "quarantine": [
         pa.field("uri", _STR, nullable=False),  # path relative to the ingest root, pseudonymized

@@ -41,6 +41,12 @@ def ingest_world(catalog: Catalog, world_root: Path, manifest: dict, dataset: st
 
 
 @pytest.fixture(scope="session")
+def ingest_phantoms():
+    """``ingest_phantoms(catalog, world_root, manifest)``: :func:`ingest_world`."""
+    return ingest_world
+
+
+@pytest.fixture(scope="session")
 def world(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("world") / "phantoms"
     manifest = generate_world(root, **SMALL)

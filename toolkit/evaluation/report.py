@@ -11,7 +11,6 @@ Writes into one folder::
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import shutil
@@ -23,6 +22,7 @@ import pandas as pd
 import xds.evaluation.plots as plots
 import xds.evaluation.stats as stats
 from xds.catalog import Catalog
+from xds.evaluation.html import SORT_SCRIPT, STYLE, embed_png, html_table
 from xds.schemas.errors import EvaluationError
 
 DEFAULT_BY = ("sequence", "center", "vendor", "sex", "age_bin")
@@ -162,7 +162,7 @@ def build_report(
         )  # fmt: skip
         paired["p_holm"] = stats.holm(paired["p"].tolist())  # one family for the report
         _save(report, out, "paired", paired)
-        sections.append(("Paired comparison (Wilcoxon signed-rank, Holm)", _table(paired)))
+        sections.append(("Paired comparison (Wilcoxon signed-rank, Holm)", html_table(paired)))
     if matrix is not None:
         parts = []
         for metric in metrics:
@@ -172,12 +172,12 @@ def build_report(
             report.figures.append(str(fig))
         matrix_table = pd.concat(parts, ignore_index=True)
         _save(report, out, "matrix", matrix_table)
-        body = "".join(_img(out / "figures" / f"matrix_{m}.png") for m in metrics)
-        sections.append(("Cross-dataset matrix", body + _table(matrix_table)))
+        body = "".join(embed_png(out / "figures" / f"matrix_{m}.png") for m in metrics)
+        sections.append(("Cross-dataset matrix", body + html_table(matrix_table)))
     if pair is not None:
         intra = stats.intra_subject(frame, pair[0], pair[1], pair[2], metrics)
         _save(report, out, "intra_subject", intra)
-        sections.append((f"Intra-subject: {pair[1]} vs {pair[2]} ({pair[0]})", _table(intra)))
+        sections.append((f"Intra-subject: {pair[1]} vs {pair[2]} ({pair[0]})", html_table(intra)))
 
     meta = _evaluations_html(catalog, evaluations)
     page = _page(title or "xds report: " + ", ".join(evaluations), meta, sections, catalog)
@@ -210,29 +210,15 @@ def _subgroup_html(subgroups, gap_table, by, metrics, out: Path) -> str:
         for metric in metrics:
             parts.append(f"<h4>{html.escape(plots.LABELS.get(metric, metric))}</h4>")
             parts.append('<div class="figs">')
-            parts.append(_img(out / "figures" / f"box_{column}_{metric}.png"))
-            parts.append(_img(out / "figures" / f"forest_{column}_{metric}.png"))
+            parts.append(embed_png(out / "figures" / f"box_{column}_{metric}.png"))
+            parts.append(embed_png(out / "figures" / f"forest_{column}_{metric}.png"))
             parts.append("</div>")
             sel = subgroups[(subgroups["by"] == column) & (subgroups["metric"] == metric)]
-            parts.append(_table(sel.drop(columns=["by", "metric"])))
+            parts.append(html_table(sel.drop(columns=["by", "metric"])))
             gaps = gap_table[(gap_table["by"] == column) & (gap_table["metric"] == metric)]
             parts.append("<p>Worst group, gap and Kruskal-Wallis across groups:</p>")
-            parts.append(_table(gaps.drop(columns=["by", "metric"])))
+            parts.append(html_table(gaps.drop(columns=["by", "metric"])))
     return "\n".join(parts)
-
-
-def _img(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
-
-
-def _table(frame: pd.DataFrame) -> str:
-    if frame.empty:
-        return "<p><em>nothing to compare</em></p>"
-    return frame.to_html(
-        index=False, classes="sortable", float_format=lambda v: f"{v:.4g}", na_rep="–",
-        border=0, escape=True,
-    )  # fmt: skip
 
 
 def _evaluations_html(catalog: Catalog, names: list[str]) -> str:
@@ -242,41 +228,7 @@ def _evaluations_html(catalog: Catalog, names: list[str]) -> str:
     frame = rows.select(keep).to_pandas()
     frame["predictions"] = frame["predictions"].map(lambda p: Path(p).name)
     frame["classes"] = frame["classes"].map(", ".join)
-    return _table(frame)
-
-
-_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
-max-width:1200px;color:#222;padding:0 1rem}
-h1{font-size:1.5rem}h2{border-bottom:1px solid #ccc;padding-bottom:.2rem;margin-top:2rem}
-table{border-collapse:collapse;font-size:.8rem;margin:.5rem 0 1rem}
-th,td{padding:.2rem .5rem;border-bottom:1px solid #eee;text-align:right}
-th{background:#f4f4f4;cursor:pointer;user-select:none;position:sticky;top:0}
-td:first-child,th:first-child{text-align:left}
-.figs{display:flex;flex-wrap:wrap;gap:1rem}.figs img{max-width:100%;height:auto}
-img{max-width:100%}.meta{color:#555;font-size:.85rem}
-"""
-
-# Click a column header to sort the table by it (numbers numerically, '–' last).
-_SCRIPT = """
-document.querySelectorAll('table.sortable').forEach(function (table) {
-  table.querySelectorAll('th').forEach(function (th, col) {
-    th.addEventListener('click', function () {
-      var body = table.tBodies[0];
-      var rows = Array.prototype.slice.call(body.rows);
-      var dir = th.dataset.dir === 'asc' ? -1 : 1;
-      th.dataset.dir = dir === 1 ? 'asc' : 'desc';
-      rows.sort(function (a, b) {
-        var x = a.cells[col].textContent, y = b.cells[col].textContent;
-        var nx = parseFloat(x), ny = parseFloat(y);
-        if (!isNaN(nx) && !isNaN(ny)) { return dir * (nx - ny); }
-        return dir * x.localeCompare(y);
-      });
-      rows.forEach(function (r) { body.appendChild(r); });
-    });
-  });
-});
-"""
+    return html_table(frame)
 
 
 def _page(title: str, meta: str, sections: list[tuple[str, str]], catalog: Catalog) -> str:
@@ -284,12 +236,12 @@ def _page(title: str, meta: str, sections: list[tuple[str, str]], catalog: Catal
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)}</title><style>{_STYLE}</style></head>
+<title>{html.escape(title)}</title><style>{STYLE}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <p class="meta">catalog {html.escape(str(catalog.root.name))}, version {catalog.version}.
 Bootstrap 95% CIs resample cases; class "all" is each case's mean over its scored classes.</p>
 <h2>Evaluations</h2>{meta}
 {body}
-<script>{_SCRIPT}</script>
+<script>{SORT_SCRIPT}</script>
 </body></html>
 """
