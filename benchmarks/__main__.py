@@ -38,6 +38,7 @@ BENCHMARKS = (
     "ingest_dicom",
     "real_dicom",
     "near_duplicates",
+    "qc",
 )
 """Run by default, in this order. Training benchmarks (crossseq, pseudo) take tens of
 minutes to hours and report accuracy, not speed; they are run by hand (docs/pseudo.md)."""

@@ -53,7 +53,7 @@ def make_cases(root: Path, shape: tuple[int, int, int], centers: int, subjects: 
             cases.append({"image": str(cat.resolve(s["image_uri"])),
                           "label": str(cat.resolve(lab["uri"])), "names": maps[lab["label_map"]],
                           "center": s["center"], "sequence": s["sequence"],
-                          "modality": s["modality"], "annotated": lab["classes_annotated"]})  # fmt: skip
+                          "modality": s["modality"], "annotated": lab["classes_annotated"]})
     return cases
 
 
@@ -97,11 +97,11 @@ def main() -> None:
         stats = sides["monai"].result
         measures = len(scan_measures(cases[0]["image"], cases[0]["label"], cases[0]["names"],
                                      cases[0]["modality"], cases[0]["annotated"]))  # fmt: skip
-        monai_keys = len(json.dumps(stats["stats_by_cases"][0], default=str))
+        monai_keys = len(json.dumps(stats["stats_by_cases"][0], default=str))  # its bytes
         timed_report("qc", f"QC of {len(cases)} cases vs MONAI DataAnalyzer", sides["xds"],
                      sides["monai"], goal="<= 1", parallelism="1 process each",
                      note=f"xds: {measures} measures per case and flags ({flagged} flagged); "
-                          f"MONAI: {monai_keys} bytes of statistics per case, no flags")  # fmt: skip
+                          f"MONAI: {monai_keys} bytes of statistics per case, no flags")
 
 
 if __name__ == "__main__":

@@ -151,9 +151,10 @@ def test_qc_page_renders_in_headless_chromium(world, ingested, tmp_path):
 def test_defects_are_caught_and_clean_or_harmless_scans_are_not(tmp_path, ingest_phantoms):
     """Each defect copy joins its center's clean scans in place of its original.
 
-    Goal per kind: recall >= 95 %; clean scans: <= 2 % flagged; harmless changes: none.
+    Goal per kind: recall >= 95 %; clean scans: <= 2 % flagged; harmless changes: no flag
+    their original did not already have.
     """
-    per_kind = 6
+    per_kind = 10
     hits: dict[str, list[bool]] = defaultdict(list)
     clean_flags, clean_total = 0, 0
     for seed in (1, 2):
@@ -166,7 +167,8 @@ def test_defects_are_caught_and_clean_or_harmless_scans_are_not(tmp_path, ingest
                 for r in cat.read("label_maps").to_pylist()}  # fmt: skip
         labels = {r["scan_id"]: r for r in cat.read("labels").to_pylist()}
         rows = []
-        for s in sorted(cat.read("scan_view").to_pylist(), key=lambda r: r["scan_id"]):
+        # ordered by content (scan ids hang on the catalog's random key): the same draws
+        for s in sorted(cat.read("scan_view").to_pylist(), key=lambda r: r["image_hash"]):
             lab = labels.get(s["scan_id"])
             if lab is None:
                 continue
@@ -188,8 +190,9 @@ def test_defects_are_caught_and_clean_or_harmless_scans_are_not(tmp_path, ingest
                                                           modality, annotated)}  # fmt: skip
                 pool = [r for j, r in enumerate(rows) if j != int(i)] + [copy]
                 got = set(flag_scans(pool)[-1]["flags"])
+                # a harmless change adds no flag to what its original already had
                 hits[kind].append(bool(got & EXPECTED_FLAGS[kind]) if kind in DEFECTS
-                                  else not got)  # fmt: skip
+                                  else got <= set(flagged[int(i)]["flags"]))  # fmt: skip
     recall = {k: sum(v) / len(v) for k, v in hits.items()}
     lines = [f"{k:16s} {recall[k]:6.1%} of {len(hits[k])}" for k in DEFECTS + HARMLESS]
     lines.append(f"clean flagged    {clean_flags / clean_total:6.1%} of {clean_total}")

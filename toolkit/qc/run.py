@@ -10,6 +10,7 @@ that changes nothing writes no catalog version.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -49,8 +50,19 @@ class QcReport:
 
 
 def _job(item: tuple) -> dict:
-    image, label, names, modality, annotated = item
-    return scan_measures(image, label, names, modality, annotated)
+    image, label, names, modality, annotated, thickness = item
+    return scan_measures(image, label, names, modality, annotated, thickness)
+
+
+def _thickness(catalog: Catalog, sidecar_uri: str | None) -> float | None:
+    """SliceThickness from a scan's de-identified sidecar (DICOM centers), if it has one."""
+    if not sidecar_uri:
+        return None
+    try:
+        value = json.loads(catalog.resolve(sidecar_uri).read_text()).get("SliceThickness")
+        return float(value) if value else None
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def qc_scope(catalog: Catalog, cohort: str | None, center: str | None,
@@ -90,6 +102,9 @@ def run_qc(
     maps = {r["label_map_id"]: dict(zip(r["indices"], r["names"], strict=True))
             for r in catalog.read("label_maps").to_pylist()}  # fmt: skip
     stored = {r["scan_id"]: r for r in catalog.rows_for("qc", ids).to_pylist()}
+    sidecars = {r["scan_id"]: r["sidecar_uri"]
+                for r in catalog.rows_for("scans", ids).select(["scan_id", "sidecar_uri"])
+                .to_pylist()}  # fmt: skip
     todo, measures = [], {}
     for s in scans:
         label = labels.get(s["scan_id"])
@@ -104,6 +119,7 @@ def run_qc(
             maps.get(label["label_map"]) if label else None,
             s["modality"],
             label.get("classes_annotated") if label else None,
+            _thickness(catalog, sidecars.get(s["scan_id"])),
         )))  # fmt: skip
     results = progress_map(_job, [item for _, item in todo], jobs=jobs, description="qc")
     measures.update((scan_id, m) for (scan_id, _), m in zip(todo, results, strict=True))
