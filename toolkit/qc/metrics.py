@@ -425,6 +425,10 @@ def scan_measures(
         tissue = core if np.count_nonzero(core) >= 200 else values
     shell = body_shell(body, image.affine) & (tissue == 0)
     out["bias"] = bias_range(data, body, image.affine, np.where(shell, tissue.max() + 1, tissue))
+    # each tissue source alone too: a strong field moves the body's edge (and so the shell)
+    # in some contrasts, and some labels are too small or mixed to carry a fit
+    out["bias_label"] = bias_range(data, body, image.affine, tissue)
+    out["bias_shell"] = bias_range(data, body, image.affine, shell.astype(np.int64))
     return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(float(v))}
 
 

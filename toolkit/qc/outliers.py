@@ -185,13 +185,16 @@ class _Judge:
                 self.flag("intensity", 10, f"air at {air:.0f} HU, not -1000")
             if math.isfinite(body) and not -200 <= body <= 300:
                 self.flag("intensity", 10, f"body median {body:.0f} HU")
-        median, mad = self.robust("bias", 0.0)
-        value = m.get("bias", math.nan)
-        if math.isfinite(value) and math.isfinite(median):
-            z = (value - median) / max(mad, 0.05)
-            if value - median > BIAS_MARGIN and z > 3:
-                self.flag("bias", z, f"a smooth field rises {math.exp(value):.1f} x across the "
-                                     f"tissue (peers {math.exp(median):.1f} x)")  # fmt: skip
+        for name, where in (("bias", "the label's tissues and the body's outer layer"),
+                            ("bias_label", "the label's tissues"),
+                            ("bias_shell", "the body's outer layer")):  # fmt: skip
+            median, mad = self.robust(name, 0.0)
+            value = m.get(name, math.nan)
+            if math.isfinite(value) and math.isfinite(median):
+                z = (value - median) / max(mad, 0.05)
+                if value - median > BIAS_MARGIN and z > 3:
+                    self.flag("bias", z, f"a smooth field rises {math.exp(value):.1f} x across "
+                                         f"{where} (peers {math.exp(median):.1f} x)")  # fmt: skip
 
     def labels(self) -> None:
         m = self.m
