@@ -16,26 +16,28 @@ Flags and their rules:
     left-right / front-back proportions differ from the peers' by more than a third;
 ``spacing``
     the body's extent along an axis is at least 1.5 x (or at most 1 / 1.5 x) the peers',
-    while the number of slices along it is as usual: the header's spacing is wrong;
+    while the number of voxels along it is as usual: the header's spacing is wrong;
 ``truncated``
     the body's head-foot extent and the number of slices are both below 0.8 x the peers';
 ``intensity``
-    the body's median or 99th percentile is 2.5 x away from the peers' (either way); for
-    CT, the air is not at -1000 HU (+-200) or the body's median not within -200..300 HU;
+    the body's median or 99th percentile is 2.5 x away from the peers' (either way); the
+    slices' edges are 40 points more inside the body mask than the peers' (an inverted
+    image's "body" is its air); for CT, the air is not at -1000 HU (+-200) or the body's
+    median not within -200..300 HU;
 ``bias``
-    the smooth field fitted to the label's tissues (:func:`xds.qc.metrics.bias_range`) rises
-    0.6 log units (1.8 x) more across them than the peers' median, and by 3 robust z;
+    one of the smooth fields fitted to the label's tissues, the body's outer layer, or
+    both (:func:`xds.qc.metrics.bias_range`) rises 0.7 log units (2 x) more across them
+    than the peers' median of the same fit, and by 3 robust z;
 ``lr_flip``
-    an organ with a side (liver right, spleen left, ...) lies on the other one, or the
-    image's left-right intensity asymmetry has the opposite sign of its peers' and at least
-    half their size;
+    half or more of the organs with a side (liver right, spleen left, ...) lie on the
+    other one, or the label fits its image 1.15 x better mirrored left-right;
 ``label_shift``
-    the contrast across the label's border is below 0.6 x the peers' (a label that does not
-    follow its organ's edges);
+    the label fits its image 1.15 x better moved by up to 10 mm (a label that does not
+    follow its organs' edges);
 ``empty_label``
     a class the label map annotates has no voxel, or the label holds no voxel at all;
 ``extra_component``
-    a piece of a class lies more than 20 mm from the class's main piece.
+    a piece of a class lies more than 20 mm from the class's largest piece.
 
 The score is the largest robust |z| among the measures that raised a flag (and 10 for a
 rule without a z, so flagged scans sort above clean ones).
