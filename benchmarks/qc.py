@@ -30,6 +30,7 @@ from xds.catalog import Catalog
 from xds.ingest import ingest_nifti
 from xds.phantoms import generate_world
 from xds.qc import flag_scans, scan_measures
+from xds.qc.run import measure_items
 
 from .timing import MIN_ROUNDS, Side, compare, timed_report
 
@@ -43,30 +44,21 @@ def make_cases(root: Path, shape: tuple[int, int, int], centers: int, subjects: 
         ingest_nifti(cat, root / "w" / c["path"], center=c["name"], dataset="bench",
                      metadata=root / "w" / c["metadata"],
                      label_map=root / "w" / c["label_map"])  # fmt: skip
-    maps = {r["label_map_id"]: dict(zip(r["indices"], r["names"], strict=True))
-            for r in cat.read("label_maps").to_pylist()}  # fmt: skip
-    labels = {r["scan_id"]: r for r in cat.read("labels").to_pylist()}
-    cases = []
-    for s in sorted(cat.read("scan_view").to_pylist(), key=lambda r: r["scan_id"]):
-        lab = labels.get(s["scan_id"])
-        if lab:
-            cases.append({"image": str(cat.resolve(s["image_uri"])),
-                          "label": str(cat.resolve(lab["uri"])), "names": maps[lab["label_map"]],
-                          "center": s["center"], "sequence": s["sequence"],
-                          "modality": s["modality"], "annotated": lab["classes_annotated"]})
-    return cases
+    scans = [s for s in sorted(cat.read("scan_view").to_pylist(), key=lambda r: r["scan_id"])
+             if s["has_label"]]  # fmt: skip
+    return [{"item": item, "center": s["center"], "sequence": s["sequence"],
+             "modality": s["modality"]}
+            for s, item in zip(scans, measure_items(cat, scans), strict=True)]  # fmt: skip
 
 
 def ours(cases: list[dict]) -> list[dict]:
-    rows = [{**c, "measures": scan_measures(c["image"], c["label"], c["names"], c["modality"],
-                                            c["annotated"])} for c in cases]  # fmt: skip
-    return flag_scans(rows)
+    return flag_scans([{**c, "measures": scan_measures(*c["item"])} for c in cases])
 
 
 def monai(cases: list[dict], out: Path):
     from monai.apps.auto3dseg import DataAnalyzer
 
-    datalist = {"training": [{"image": c["image"], "label": c["label"]} for c in cases]}
+    datalist = {"training": [{"image": c["item"][0], "label": c["item"][1]} for c in cases]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         analyzer = DataAnalyzer(datalist, dataroot="", output_path=str(out / "datastats.yaml"),
@@ -95,8 +87,7 @@ def main() -> None:
         compare(sides, rounds=args.rounds)
         flagged = sum(bool(f["flags"]) for f in sides["xds"].result)
         stats = sides["monai"].result
-        measures = len(scan_measures(cases[0]["image"], cases[0]["label"], cases[0]["names"],
-                                     cases[0]["modality"], cases[0]["annotated"]))  # fmt: skip
+        measures = len(scan_measures(*cases[0]["item"]))
         monai_keys = len(json.dumps(stats["stats_by_cases"][0], default=str))  # its bytes
         timed_report("qc", f"QC of {len(cases)} cases vs MONAI DataAnalyzer", sides["xds"],
                      sides["monai"], goal="<= 1", parallelism="1 process each",

@@ -176,3 +176,45 @@ def _values_in_world(path, truth_path) -> tuple[np.ndarray, np.ndarray] | None:
 def values_in_world():
     """``values_in_world(path, truth)``: both volumes' voxels paired by world position."""
     return _values_in_world
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _browse(page_path, shot, then=None) -> dict:
+    """Open an HTML file in Debian's chromium (headless, no network).
+
+    Returns the console errors, failed requests and page errors (``problems``), every
+    image's decoded width, the page's text, and what ``then(page)`` returned; saves a
+    full-page screenshot to ``shot``.
+    """
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    assert shutil.which(CHROMIUM), "install Debian's chromium (.ci/run does)"
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+        page.goto(Path(page_path).as_uri())
+        page.wait_for_load_state("load")
+        widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+        text = page.inner_text("body")
+        extra = then(page) if then is not None else None
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    return {"problems": problems, "widths": widths, "text": text, "then": extra}
+
+
+@pytest.fixture(scope="session")
+def browse():
+    """``browse(html, screenshot, then=None)``: see :func:`_browse`."""
+    return _browse

@@ -18,8 +18,7 @@ from xds.phantoms import generate_world
 from xds.phantoms.defects import DEFECTS, EXPECTED_FLAGS, HARMLESS, inject
 from xds.qc import flag_scans, scan_measures
 from xds.qc.metrics import grid_measures
-
-CHROMIUM = "/usr/bin/chromium"
+from xds.qc.run import measure_items
 
 
 def _xds(catalog: Path, *args):
@@ -105,11 +104,8 @@ def test_qc_flags_a_centers_defects_and_a_clean_cohort_leaves_them_out(world, in
     assert by_cohort["scans"] == size
 
 
-def test_qc_page_renders_in_headless_chromium(world, ingested, tmp_path):
+def test_qc_page_renders_in_headless_chromium(world, ingested, tmp_path, browse):
     """Every figure and mosaic tile decodes, no console error; a screenshot for the docs."""
-    from playwright.sync_api import sync_playwright
-
-    assert shutil.which(CHROMIUM), "install Debian's chromium (.ci/run does)"
     root, manifest = world
     catalog = tmp_path / "catalog"
     shutil.copytree(ingested, catalog)
@@ -122,28 +118,12 @@ def test_qc_page_renders_in_headless_chromium(world, ingested, tmp_path):
     assert Path(report["page"]).is_file()
     tiles = len(list((out / "mosaic").glob("*.png")))
     assert tiles == report["scans"]
-    problems = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.on("console", lambda m: m.type == "error" and problems.append(m.text))
-        page.on("pageerror", lambda e: problems.append(str(e)))
-        page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
-        page.goto((out / "qc.html").as_uri())
-        page.wait_for_load_state("load")
-        widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
-        text = page.inner_text("body")
-        shot = tmp_path / "qc.png"
-        page.screenshot(path=str(shot), full_page=True)
-        browser.close()
-    assert problems == []
-    assert len(widths) >= tiles + 5
-    assert all(w > 100 for w in widths)
-    assert "lr_flip" in text
+    shot = tmp_path / "qc.png"
+    seen = browse(out / "qc.html", shot)
+    assert seen["problems"] == []
+    assert len(seen["widths"]) >= tiles + 5
+    assert all(w > 100 for w in seen["widths"])
+    assert "lr_flip" in seen["text"]
     assert shot.stat().st_size > 20_000
 
 
@@ -163,20 +143,12 @@ def test_defects_are_caught_and_clean_or_harmless_scans_are_not(tmp_path, ingest
                                   seed=seed)  # fmt: skip
         cat = Catalog.create(tmp_path / f"c{seed}")
         ingest_phantoms(cat, world, manifest)
-        maps = {r["label_map_id"]: dict(zip(r["indices"], r["names"], strict=True))
-                for r in cat.read("label_maps").to_pylist()}  # fmt: skip
-        labels = {r["scan_id"]: r for r in cat.read("labels").to_pylist()}
-        rows = []
         # ordered by content (scan ids hang on the catalog's random key): the same draws
-        for s in sorted(cat.read("scan_view").to_pylist(), key=lambda r: r["image_hash"]):
-            lab = labels.get(s["scan_id"])
-            if lab is None:
-                continue
-            item = (str(cat.resolve(s["image_uri"])), str(cat.resolve(lab["uri"])),
-                    maps[lab["label_map"]], s["modality"], lab["classes_annotated"])  # fmt: skip
-            rows.append({"center": s["center"], "sequence": s["sequence"],
-                         "modality": s["modality"], "item": item,
-                         "measures": scan_measures(*item)})  # fmt: skip
+        scans = sorted((r for r in cat.read("scan_view").to_pylist() if r["has_label"]),
+                       key=lambda r: r["image_hash"])  # fmt: skip
+        rows = [{"center": s["center"], "sequence": s["sequence"], "modality": s["modality"],
+                 "item": item, "measures": scan_measures(*item)}
+                for s, item in zip(scans, measure_items(cat, scans), strict=True)]  # fmt: skip
         flagged = flag_scans(rows)
         clean_flags += sum(bool(f["flags"]) for f in flagged)
         clean_total += len(rows)
@@ -184,10 +156,9 @@ def test_defects_are_caught_and_clean_or_harmless_scans_are_not(tmp_path, ingest
         for kind in DEFECTS + HARMLESS:
             for i in rng.choice(len(rows), size=per_kind, replace=False):
                 base = rows[int(i)]
-                image, label, names, modality, annotated = base["item"]
+                image, label, *rest = base["item"]
                 made = inject(kind, image, label, tmp_path / "made", rng)
-                copy = {**base, "measures": scan_measures(made.image, made.label, names,
-                                                          modality, annotated)}  # fmt: skip
+                copy = {**base, "measures": scan_measures(made.image, made.label, *rest)}
                 pool = [r for j, r in enumerate(rows) if j != int(i)] + [copy]
                 got = set(flag_scans(pool)[-1]["flags"])
                 # a harmless change adds no flag to what its original already had

@@ -13,8 +13,6 @@ from xds.evaluation.scoring import evaluate
 from xds.schemas import EvaluationError
 from xds.splits.store import split_cohort
 
-CHROMIUM = "/usr/bin/chromium"
-
 
 @pytest.fixture(scope="module")
 def two_runs(ingested, tmp_path_factory, write_predictions):
@@ -88,39 +86,23 @@ def test_report_refuses_unknown_names_and_a_full_folder(two_runs, tmp_path):
         build_report(two_runs, ["run-a"], out=full)
 
 
-def test_html_report_renders_in_headless_chromium(two_runs, tmp_path):
+def test_html_report_renders_in_headless_chromium(two_runs, tmp_path, browse):
     """The page loads in Debian's chromium without console errors; its tables sort."""
-    from playwright.sync_api import sync_playwright
-
-    assert shutil.which(CHROMIUM), "install Debian's chromium (.ci/run does)"
     out = tmp_path / "report"
     build_report(two_runs, ["run-a", "run-b"], out=out, by=("center",), metrics=("dice",),
                  n_resamples=200)  # fmt: skip
-    problems = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.on("console", lambda m: m.type == "error" and problems.append(m.text))
-        page.on("pageerror", lambda e: problems.append(str(e)))
-        page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
-        page.goto((out / "report.html").as_uri())
-        page.wait_for_load_state("load")
-        images = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+
+    def sort_by_mean(page):
         table = page.locator("table.sortable").nth(1)
-        header = table.locator("th", has_text="mean").first
-        header.click()
+        table.locator("th", has_text="mean").first.click()
         column = table.locator("th").all_inner_texts().index("mean")
-        cells = table.locator(f"tbody tr td:nth-child({column + 1})").all_inner_texts()
-        shot = tmp_path / "report.png"
-        page.screenshot(path=str(shot), full_page=True)
-        browser.close()
-    assert problems == []
-    assert images
-    assert all(w > 100 for w in images)  # every embedded figure decoded
-    values = [float(c) for c in cells]
+        return table.locator(f"tbody tr td:nth-child({column + 1})").all_inner_texts()
+
+    shot = tmp_path / "report.png"
+    seen = browse(out / "report.html", shot, then=sort_by_mean)
+    assert seen["problems"] == []
+    assert seen["widths"]
+    assert all(w > 100 for w in seen["widths"])  # every embedded figure decoded
+    values = [float(c) for c in seen["then"]]
     assert values == sorted(values)
     assert shot.stat().st_size > 20_000

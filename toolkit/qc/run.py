@@ -65,6 +65,34 @@ def _thickness(catalog: Catalog, sidecar_uri: str | None) -> float | None:
         return None
 
 
+def measure_items(catalog: Catalog, scans: list[dict], labels: dict | None = None) -> list[tuple]:
+    """What :func:`~xds.qc.metrics.scan_measures` needs per ``scan_view`` row, in order.
+
+    ``labels``: scan id -> label row (default: each scan's best label). Each item is
+    (image path, label path or None, label map, modality, annotated classes, thickness).
+    """
+    ids = [s["scan_id"] for s in scans]
+    if labels is None:
+        labels = best_labels(catalog, ids)
+    maps = {r["label_map_id"]: dict(zip(r["indices"], r["names"], strict=True))
+            for r in catalog.read("label_maps").to_pylist()}  # fmt: skip
+    sidecars = {r["scan_id"]: r["sidecar_uri"]
+                for r in catalog.rows_for("scans", ids).select(["scan_id", "sidecar_uri"])
+                .to_pylist()}  # fmt: skip
+    items = []
+    for s in scans:
+        label = labels.get(s["scan_id"])
+        items.append((
+            str(catalog.resolve(s["image_uri"])),
+            str(catalog.resolve(label["uri"])) if label else None,
+            maps.get(label["label_map"]) if label else None,
+            s["modality"],
+            label.get("classes_annotated") if label else None,
+            _thickness(catalog, sidecars.get(s["scan_id"])),
+        ))  # fmt: skip
+    return items
+
+
 def qc_scope(catalog: Catalog, cohort: str | None, center: str | None,
              dataset: str | None) -> tuple[str, list[dict]]:  # fmt: skip
     """The ``scan_view`` rows a run checks, and how to name them.
@@ -99,12 +127,7 @@ def run_qc(
     ids = [s["scan_id"] for s in scans]
     report = QcReport(scope, scans=len(scans), scan_ids=ids)
     labels = best_labels(catalog, ids)
-    maps = {r["label_map_id"]: dict(zip(r["indices"], r["names"], strict=True))
-            for r in catalog.read("label_maps").to_pylist()}  # fmt: skip
     stored = {r["scan_id"]: r for r in catalog.rows_for("qc", ids).to_pylist()}
-    sidecars = {r["scan_id"]: r["sidecar_uri"]
-                for r in catalog.rows_for("scans", ids).select(["scan_id", "sidecar_uri"])
-                .to_pylist()}  # fmt: skip
     todo, measures = [], {}
     for s in scans:
         label = labels.get(s["scan_id"])
@@ -112,15 +135,10 @@ def run_qc(
         if old and old["qc_version"] == QC_VERSION and old["image_hash"] == s["image_hash"] \
                 and old["label_id"] == (label["label_id"] if label else None):  # fmt: skip
             measures[s["scan_id"]] = dict(old["measures"])
-            continue
-        todo.append((s["scan_id"], (
-            str(catalog.resolve(s["image_uri"])),
-            str(catalog.resolve(label["uri"])) if label else None,
-            maps.get(label["label_map"]) if label else None,
-            s["modality"],
-            label.get("classes_annotated") if label else None,
-            _thickness(catalog, sidecars.get(s["scan_id"])),
-        )))  # fmt: skip
+        else:
+            todo.append(s)
+    items = measure_items(catalog, todo, labels)
+    todo = [(s["scan_id"], item) for s, item in zip(todo, items, strict=True)]
     results = progress_map(_job, [item for _, item in todo], jobs=jobs, description="qc")
     measures.update((scan_id, m) for (scan_id, _), m in zip(todo, results, strict=True))
     report.measured, report.reused = len(todo), len(scans) - len(todo)
