@@ -71,26 +71,36 @@ def test_qc_flags_a_centers_defects_and_a_clean_cohort_leaves_them_out(world, in
                  metadata=tmp_path / "Fjord" / Path(center["metadata"]).name,
                  label_map=tmp_path / "Fjord" / Path(center["label_map"]).name,
                  vendor=center["vendor"], field_strength=center["field_strength"])  # fmt: skip
+    cat = Catalog.open(catalog)
+    before = {r["scan_id"]: r for r in cat.read("scan_view", "center = 'Fjord'").to_pylist()}
+    # one stored image broken on disk: flagged unreadable, the rest is measured
+    broken = next(sid for sid, s in sorted(before.items()) if s["image_hash"] not in changed)
+    path = cat.resolve(before[broken]["image_uri"])
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes()[:300])
     report = _xds(catalog, "qc", "--center", "Fjord", "--json")
     cat = Catalog.open(catalog)
     scans = {r["scan_id"]: r for r in cat.read("scan_view", "center = 'Fjord'").to_pylist()}
     assert report["scans"] == len(scans) == report["measured"]
-    kind_of = {sid: changed.get(s["image_hash"]) for sid, s in scans.items()}
+    assert scans[broken]["qc_flags"] == ["unreadable"]
+    (reason,) = cat.rows_for("qc", [broken]).to_pylist()[0]["reasons"]
+    assert reason.startswith("unreadable: image or label unreadable (")
+    kind_of = {sid: changed.get(s["image_hash"]) for sid, s in scans.items() if sid != broken}
     assert sorted(k for k in kind_of.values() if k) == sorted(kinds)
     clean_flagged = 0
-    for sid, scan in scans.items():
-        kind = kind_of[sid]
+    for sid, kind in kind_of.items():
+        scan = scans[sid]
         if kind is None:
             clean_flagged += bool(scan["qc_flags"])
         else:
             assert set(scan["qc_flags"] or []) & EXPECTED_FLAGS[kind], (kind, scan["qc_flags"])
-    assert clean_flagged <= 1, f"{clean_flagged} of {len(scans) - 3} clean scans flagged"
+    assert clean_flagged <= 1, f"{clean_flagged} of {len(kind_of) - 3} clean scans flagged"
     rows = cat.read("qc").to_pylist()
     assert all(r["reasons"] is None or len(r["reasons"]) == len(r["flags"]) for r in rows)
-    # a re-run on unchanged scans measures nothing and writes no version
+    # a re-run measures only the unreadable scan again, and writes no version
     version = cat.version
     again = _xds(catalog, "qc", "--center", "Fjord", "--json")
-    assert (again["measured"], again["reused"], again["rows_written"]) == (0, len(scans), 0)
+    assert (again["measured"], again["reused"], again["rows_written"]) == (1, len(scans) - 1, 0)
     assert Catalog.open(catalog).version == version
     # a clean cohort by SQL
     _xds(catalog, "build-cohort", "--where", "center = 'Fjord' AND qc_flags IS NULL",

@@ -55,8 +55,10 @@ SHIFT_GAIN = 1.15
 MIRROR_GAIN = 1.15
 FAR_GAP_MM = 20.0
 BIAS_MARGIN = 0.7  # log units above the peers' median: a field 2 x stronger across
-FLAGS = ("geometry", "spacing", "truncated", "intensity", "bias", "lr_flip", "label_shift",
-         "empty_label", "extra_component")  # fmt: skip
+FLAGS = ("unreadable", "geometry", "spacing", "truncated", "intensity", "bias", "lr_flip",
+         "label_shift", "empty_label", "extra_component")  # fmt: skip
+"""Every flag, in the order reasons are listed (``unreadable``: the files could not be
+measured; set by :func:`xds.qc.run_qc`, not by these rules)."""
 
 
 def _robust(values: list[float], floor: float) -> tuple[float, float]:

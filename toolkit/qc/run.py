@@ -2,7 +2,8 @@
 
 Measures (:mod:`xds.qc.metrics`) are computed per scan with its best label (the one
 exports use) and kept in the ``qc`` table keyed by scan; a scan whose voxels, label and
-measure definitions are unchanged is not measured again. Flags (:mod:`xds.qc.outliers`)
+measure definitions are unchanged is not measured again (one whose files could not be read
+is tried again). Flags (:mod:`xds.qc.outliers`)
 compare each scan with its peers among the scans checked in this run, so they are
 recomputed every run; a row is rewritten only when its measures or flags changed, and a run
 that changes nothing writes no catalog version.
@@ -49,9 +50,12 @@ class QcReport:
         return {k: v for k, v in self.__dict__.items() if k != "scan_ids"}
 
 
-def _job(item: tuple) -> dict:
-    image, label, names, modality, annotated, thickness = item
-    return scan_measures(image, label, names, modality, annotated, thickness)
+def _job(item: tuple) -> tuple[dict, str | None]:
+    """A scan's measures, or none and why its files could not be measured."""
+    try:
+        return scan_measures(*item), None
+    except Exception as exc:  # nibabel, gzip, numpy: a broken file raises many types
+        return {}, f"image or label unreadable ({type(exc).__name__})"
 
 
 def _thickness(catalog: Catalog, sidecar_uri: str | None) -> float | None:
@@ -133,18 +137,27 @@ def run_qc(
         label = labels.get(s["scan_id"])
         old = stored.get(s["scan_id"])
         if old and old["qc_version"] == QC_VERSION and old["image_hash"] == s["image_hash"] \
-                and old["label_id"] == (label["label_id"] if label else None):  # fmt: skip
+                and old["label_id"] == (label["label_id"] if label else None) \
+                and "unreadable" not in (old["flags"] or ()):  # fmt: skip
             measures[s["scan_id"]] = dict(old["measures"])
         else:
             todo.append(s)
     items = measure_items(catalog, todo, labels)
     todo = [(s["scan_id"], item) for s, item in zip(todo, items, strict=True)]
     results = progress_map(_job, [item for _, item in todo], jobs=jobs, description="qc")
-    measures.update((scan_id, m) for (scan_id, _), m in zip(todo, results, strict=True))
+    errors = {}
+    for (scan_id, _), (values, error) in zip(todo, results, strict=True):
+        measures[scan_id] = values
+        if error:
+            errors[scan_id] = error
     report.measured, report.reused = len(todo), len(scans) - len(todo)
     rows = [{"center": s["center"], "sequence": s["sequence"], "modality": s["modality"],
              "measures": measures[s["scan_id"]]} for s in scans]  # fmt: skip
     flagged = flag_scans(rows)
+    for n, s in enumerate(scans):
+        if s["scan_id"] in errors:  # measured nothing: one flag that says why
+            flagged[n] = {"flags": ["unreadable"], "reasons": [f"unreadable: "
+                          f"{errors[s['scan_id']]}"], "score": 10.0}  # fmt: skip
     groups = peer_groups(rows)
     now, run = utcnow(), f"qc-{utcnow():%Y%m%dT%H%M%S}"
     new, changed = [], []
