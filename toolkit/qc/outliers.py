@@ -1,7 +1,9 @@
 """Which scans are unusual, and why: flags from each scan's measures and its peers'.
 
-A scan is compared with its **peers**: the other scans of its center and sequence (at least
-:data:`MIN_PEERS` of them), else of its sequence in the whole cohort, else of the cohort.
+A scan is compared with its **peers**: the scans of its center and sequence (at least
+:data:`MIN_PEERS` of them, itself included), else of its sequence in the whole cohort, else
+of the cohort. MR intensities have no unit, so the intensity-scale rule only applies when
+the peers are of the scan's own center.
 For a measure, the peers' median and MAD (scaled by 1.4826, floored so a center of
 near-identical scans does not turn noise into flags) give a robust z-score. Most rules also
 ask for a large *ratio* to the peers' median, so that a 5 % difference never flags however
@@ -20,7 +22,8 @@ Flags and their rules:
 ``truncated``
     the body's head-foot extent and the number of slices are both below 0.8 x the peers';
 ``intensity``
-    the body's median or 99th percentile is 2.5 x away from the peers' (either way); the
+    the body's median or 99th percentile is 2.5 x away from the peers' (either way; for MR
+    only against peers of its own center); the
     slices' edges are 40 points more inside the body mask than the peers' (an inverted
     image's "body" is its air); for CT, the air is not at -1000 HU (+-200) or the body's
     median not within -200..300 HU;
@@ -50,7 +53,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-MIN_PEERS = 5
+MIN_PEERS = 3
 SHIFT_GAIN = 1.15
 MIRROR_GAIN = 1.15
 FAR_GAP_MM = 20.0
@@ -98,6 +101,7 @@ def flag_scans(rows: list[dict]) -> list[dict]:
     out = []
     for n, row in enumerate(rows):
         judge = _Judge(row, [rows[i]["measures"] for i in groups[n]], tuple(groups[n]), stats)
+        judge.one_center = all(rows[i]["center"] == row["center"] for i in groups[n])
         judge.geometry()
         judge.extent()
         judge.intensity()
@@ -117,6 +121,7 @@ class _Judge:
     def __init__(self, row: dict, peers: list[dict], key: tuple, stats: dict):
         self.row, self.m, self.peers, self.key, self.stats = row, row["measures"], peers, key, stats
         self.flags: dict[str, tuple[float, str]] = {}
+        self.one_center = True  # the peers are all of this scan's center
 
     def flag(self, name: str, score: float, reason: str) -> None:
         if name not in self.flags or score > self.flags[name][0]:
@@ -174,7 +179,9 @@ class _Judge:
 
     def intensity(self) -> None:
         m = self.m
-        for name in ("p50", "p99"):
+        # MR intensities have no unit: only a scan's own center sets its scale
+        scaled = self.one_center or self.row.get("modality") != "MR"
+        for name in ("p50", "p99") if scaled else ():
             r, z = self.ratio(name)
             if math.isfinite(r) and (r <= 0 or abs(math.log(abs(r))) > math.log(2.5)):
                 self.flag("intensity", z, f"body {name} {r:.2f} x its peers'")
