@@ -27,6 +27,7 @@ import json
 import re
 import tempfile
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import nibabel as nib
@@ -73,6 +74,7 @@ def _by_accession(catalog: Catalog, scans: list[_Scan], dataset: str, center: st
         if row.get("accession_key"):
             studies.setdefault(row["accession_key"], []).append(row["study_id"])
 
+    @cache  # a study's sidecars are read once, however many manifest rows name it
     def number(scan: _Scan) -> str | None:
         if not scan.sidecar_uri:
             return None

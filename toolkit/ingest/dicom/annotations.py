@@ -17,13 +17,17 @@ import numpy as np
 
 from xds.catalog import Catalog, utcnow
 from xds.ingest.common import Quarantine, label_map_id, label_map_row, store_label
-from xds.ingest.dicom.segmentations import seg_label, seg_series
-from xds.ingest.dicom.structures import referenced_series, structure_label
+from xds.ingest.dicom.segmentations import read_segmentation, seg_label, seg_series
+from xds.ingest.dicom.structures import read_structure_set, referenced_series, structure_label
 from xds.io.deid import pseudonym
 from xds.io.images import Grid, write_volume
 from xds.schemas.errors import IngestError
 
-KINDS = {"seg": "DICOM SEG", "rtstruct": "RTSTRUCT"}
+KINDS = {
+    "seg": ("DICOM SEG", read_segmentation, seg_series, seg_label),
+    "rtstruct": ("RTSTRUCT", read_structure_set, referenced_series, structure_label),
+}
+"""Kind -> (name, read the file, its source series' UID, its label on a grid)."""
 
 
 def attach_annotations(
@@ -52,25 +56,15 @@ def attach_annotations(
     now = utcnow()
     scratch.mkdir(parents=True, exist_ok=True)
     for n, (rel, kind) in enumerate(found):
-        what = KINDS[kind]
+        what, read, series_of, label_of = KINDS[kind]
         try:
-            ds = None
-            if kind == "seg":
-                ref = seg_series(root / rel)
-            else:
-                import pydicom
-
-                ds = pydicom.dcmread(root / rel, force=True)
-                ref = referenced_series(ds)
-            scan = scans.get(pseudonym(secret, "series", ref, prefix="ser"))
+            ds = read(root / rel)
+            scan = scans.get(pseudonym(secret, "series", series_of(ds), prefix="ser"))
             if scan is None:
                 raise IngestError("its source series is not in the catalog (ingest it, "
                                   "then run again)")  # fmt: skip
             grid = Grid.of(catalog.resolve(scan["image_uri"]))
-            data, mapping, origin, left_out = (
-                seg_label(root / rel, grid.affine, grid.shape) if kind == "seg"
-                else structure_label(ds, grid.affine, grid.shape)
-            )  # fmt: skip
+            data, mapping, origin, left_out = label_of(ds, grid.affine, grid.shape)
         except IngestError as exc:
             quarantine.add(rel, "annotation", f"{what}: {exc}")
             continue

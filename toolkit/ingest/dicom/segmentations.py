@@ -23,31 +23,43 @@ import nibabel as nib
 import numpy as np
 
 from xds.schemas.errors import IngestError, SchemaError
+from xds.schemas.tables import LABEL_ORIGINS
 from xds.schemas.vocabulary import vocabulary
 
 ORIGIN_OF = {"MANUAL": "manual", "SEMIAUTOMATIC": "revised", "AUTOMATIC": "pseudo"}
-_RANK = ("manual", "revised", "pseudo")
+"""DICOM's algorithm types (SEG SegmentAlgorithmType, RTSTRUCT ROIGenerationAlgorithm) as
+label origins."""
 
 
-def seg_label(path: Path, affine: np.ndarray, shape: tuple[int, int, int]):
-    """A SEG file's label on the grid ``affine`` / ``shape``: (volume, classes, origin, notes).
+def label_origin(algorithm_types: list[str]) -> str:
+    """The origin of a label whose parts were made as ``algorithm_types`` say.
+
+    The least manual part decides (an unknown or missing type counts as MANUAL).
+    """
+    origins = [ORIGIN_OF.get(str(t or "MANUAL"), "manual") for t in algorithm_types]
+    return max(origins, key=LABEL_ORIGINS.index) if origins else "manual"
+
+
+def read_segmentation(path: Path):
+    """A SEG file, read once with highdicom (a large import: only when there are SEG files)."""
+    import highdicom as hd
+
+    return hd.seg.segread(path)
+
+
+def seg_series(seg) -> str:
+    """The SeriesInstanceUID of the series a SEG segments."""
+    return str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
+
+
+def seg_label(seg, affine: np.ndarray, shape: tuple[int, int, int]):
+    """A SEG's label on the grid ``affine`` / ``shape``: (volume, classes, origin, notes).
 
     Raises:
         IngestError: unknown or repeated segments, frames off the grid, overlaps.
     """
-    import highdicom as hd  # a large import: only when there are SEG files
-
-    seg = hd.seg.segread(path)
     mapping, origin = segment_classes(seg)
     return place_frames(seg, affine, shape), mapping, origin, []
-
-
-def seg_series(path: Path) -> str:
-    """The SeriesInstanceUID of the series a SEG file segments."""
-    import pydicom
-
-    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    return str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
 
 
 def segment_classes(seg) -> tuple[dict[int, str], str]:
@@ -60,7 +72,7 @@ def segment_classes(seg) -> tuple[dict[int, str], str]:
     vocab = vocabulary()
     by_code = {vocab.code(n): n for n in vocab.names if vocab.code(n)}
     mapping: dict[int, str] = {}
-    origins = []
+    algorithms = []
     for item in seg.SegmentSequence:
         number = int(item.SegmentNumber)
         codes = item.get("SegmentedPropertyTypeCodeSequence") or []
@@ -76,8 +88,8 @@ def segment_classes(seg) -> tuple[dict[int, str], str]:
             raise IngestError(f"segments {[k for k, v in mapping.items() if v == name][0]} and "
                               f"{number} both name {name}")  # fmt: skip
         mapping[number] = name
-        origins.append(ORIGIN_OF.get(str(item.get("SegmentAlgorithmType", "MANUAL")), "manual"))
-    return mapping, max(origins, key=_RANK.index) if origins else "manual"
+        algorithms.append(item.get("SegmentAlgorithmType", "MANUAL"))
+    return mapping, label_origin(algorithms)
 
 
 def place_frames(seg, affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:

@@ -26,16 +26,24 @@ ROIGenerationAlgorithm (MANUAL -> manual, SEMIAUTOMATIC -> revised, AUTOMATIC ->
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 
+from xds.ingest.dicom.segmentations import label_origin
 from xds.schemas.errors import IngestError, SchemaError
 from xds.schemas.vocabulary import vocabulary
 
-ORIGIN_OF = {"MANUAL": "manual", "SEMIAUTOMATIC": "revised", "AUTOMATIC": "pseudo"}
-_RANK = ("manual", "revised", "pseudo")
 _CLOSED = ("CLOSED_PLANAR", "INTERPOLATED_PLANAR")
 _ON_SLICE = 0.1  # a contour's plane may sit this far (in voxels) from a slice centre
+
+
+def read_structure_set(path: Path):
+    """An RTSTRUCT file, read with pydicom (files without a preamble too)."""
+    import pydicom
+
+    return pydicom.dcmread(path, force=True)
 
 
 def referenced_series(ds) -> str:
@@ -86,7 +94,7 @@ def structure_label(
         raise IngestError("no ROI the vocabulary knows; " + "; ".join(notes)
                           if notes else "it holds no ROI")  # fmt: skip
     out = np.zeros(shape, np.uint16)
-    mapping, origins = {}, []
+    mapping, algorithms = {}, []
     for value, (number, canonical, name, roi) in enumerate(kept, start=1):
         mask = rasterize(contours[number], affine, shape, name)
         clash = out[mask & (out > 0)]
@@ -96,8 +104,8 @@ def structure_label(
                               "a label map holds one class per voxel")  # fmt: skip
         out[mask] = value
         mapping[value] = canonical
-        origins.append(ORIGIN_OF.get(str(roi.get("ROIGenerationAlgorithm", "MANUAL")), "manual"))
-    return out, mapping, max(origins, key=_RANK.index), notes
+        algorithms.append(roi.get("ROIGenerationAlgorithm", "MANUAL"))
+    return out, mapping, label_origin(algorithms), notes
 
 
 def rasterize(items, affine: np.ndarray, shape: tuple[int, int, int], name: str) -> np.ndarray:
