@@ -16,7 +16,8 @@ LABELS = {"dice": "Dice", "nsd": "NSD", "hd95_mm": "HD95 (mm)", "assd_mm": "ASSD
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
-def _pyplot():
+def pyplot():
+    """The pyplot module on matplotlib's Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +27,7 @@ def _pyplot():
 
 
 def _facets(n: int, width: float = 4.2, height: float = 3.2):
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(n, 3)
     rows = int(np.ceil(n / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
@@ -105,7 +106,7 @@ def forest(summary: pd.DataFrame, by: str, metric: str, path: Path) -> Path:
 
 def heatmap(matrix: pd.DataFrame, metric: str, path: Path) -> Path:
     """The cross-dataset matrix: rows trained on, columns tested on, cells mean ± SD."""
-    plt = _pyplot()
+    plt = pyplot()
     means = matrix.pivot(index="row", columns="column", values="mean")
     sds = matrix.pivot(index="row", columns="column", values="sd")
     fig, ax = plt.subplots(figsize=(1.3 * means.shape[1] + 2.5, 0.8 * means.shape[0] + 1.8))

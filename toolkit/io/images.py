@@ -71,6 +71,11 @@ class Grid:
         return cls(tuple(int(n) for n in header.get_data_shape()[:3]), header.get_best_affine())
 
 
+def axis_along(affine: np.ndarray, world_axis: int) -> int:
+    """The voxel axis closest to a world (RAS) axis: 0 left-right, 1 front-back, 2 head-foot."""
+    return int(np.argmax(np.abs(affine[world_axis, :3])))
+
+
 def nifti_files(root: Path) -> list[Path]:
     """Every NIfTI file (.nii, .nii.gz) below ``root``, hidden files left out, sorted."""
     return sorted(

@@ -36,6 +36,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from xds.io.images import axis_along
+from xds.phantoms.records import save_nifti
+
 DEFECTS = ("lr_flip_label", "lr_flip_image", "axis_swap", "label_shift", "spacing",
            "truncated", "intensity", "empty_label", "extra_component", "bias")  # fmt: skip
 HARMLESS = ("direction_noise", "regrid", "vendor_range")
@@ -65,17 +68,8 @@ class Injected:
     detail: str
 
 
-def _x_axis(affine: np.ndarray) -> int:
-    """The voxel axis closest to the patient's left-right (RAS x) direction."""
-    return int(np.argmax(np.abs(affine[0, :3])))
-
-
 def _save(data: np.ndarray, affine: np.ndarray, like: nib.Nifti1Image, path: Path) -> str:
-    img = nib.Nifti1Image(data.astype(like.get_data_dtype()), affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, path)
+    save_nifti(data.astype(like.get_data_dtype()), affine, path)
     return str(path)
 
 
@@ -97,7 +91,7 @@ def inject(
     affine, lab_affine = image.affine.copy(), (label.affine.copy() if label is not None else None)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     detail = ""
-    x = _x_axis(affine)
+    x = axis_along(affine, 0)
     if kind == "lr_flip_label":
         lab = np.flip(lab, axis=x)
     elif kind == "lr_flip_image":
@@ -107,7 +101,7 @@ def inject(
         lab = np.swapaxes(lab, 0, 1) if lab is not None else None
     elif kind == "label_shift":
         mm = rng.uniform(3, 8)
-        axis = int(rng.choice([a for a in range(3) if a != _slice_axis(affine)]))
+        axis = int(rng.choice([a for a in range(3) if a != axis_along(affine, 2)]))
         steps = max(1, math.ceil(mm / spacing[axis])) * int(rng.choice([-1, 1]))
         lab = np.roll(lab, steps, axis=axis)
         detail = f"{abs(steps) * spacing[axis]:.1f} mm along axis {axis}"
@@ -119,7 +113,7 @@ def inject(
             lab_affine[:3, axis] *= factor
         detail = f"axis {axis} x{factor}"
     elif kind == "truncated":
-        axis = _slice_axis(affine)
+        axis = axis_along(affine, 2)
         keep = int(round(data.shape[axis] * (1 - rng.uniform(0.30, 0.45))))
         data = np.take(data, range(keep), axis=axis)
         lab = np.take(lab, range(keep), axis=axis) if lab is not None else None
@@ -157,11 +151,6 @@ def inject(
     return Injected(kind, image_out, label_out, detail)
 
 
-def _slice_axis(affine: np.ndarray) -> int:
-    """The voxel axis closest to the patient's head-foot (RAS z) direction."""
-    return int(np.argmax(np.abs(affine[2, :3])))
-
-
 def _far_blob(lab: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``lab`` with a cube of one of its classes far from where that class is."""
     values = [int(v) for v in np.unique(lab) if v]
@@ -187,7 +176,7 @@ def _bias_field(shape, affine: np.ndarray, rng: np.random.Generator) -> np.ndarr
     """
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"), -1)
     direction = np.zeros(3)
-    direction[[a for a in range(3) if a != _slice_axis(affine)]] = rng.normal(size=2)
+    direction[[a for a in range(3) if a != axis_along(affine, 2)]] = rng.normal(size=2)
     direction /= np.linalg.norm(direction)
     strength = math.log(rng.uniform(6, 10)) / 2
     return np.exp(strength * (grid @ direction))

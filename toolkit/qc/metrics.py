@@ -49,6 +49,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from xds.evaluation.metrics import bounding_box
+from xds.io.images import axis_along
+
 SIDES = {"liver": 1, "gallbladder": 1, "kidney_right": 1, "adrenal_gland_right": 1,
          "inferior_vena_cava": 1, "spleen": -1, "kidney_left": -1, "stomach": -1,
          "adrenal_gland_left": -1}  # fmt: skip
@@ -112,16 +115,29 @@ def body_mask(data: np.ndarray) -> np.ndarray:
     return body
 
 
+def body_facts(body: np.ndarray, affine: np.ndarray) -> tuple:
+    """What several measures need of the body mask, computed once.
+
+    Its bounding box (None when empty), the RAS x of every other body voxel in-plane, and
+    the body's midline (their median).
+    """
+    idx = np.argwhere(body[::2, ::2]) * np.array([2, 2, 1])
+    x = idx @ affine[0, :3] + affine[0, 3]
+    return bounding_box(body), x, float(np.median(x)) if x.size else 0.0
+
+
 def intensity_measures(
-    data: np.ndarray, body: np.ndarray, affine: np.ndarray, modality: str
-) -> dict[str, float]:
+    data: np.ndarray, body: np.ndarray, affine: np.ndarray, modality: str,
+    facts: tuple | None = None,
+) -> dict[str, float]:  # fmt: skip
     """Robust range, SNR, EFC, FBER and left-right asymmetry on the body mask.
 
     Statistics of the body and the air use every other voxel in-plane (robust statistics
-    need no more); EFC uses every voxel.
+    need no more); EFC uses every voxel. ``facts``: :func:`body_facts` of ``body``.
     """
+    box, body_x, mid_x = facts if facts is not None else body_facts(body, affine)
     out: dict[str, float] = {"body_fraction": float(body.mean())}
-    out.update(body_extent(body, affine))
+    out.update(body_extent(body, affine, box))
     out["body_at_border"] = _at_border(body)
     sub, sub_body = data[::2, ::2], body[::2, ::2]
     inside, air = sub[sub_body], sub[~sub_body]
@@ -144,25 +160,27 @@ def intensity_measures(
     out["efc"] = float((x * np.log(x)).sum() / efc_max) if x.size else 0.0
     low = float(data.min())
     out["fber"] = float(np.median((inside - low) ** 2) / max(np.median((air - low) ** 2), 1e-9))
-    out["lr_asymmetry"] = _lr_asymmetry(data, body, affine)
+    out["lr_asymmetry"] = _lr_asymmetry(data, body, body_x, mid_x)
     if modality == "CT":
         out["hu_air"] = float(np.median(air))
         out["hu_body"] = float(p50)
     return out
 
 
-def body_extent(body: np.ndarray, affine: np.ndarray) -> dict[str, float]:
-    """The body's size along R, A, S (mm) and the voxel count along the axis nearest each."""
+def body_extent(body: np.ndarray, affine: np.ndarray, box: tuple | None) -> dict[str, float]:
+    """The body's size along R, A, S (mm) and the voxel count along the axis nearest each.
+
+    ``box``: the body's bounding box (:func:`body_facts`), None when it is empty.
+    """
     out = {}
-    box = _box(body)
     corners = None
     if box is not None:
-        lo, hi = box
+        lo, hi = _ends(box)
         corners = np.array([[(lo, hi)[c][a] for a, c in enumerate(bits)]
                             for bits in np.ndindex(2, 2, 2)], float)  # fmt: skip
         corners = nib.affines.apply_affine(affine, corners)
     for axis, letter in enumerate("xyz"):
-        nearest = int(np.argmax(np.abs(affine[axis, :3])))
+        nearest = axis_along(affine, axis)
         out[f"slices_{letter}"] = float(body.shape[nearest])
         if corners is not None:
             size = np.ptp(corners[:, axis]) + np.linalg.norm(affine[:3, nearest])
@@ -170,16 +188,9 @@ def body_extent(body: np.ndarray, affine: np.ndarray) -> dict[str, float]:
     return out
 
 
-def _box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """The first and last voxel index of ``mask`` along each axis, or None when empty."""
-    lo, hi = [], []
-    for axis in range(3):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        if not hit.size:
-            return None
-        lo.append(hit[0])
-        hi.append(hit[-1])
-    return np.array(lo), np.array(hi)
+def _ends(box: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The first and last voxel index of a box along each axis."""
+    return np.array([b.start for b in box]), np.array([b.stop - 1 for b in box])
 
 
 def bias_range(data: np.ndarray, body: np.ndarray, affine: np.ndarray,
@@ -217,15 +228,7 @@ def _at_border(body: np.ndarray) -> float:
     return float(np.mean(np.concatenate([f.ravel() for f in faces])))
 
 
-def _world_x(body: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, float]:
-    """RAS x of every other body voxel in-plane, and the body's midline."""
-    idx = np.argwhere(body[::2, ::2]) * np.array([2, 2, 1])
-    x = idx @ affine[0, :3] + affine[0, 3]
-    return x, float(np.median(x)) if x.size else 0.0
-
-
-def _lr_asymmetry(data: np.ndarray, body: np.ndarray, affine: np.ndarray) -> float:
-    x, mid = _world_x(body, affine)
+def _lr_asymmetry(data: np.ndarray, body: np.ndarray, x: np.ndarray, mid: float) -> float:
     values = data[::2, ::2][body[::2, ::2]].astype(np.float64)
     right, left = values[x > mid], values[x <= mid]
     if not right.size or not left.size or values.mean() == 0:
@@ -238,13 +241,14 @@ _PAD = 5  # voxels around a class's box: room for its rings and the largest shif
 
 def label_measures(
     data: np.ndarray, body: np.ndarray, labels: np.ndarray, names: dict[int, str],
-    affine: np.ndarray, annotated: list[str] | None,
+    affine: np.ndarray, annotated: list[str] | None, facts: tuple | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """Per class volume, pieces, place in the body, border contrast and side.
 
     Each class is measured inside its bounding box (padded by a few voxels), found for
     every class in one pass; its border rings are kept as voxel indices, which
-    :func:`alignment` moves and mirrors without touching whole volumes.
+    :func:`alignment` moves and mirrors without touching whole volumes. ``facts``:
+    :func:`body_facts` of ``body``.
     """
     import cc3d
     from scipy import ndimage
@@ -252,11 +256,11 @@ def label_measures(
     out: dict[str, float] = {}
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
     sd_body = float(data[body].std()) if body.any() else 1.0
-    lo, hi = _box(body) or (np.zeros(3), np.ones(3))
+    box, _, mid_x = facts if facts is not None else body_facts(body, affine)
+    lo, hi = _ends(box) if box is not None else (np.zeros(3), np.ones(3))
     ras_lo = nib.affines.apply_affine(affine, lo)
     ras_hi = nib.affines.apply_affine(affine, hi)
     span = np.where(np.abs(ras_hi - ras_lo) > 0, ras_hi - ras_lo, 1.0)
-    _, mid_x = _world_x(body, affine)
     boxes = ndimage.find_objects(labels)
     shape = np.array(labels.shape)
     extra, total, empty, far_gap = 0, 0, 0, 0.0
@@ -356,7 +360,7 @@ def alignment(data: np.ndarray, rings: list[tuple], affine: np.ndarray) -> dict[
                 delta = np.zeros(3, int)
                 delta[axis] = sign * step
                 best = max(best, contrast(lambda idx, d=delta: idx + d))
-    x = int(np.argmax(np.abs(affine[0, :3])))
+    x = axis_along(affine, 0)
     flip = np.ones(3, int)
     flip[x] = -1
     offset = np.zeros(3, int)
@@ -409,17 +413,18 @@ def scan_measures(
     label = nib.load(str(label_path)) if label_path else None
     out = grid_measures(image, label)
     if thickness:
-        slice_axis = int(np.argmax(np.abs(image.affine[2, :3])))
+        slice_axis = axis_along(image.affine, 2)
         out["thickness_ratio"] = float(thickness) / out[f"spacing_{'ijk'[slice_axis]}"]
     data = np.asanyarray(image.dataobj, dtype=np.float32)
     if data.ndim > 3:
         data = data[..., 0]
     body = body_mask(data)
-    out.update(intensity_measures(data, body, image.affine, modality))
+    facts = body_facts(body, image.affine)
+    out.update(intensity_measures(data, body, image.affine, modality, facts))
     tissue = np.zeros(data.shape, np.int64)
     if label is not None and names and out.get("label_grid_ok"):
         values = np.asanyarray(label.dataobj).astype(np.int64)
-        out.update(label_measures(data, body, values, names, image.affine, annotated))
+        out.update(label_measures(data, body, values, names, image.affine, annotated, facts))
         out.update(_cnr(data, body, values > 0))
         core = np.where(ndimage.binary_erosion(values > 0), values, 0)  # no partial volumes
         tissue = core if np.count_nonzero(core) >= 200 else values

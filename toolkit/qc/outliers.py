@@ -49,7 +49,6 @@ rule without a z, so flagged scans sort above clean ones).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import numpy as np
 
@@ -222,12 +221,3 @@ class _Judge:
                                          "without a voxel")  # fmt: skip
         if m.get("far_gap_mm", 0) > FAR_GAP_MM:
             self.flag("extra_component", 10, f"a piece {m['far_gap_mm']:.0f} mm from its class")
-
-
-def summarize(flagged: Iterable[dict]) -> dict[str, int]:
-    """How many scans carry each flag."""
-    counts = dict.fromkeys(FLAGS, 0)
-    for row in flagged:
-        for f in row["flags"]:
-            counts[f] += 1
-    return counts

@@ -23,6 +23,7 @@ import pandas as pd
 
 from xds.catalog import Catalog
 from xds.evaluation.html import SORT_SCRIPT, STYLE, embed_png, html_table
+from xds.evaluation.plots import pyplot
 from xds.labels.selection import best_labels
 from xds.qc.run import QcReport
 
@@ -31,18 +32,9 @@ PLOTTED = ("p50", "snr", "efc", "bias", "extent_x", "extent_z", "edge_contrast",
            "mirror_gain", "far_gap_mm", "label_offset_mm", "body_at_border")  # fmt: skip
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _strip(frame: pd.DataFrame, measure: str, path: Path) -> Path:
     """Box and strip plot of one measure per center; flagged scans in red."""
-    plt = _pyplot()
+    plt = pyplot()
     centers = sorted(frame["center"].unique())
     fig, ax = plt.subplots(figsize=(max(3.5, 1.1 * len(centers) + 1.5), 3.0))
     rng = np.random.default_rng(0)
@@ -70,7 +62,7 @@ def _strip(frame: pd.DataFrame, measure: str, path: Path) -> Path:
 
 def _slice(image_path: Path, label_path: Path | None, path: Path, title: str, bad: bool) -> Path:
     """The axial slice through the label's centre (else the middle), label outlined."""
-    plt = _pyplot()
+    plt = pyplot()
     image = nib.as_closest_canonical(nib.load(str(image_path)))
     data = np.asanyarray(image.dataobj, dtype=np.float32)
     label = None
