@@ -186,3 +186,27 @@ def test_defects_are_caught_and_clean_or_harmless_scans_are_not(tmp_path, ingest
     for kind in DEFECTS:
         if kind != "bias":  # a field under about 3 x the peers' is not told apart: see docs
             assert recall[kind] >= 0.95, f"{kind}: recall {recall[kind]:.0%}"
+
+
+def test_qc_measures_real_mr_files_nibabel_ships():
+    """Images xds did not make: spacing is the header's own zooms, a 4D fMRI run is measured
+    on its first volume, and a label on another real grid is a geometry flag."""
+    import nibabel
+
+    data = Path(nibabel.__file__).parent / "tests" / "data"
+    for name in ("anatomical.nii", "reoriented_anat_moved.nii", "resampled_anat_moved.nii",
+                 "example4d.nii.gz", "standard.nii.gz"):  # fmt: skip
+        image = nib.load(data / name)
+        got = scan_measures(data / name, None, None, "MR")
+        zooms = [float(z) for z in image.header.get_zooms()[:3]]
+        assert [got[f"spacing_{a}"] for a in "ijk"] == pytest.approx(zooms, abs=1e-4), name
+        assert got["orthogonality"] < 1e-6
+    epi = scan_measures(data / "example4d.nii.gz", None, None, "MR")  # air around the head
+    assert 0.1 < epi["body_fraction"] < 0.9
+    assert epi["extent_x"] < 128 * 2.0  # the head, not the field of view
+    moved = scan_measures(data / "anatomical.nii", data / "resampled_anat_moved.nii",
+                          {0: "background", 1: "liver"}, "MR")  # fmt: skip
+    assert moved["label_grid_ok"] == 0
+    assert moved["label_offset_mm"] > 1.0
+    rows = [{"center": "A", "sequence": "T1W", "modality": "MR", "measures": moved}]
+    assert "geometry" in flag_scans(rows)[0]["flags"]
