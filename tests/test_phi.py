@@ -135,6 +135,10 @@ def _dicom_center(root: Path) -> tuple[Path, set[str], set[str]]:
         ds.PatientName, ds.PatientID = "ZZDICOMPERSON^ZZCANARY", "ZZPID5512"
         ds.AccessionNumber, ds.StudyDate = "ZZACCESSION77", "20221116"
         ds.PatientBirthDate = "19580412"
+        if ds.Modality == "RTSTRUCT":  # a planning system's free text naming the patient
+            extra = pydicom.Dataset()
+            extra.ROINumber, extra.ROIName = 99, "ZZDICOMPERSON ZZPID5512 markers"
+            ds.StructureSetROISequence.append(extra)
         uids |= {str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)}
         folder = center / "ZZDICOMPERSON^ZZCANARY" / "annotations"
         folder.mkdir(parents=True, exist_ok=True)

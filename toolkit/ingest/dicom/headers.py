@@ -16,6 +16,10 @@ from xds.ingest.sheets import parse_age
 
 _DICOMDIR_SOP = "1.2.840.10008.1.3.10"
 SEG_SOP = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
+OTHER_PHI = ("InstitutionName", "InstitutionAddress", "ReferringPhysicianName", "OperatorsName",
+             "PerformingPhysicianName", "StationName", "DeviceSerialNumber", "PatientAddress",
+             "OtherPatientIDs")  # fmt: skip
+"""Identifying header fields besides the patient's name, IDs and dates."""
 
 
 MODALITIES = ("MR", "CT", "PT")
@@ -214,21 +218,7 @@ def _header_facts(ds, sop_name: str) -> dict:
         "series_date": text("SeriesDate") or text("AcquisitionDate"),
         "acquisition_time": text("AcquisitionTime") or text("SeriesTime"),
         "accession": text("AccessionNumber"),
-        "other_phi": [
-            v
-            for k in (
-                "InstitutionName",
-                "InstitutionAddress",
-                "ReferringPhysicianName",
-                "OperatorsName",
-                "PerformingPhysicianName",
-                "StationName",
-                "DeviceSerialNumber",
-                "PatientAddress",
-                "OtherPatientIDs",
-            )
-            if (v := text(k))
-        ],
+        "other_phi": [v for k in OTHER_PHI if (v := text(k))],
         "modality": text("Modality"),
         "manufacturer": text("Manufacturer"),
         "model": text("ManufacturerModelName"),
@@ -264,6 +254,19 @@ def subject_key(h: dict) -> str:
     if h.get("patient_name") or h.get("birth_date"):
         return f"name:{h.get('patient_name')}|{h.get('birth_date')}"
     return "study:" + str(h.get("study_uid") or h["series_uid"])
+
+
+def dataset_phi(ds) -> set[str]:
+    """:func:`phi_strings` of a dataset read by pydicom or highdicom (an annotation's)."""
+
+    def text(keyword: str) -> str:
+        return str(ds.get(keyword, "") or "").strip()
+
+    return phi_strings({
+        "patient_id": text("PatientID"), "patient_name": text("PatientName"),
+        "birth_date": text("PatientBirthDate"), "accession": text("AccessionNumber"),
+        "study_date": text("StudyDate"), "other_phi": [v for k in OTHER_PHI if (v := text(k))],
+    })  # fmt: skip
 
 
 def phi_strings(h: dict) -> set[str]:

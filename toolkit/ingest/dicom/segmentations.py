@@ -22,6 +22,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from xds.ingest.dicom.headers import dataset_phi
+from xds.io.deid import clean_text
 from xds.schemas.errors import IngestError, SchemaError
 from xds.schemas.tables import LABEL_ORIGINS
 from xds.schemas.vocabulary import vocabulary
@@ -80,10 +82,15 @@ def segment_classes(seg) -> tuple[dict[int, str], str]:
         name = by_code.get(code) if codes and codes[0].CodingSchemeDesignator in ("SCT", "SRT")\
             else None  # fmt: skip
         if name is None:
+            label = str(item.get("SegmentLabel") or "")
             try:
-                name = vocab.resolve(str(item.get("SegmentLabel") or ""))
+                name = vocab.resolve(label)
             except SchemaError as exc:
-                raise IngestError(f"segment {number} (code {code or 'none'}): {exc}") from None
+                # the label is free text: shown and stored cleaned of the patient's identifiers
+                shown = clean_text(label, sorted(dataset_phi(seg))) or ""
+                hint = str(exc).partition(";")[2]
+                raise IngestError(f"segment {number} (code {code or 'none'}): unknown class "
+                                  f"name {shown!r}" + (f";{hint}" if hint else "")) from None
         if name in mapping.values():
             raise IngestError(f"segments {[k for k, v in mapping.items() if v == name][0]} and "
                               f"{number} both name {name}")  # fmt: skip

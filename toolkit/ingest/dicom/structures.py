@@ -31,7 +31,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from xds.ingest.dicom.headers import dataset_phi
 from xds.ingest.dicom.segmentations import label_origin
+from xds.io.deid import clean_text
 from xds.schemas.errors import IngestError, SchemaError
 from xds.schemas.vocabulary import vocabulary
 
@@ -73,15 +75,19 @@ def structure_label(
             ROI left.
     """
     vocab = vocabulary()
+    phi = sorted(dataset_phi(ds))
     contours = {int(item.ReferencedROINumber): item.get("ContourSequence") or []
                 for item in ds.get("ROIContourSequence") or []}  # fmt: skip
     kept, notes = [], []
     for roi in sorted(ds.get("StructureSetROISequence") or [], key=lambda r: int(r.ROINumber)):
-        name = str(roi.get("ROIName", "") or "")
+        raw = str(roi.get("ROIName", "") or "")
+        # a planning system's free text: shown and stored cleaned of the patient's identifiers
+        name = clean_text(raw, phi) or f"#{roi.ROINumber}"
         try:
-            canonical = vocab.resolve(name)
+            canonical = vocab.resolve(raw)
         except SchemaError as exc:
-            notes.append(f"ROI {name!r} left out: {str(exc).replace('class name', 'name')}")
+            hint = str(exc).partition(";")[2]
+            notes.append(f"ROI {name!r} left out: unknown name" + (f";{hint}" if hint else ""))
             continue
         if not contours.get(int(roi.ROINumber)):
             notes.append(f"ROI {name!r} left out: it has no contours")
