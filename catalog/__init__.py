@@ -1,6 +1,6 @@
 """The catalog: versioned Delta Lake tables, DuckDB views and read-only SQL."""
 
-from xds.catalog.cohorts import Cohort, build_cohort, get_cohort, list_cohorts
+from xds.catalog.cohorts import Cohort, build_cohort, cohort_scans, get_cohort, list_cohorts
 from xds.catalog.deltas import utcnow
 from xds.catalog.migrations import migrate
 from xds.catalog.store import Catalog
@@ -11,6 +11,7 @@ __all__ = [
     "Cohort",
     "Transaction",
     "build_cohort",
+    "cohort_scans",
     "get_cohort",
     "list_cohorts",
     "migrate",

@@ -13,6 +13,7 @@ from datetime import datetime
 from functools import cached_property
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from xds.catalog.deltas import utcnow
 from xds.catalog.sql import fetch, where_sql
@@ -169,11 +170,19 @@ def rematerialize(catalog: Catalog, cohort: Cohort) -> tuple[str, ...]:
     return tuple(select_scans(pinned, cohort.where_sql).column("scan_id").to_pylist())
 
 
-def cohort_scans(catalog: Catalog, cohort: Cohort) -> pa.Table:
+def cohort_scans(catalog: Catalog, cohort: Cohort, *, remote: bool = False) -> pa.Table:
     """``scan_view`` rows of a cohort's scans as of its pinned version, sorted by scan_id.
 
+    Args:
+        catalog: the catalog.
+        cohort: the cohort.
+        remote: also accept series a PACS index registered and no pull has brought yet
+            (``status = 'remote'``, no image): what ``xds pull`` reads. Everything that
+            needs the images (splits, export, training, evaluation) leaves it False.
+
     Raises:
-        CohortError: the cohort names scans its pinned version does not hold.
+        CohortError: the cohort names scans its pinned version does not hold, or (unless
+            ``remote``) series that are not pulled yet.
     """
     rows = catalog.at(cohort.catalog_version).rows_for("scan_view", cohort.scan_id_array)
     missing = len(cohort.scan_id_array) - rows.num_rows
@@ -182,6 +191,14 @@ def cohort_scans(catalog: Catalog, cohort: Cohort) -> pa.Table:
             f"cohort {cohort.name!r} names {missing} scan id(s) that catalog version "
             f"{cohort.catalog_version} does not hold"
         )
+    if not remote:
+        waiting = pc.sum(pc.equal(rows.column("status"), "remote")).as_py() or 0
+        if waiting:
+            raise CohortError(
+                f"cohort {cohort.name!r} has {waiting} of {rows.num_rows} series not pulled "
+                f"from their PACS yet (status 'remote', no image): run `xds pull "
+                f"{cohort.name}`, then build the cohort again"
+            )
     return rows
 
 

@@ -2,7 +2,7 @@
 
 This module holds only the group, its error handling (:class:`~xds.cli.options.XdsGroup`)
 and the registration. The commands live in one module per toolkit package: phantoms,
-ingest, catalog, labels, splits, export, evaluation, training, synth, demo.
+ingest, pacs, catalog, labels, splits, export, evaluation, training, synth, demo.
 
 Exit codes: 0 success; 1 a user error (one line on stderr, no traceback); 2 usage.
 Library modules are imported inside the commands so ``xds --help`` starts fast.
@@ -21,6 +21,7 @@ from xds.cli import (
     export,
     ingest,
     labels,
+    pacs,
     phantoms,
     qc,
     splits,
@@ -30,7 +31,7 @@ from xds.cli import (
 from xds.cli.options import State, XdsGroup
 
 DEFAULT_CATALOG = "./xds-catalog"
-MODULES = (phantoms, ingest, catalog, qc, labels, splits, export, evaluation, training, synth,
+MODULES = (phantoms, ingest, pacs, catalog, qc, labels, splits, export, evaluation, training, synth,
            demo)  # fmt: skip
 """The command modules, in the order data flows through xds."""
 

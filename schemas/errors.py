@@ -68,3 +68,7 @@ class RunError(XdsError, ValueError):
 
 class MissingDependencyError(XdsError, ImportError):
     """An optional dependency a feature needs is not installed (the message names the extra)."""
+
+
+class PacsError(XdsError, RuntimeError):
+    """A PACS connection cannot be stored, reached or queried, or a pull cannot start."""

@@ -15,13 +15,14 @@ import pyarrow as pa
 
 from xds.schemas.errors import SchemaError
 
-SCHEMA_VERSION = "7"
+SCHEMA_VERSION = "8"
 """Bumped whenever a table's columns change. Version 2 added the DICOM acquisition columns
 of ``scans``, the ``studies`` table and the harmonization columns of ``labels``; version 3
 the ``evaluations``, ``metrics`` and ``set_metrics`` tables; version 4 the ``runs`` and
 ``predictions`` tables; version 5 replaced ``scans.acquisition_time_s`` (the time of day,
 which the DICOM basic de-identification profile removes) by ``acquisition_time_key``, a
-keyed hash of it; version 6 added ``studies.accession_key``; version 7 the ``qc`` table.
+keyed hash of it; version 6 added ``studies.accession_key``; version 7 the ``qc`` table; version 8 the
+``remote_series`` table (series indexed in a PACS, not pulled yet).
 ``xds migrate`` brings an older catalog up to date."""
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -249,6 +250,37 @@ _FIELDS: dict[str, list[pa.Field]] = {
         pa.field("peers", _STR, nullable=False),  # center x sequence | sequence | cohort
         pa.field("computed_at", _TS, nullable=False),
         pa.field("source", _STR, nullable=False),  # the qc run
+    ],
+    "remote_series": [  # one row per series a PACS index found: metadata only, no image yet
+        pa.field("scan_id", _STR, nullable=False),  # rmt-...: what cohorts list until pulled
+        pa.field("subject_id", _STR, nullable=False),  # the same keyed pseudonym ingest gives
+        pa.field("study_id", _STR),
+        pa.field("series_uid_hash", _STR, nullable=False),
+        pa.field("dataset", _STR, nullable=False),
+        pa.field("center", _STR, nullable=False),
+        pa.field("pacs", _STR, nullable=False),  # the connection it was indexed through
+        pa.field("modality", _STR, nullable=False),
+        pa.field("sequence", _STR, nullable=False),  # provisional: the header rules' answer
+        pa.field("sequence_source", _STR, nullable=False),
+        pa.field("sequence_rule", _STR),
+        pa.field("sequence_confidence", pa.float64()),
+        pa.field("vendor", _STR),
+        pa.field("scanner_model", _STR),
+        pa.field("field_strength", pa.float64()),
+        pa.field("series_description", _STR),  # cleaned of PHI
+        pa.field("body_part", _STR),
+        pa.field("echo_time_ms", pa.float64()),
+        pa.field("repetition_time_ms", pa.float64()),
+        pa.field("inversion_time_ms", pa.float64()),
+        pa.field("flip_angle_deg", pa.float64()),
+        pa.field("contrast", pa.bool_()),
+        pa.field("image_type", _STR),
+        pa.field("acquired_on", pa.date32()),  # shifted per subject
+        pa.field("acquisition_time_key", _STR),
+        pa.field("n_instances", pa.int64(), nullable=False),  # what the PACS lists
+        pa.field("estimated_bytes", pa.int64()),  # instances x (pixels + a header)
+        pa.field("added_at", _TS, nullable=False),
+        pa.field("source", _STR, nullable=False),  # the index run
     ],
     "quarantine": [
         pa.field("uri", _STR, nullable=False),  # path relative to the ingest root, pseudonymized

@@ -142,7 +142,9 @@ def clean_sidecar(sidecar: dict, phi: list[str] = ()) -> dict:
 # component only when every word of it is known to be structural; any other component becomes
 # a keyed hash with its extension kept ("when in doubt, hash").
 
-_PSEUDONYM = re.compile(r"(?<![A-Za-z0-9])(?:sub|stu|ser|scn|lbl|x)-[0-9a-f]{16}(?![0-9a-f])")
+_PSEUDONYM = re.compile(
+    r"(?<![A-Za-z0-9])(?:sub|stu|ser|scn|rmt|lbl|x)-[0-9a-f]{16}(?![0-9a-f])"
+)
 _UID = re.compile(r"(?<![\w.])\d+(?:\.\d+){3,}(?![\w])")
 _ABS_PATH = re.compile(r"(?<![\w.<>{}()\]])(?:[A-Za-z]:\\|/)[^\s'\"`,;()\[\]{}<>]*")
 _EXTENSIONS = (

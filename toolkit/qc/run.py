@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from xds.catalog import Catalog, get_cohort, utcnow
+from xds.catalog import Catalog, cohort_scans, get_cohort, utcnow
 from xds.io.parallel import progress_map
 from xds.labels.selection import best_labels
 from xds.qc.metrics import scan_measures
@@ -107,11 +107,11 @@ def qc_scope(catalog: Catalog, cohort: str | None, center: str | None,
     if (cohort is None) == (center is None):
         raise CatalogError("give a cohort name or --center (one of them)")
     if cohort is not None:
-        ids = get_cohort(catalog, cohort).scan_ids
-        rows = catalog.rows_for("scan_view", ids).to_pylist()
+        found = get_cohort(catalog, cohort)
+        rows = cohort_scans(catalog, found).to_pylist()  # refuses series not pulled yet
         scope = f"cohort {cohort}"
     else:
-        where, params = "center = ?", [center]
+        where, params = "center = ? AND status = 'ok'", [center]
         if dataset is not None:
             where, params = where + " AND dataset = ?", params + [dataset]
         rows = catalog.read("scan_view", where, params).to_pylist()

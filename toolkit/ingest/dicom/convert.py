@@ -133,10 +133,6 @@ def convert_series(job: SeriesJob) -> dict:
         tmp = Path(job.catalog_root) / f"{sidecar_uri}.{os.getpid()}.part"
         tmp.write_text(json.dumps(cleaned, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, Path(job.catalog_root) / sidecar_uri)
-        modality = (facts.get("modality") or "MR").upper()
-        contrast = True if facts.get("contrast_agent") else None
-        if contrast is None and mentions_contrast(facts.get("description") or ""):
-            contrast = True
         protocol = {
             k: "\\".join(v) if isinstance(v, list) else str(v)
             for k, v in (
@@ -155,36 +151,50 @@ def convert_series(job: SeriesJob) -> dict:
             {
                 "scan_id": scan_id,
                 "subject_id": job.subject_id,
-                "study_id": facts["study_id"],
-                "series_uid_hash": facts["series_uid_hash"],
-                "modality": modality,
+                **acquisition_columns(facts),
                 "sequence": sequence,
                 "sequence_source": source,
                 "sequence_rule": rule,
                 "sequence_confidence": confidence,
-                "vendor": facts.get("manufacturer"),
-                "scanner_model": facts.get("model"),
-                "field_strength": facts.get("field_strength"),
                 "image_uri": image_uri,
                 **volume.scan_columns(),
-                "acquisition_time_key": facts.get("acquisition_time_key"),
-                "acquired_on": dt.date.fromisoformat(facts["acquired_on"])
-                if facts.get("acquired_on")
-                else None,
-                "series_description": facts.get("description"),
-                "body_part": facts.get("body_part"),
-                "echo_time_ms": facts.get("te"),
-                "repetition_time_ms": facts.get("tr"),
-                "inversion_time_ms": facts.get("ti"),
-                "flip_angle_deg": facts.get("flip"),
-                "contrast": contrast,
-                "image_type": "\\".join(facts.get("image_type") or []) or None,
                 "protocol": protocol,
                 "sidecar_uri": sidecar_uri,
             }
         )
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def acquisition_columns(facts: dict) -> dict:
+    """The ``scans`` columns a series' header facts give (:func:`series_facts`' keys).
+
+    Shared by conversion and by a PACS index, which registers a series from one
+    instance's header before any image is there.
+    """
+    contrast = True if facts.get("contrast_agent") else None
+    if contrast is None and mentions_contrast(facts.get("description") or ""):
+        contrast = True
+    return {
+        "study_id": facts["study_id"],
+        "series_uid_hash": facts["series_uid_hash"],
+        "modality": (facts.get("modality") or "MR").upper(),
+        "vendor": facts.get("manufacturer"),
+        "scanner_model": facts.get("model"),
+        "field_strength": facts.get("field_strength"),
+        "acquisition_time_key": facts.get("acquisition_time_key"),
+        "acquired_on": dt.date.fromisoformat(facts["acquired_on"])
+        if facts.get("acquired_on")
+        else None,
+        "series_description": facts.get("description"),
+        "body_part": facts.get("body_part"),
+        "echo_time_ms": facts.get("te"),
+        "repetition_time_ms": facts.get("tr"),
+        "inversion_time_ms": facts.get("ti"),
+        "flip_angle_deg": facts.get("flip"),
+        "contrast": contrast,
+        "image_type": "\\".join(facts.get("image_type") or []) or None,
+    }
 
 
 def _die_with_worker() -> None:

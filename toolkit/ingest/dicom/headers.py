@@ -148,6 +148,17 @@ def _read_header(root: Path, rel: str, seen: set[str]) -> dict:
     return {"rel": rel, **geometry, **_header_facts(ds, sop_name)}
 
 
+def dataset_facts(ds) -> dict:
+    """The facts :func:`read_header` gives of a file's first header, from a dataset in memory.
+
+    For headers that arrive without a file: a PACS's instance metadata (DICOM JSON read by
+    pydicom). ``rel`` is left for the caller to set.
+    """
+    sop = str(ds.get("SOPClassUID", "") or "")
+    sop_name = pydicom.uid.UID(sop).name if sop else "unknown SOP class"
+    return {"series_uid": str(ds.get("SeriesInstanceUID") or ""), **_header_facts(ds, sop_name)}
+
+
 def _series_key(rel: str, ds) -> str:
     """A stand-in series UID for files whose SeriesInstanceUID was stripped.
 
