@@ -11,7 +11,9 @@ join by hand. Series a PACS index registered and no pull has brought yet are row
 ``status = 'remote'``, their header facts, a provisional sequence and no image (``image_uri``
 NULL, ``n_instances`` from the index): cohorts can choose what to pull, and export, training
 and evaluation refuse them (:func:`xds.catalog.cohorts.cohort_scans`). A remote series
-leaves the view once a scan with its series hash is in ``scans``. ``metric_view`` is one row per evaluated case x class with the evaluation's
+leaves the view once a scan with its series hash is in ``scans``, or once a pull brought it
+whole and the ingest refused it (``remote_series.pull_state``; the reason is in
+quarantine). ``metric_view`` is one row per evaluated case x class with the evaluation's
 name and every ``scan_view`` column: what ``xds report`` groups by.
 """
 
@@ -32,7 +34,8 @@ WITH label_summary AS (
     FROM labels
     GROUP BY scan_id
 )
-SELECT s.scan_id, s.subject_id, s.study_id, s.dataset, s.center, s.modality, s.sequence,
+SELECT s.scan_id, s.subject_id, s.study_id, s.series_uid_hash, s.dataset, s.center, s.modality,
+       s.sequence,
        s.sequence_source, s.vendor, s.scanner_model, s.field_strength, s.spacing, s.shape,
        s.orientation, s.image_uri, s.image_hash, s.acquired_on, s.added_at,
        s.sequence_rule, s.sequence_confidence, s.series_description, s.body_part,
@@ -53,7 +56,8 @@ LEFT JOIN label_summary l USING (scan_id)
 LEFT JOIN qc q USING (scan_id)
 WHERE s.status = 'ok'
 UNION ALL
-SELECT r.scan_id, r.subject_id, r.study_id, r.dataset, r.center, r.modality, r.sequence,
+SELECT r.scan_id, r.subject_id, r.study_id, r.series_uid_hash, r.dataset, r.center, r.modality,
+       r.sequence,
        r.sequence_source, r.vendor, r.scanner_model, r.field_strength, NULL, NULL,
        NULL, NULL, NULL, r.acquired_on, r.added_at,
        r.sequence_rule, r.sequence_confidence, r.series_description, r.body_part,
@@ -65,7 +69,7 @@ SELECT r.scan_id, r.subject_id, r.study_id, r.dataset, r.center, r.modality, r.s
        'remote', r.n_instances
 FROM remote_series r
 LEFT JOIN subjects p USING (subject_id)
-WHERE r.series_uid_hash NOT IN (
+WHERE r.pull_state IS NULL AND r.series_uid_hash NOT IN (
     SELECT series_uid_hash FROM scans WHERE status = 'ok' AND series_uid_hash IS NOT NULL
 )
 """

@@ -28,7 +28,7 @@ def pacs():
 @click.option("--aet", help="With --dimse: the PACS's AE title.")
 @click.option("--our-aet", default="XDS", show_default=True, help="With --dimse: our AE title.")
 @click.option("--retrieve", type=click.Choice(["get", "move"]), default="get", show_default=True,
-              help="With --dimse: C-GET, or C-MOVE to a Storage SCP xds starts itself.")  # fmt: skip
+              help="With --dimse: C-GET, or C-MOVE to a Storage SCP xds starts.")  # fmt: skip
 @click.option("--move-port", type=int, help="With --retrieve move: the port that SCP listens on "
               "(the PACS must know --our-aet at this host and port).")  # fmt: skip
 @click.option("--center", help="Center the PACS's series belong to (default: NAME).")
@@ -166,7 +166,8 @@ def pull_cmd(state, cohort, dry_run, batch, jobs, as_json):
                     ["pacs", "center", "series", "instances", "estimated_bytes"])  # fmt: skip
     keys = (["series_planned", "instances_planned", "estimated_bytes", "already_here"] if dry_run
             else ["series_planned", "series_retrieved", "series_quarantined", "instances_retrieved",
-                  "bytes_retrieved", "scans_added", "ingest_quarantined", "already_here",
+                  "bytes_retrieved", "scans_added", "ingest_quarantined", "series_refused",
+                  "already_here",
                   "seconds"])  # fmt: skip
     print_kv({k: summary[k] for k in keys}, f"pull {cohort}" + (" (dry run)" if dry_run else ""))
 

@@ -21,8 +21,8 @@ of ``scans``, the ``studies`` table and the harmonization columns of ``labels``;
 the ``evaluations``, ``metrics`` and ``set_metrics`` tables; version 4 the ``runs`` and
 ``predictions`` tables; version 5 replaced ``scans.acquisition_time_s`` (the time of day,
 which the DICOM basic de-identification profile removes) by ``acquisition_time_key``, a
-keyed hash of it; version 6 added ``studies.accession_key``; version 7 the ``qc`` table; version 8 the
-``remote_series`` table (series indexed in a PACS, not pulled yet).
+keyed hash of it; version 6 added ``studies.accession_key``; version 7 the ``qc`` table;
+version 8 the ``remote_series`` table (series indexed in a PACS, not pulled yet).
 ``xds migrate`` brings an older catalog up to date."""
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -279,6 +279,10 @@ _FIELDS: dict[str, list[pa.Field]] = {
         pa.field("acquisition_time_key", _STR),
         pa.field("n_instances", pa.int64(), nullable=False),  # what the PACS lists
         pa.field("estimated_bytes", pa.int64()),  # instances x (pixels + a header)
+        # None until a pull retrieves it whole and the ingest refuses it: then "refused" (the
+        # reason is in quarantine), and it leaves scan_view; an incomplete retrieval leaves
+        # it None, to be tried again.
+        pa.field("pull_state", _STR),
         pa.field("added_at", _TS, nullable=False),
         pa.field("source", _STR, nullable=False),  # the index run
     ],

@@ -49,8 +49,10 @@ class _MoveReceiver:
             ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = conn.timeout
         try:
-            self.server = ae.start_server(("0.0.0.0", conn.move_port), block=False,
-                                          evt_handlers=[(evt.EVT_C_STORE, self._store)])  # fmt: skip
+            self.server = ae.start_server(
+                ("0.0.0.0", conn.move_port), block=False,
+                evt_handlers=[(evt.EVT_C_STORE, self._store)],
+            )  # fmt: skip
         except OSError as exc:
             raise PacsError(f"cannot listen on port {conn.move_port} for C-MOVE ({exc.strerror})"
                             ) from None  # fmt: skip
@@ -160,8 +162,8 @@ class DimseRemote(Remote):
 
     def retrieve(self, study_uid: str, series_uid: str, store: Callable[[Dataset], None]) -> None:
         """C-GET (or C-MOVE) at SERIES level."""
-        self._retrieve("series retrieval", "SERIES",
-                       {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid}, store)  # fmt: skip
+        keys = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid}
+        self._retrieve("series retrieval", "SERIES", keys, store)
 
     def _retrieve(self, what: str, level: str, keys: dict, store) -> None:
         from pynetdicom import evt

@@ -120,8 +120,10 @@ def index_pacs(
         else:
             since_date = dt.date.fromisoformat(since) if isinstance(since, str) else since
         if feed is not None:
-            studies = [s for uid in feed[0]
-                       for s in remote.find_studies({**study_filters, "StudyInstanceUID": uid})]  # fmt: skip
+            studies = [
+                s for uid in feed[0]
+                for s in remote.find_studies({**study_filters, "StudyInstanceUID": uid})
+            ]  # fmt: skip
         else:
             studies = all_studies(remote, study_filters, since_date)
     finally:
@@ -202,7 +204,8 @@ def _study(remote: Remote, study: dict, filters: dict, secret: bytes, known: set
             continue
         n = max(listed, len(instances))
         pixels = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
-        pixels *= int(ds.get("BitsAllocated", 16) or 16) // 8 * int(ds.get("NumberOfFrames", 1) or 1)
+        pixels *= int(ds.get("BitsAllocated", 16) or 16) // 8
+        pixels *= int(ds.get("NumberOfFrames", 1) or 1)
         head.update(n_instances=n, estimated_bytes=n * (pixels + HEADER_BYTES),
                     series_hash=series_hash)  # fmt: skip
         out.append({
@@ -298,8 +301,8 @@ def _changes(conn: Connection, mark: dict) -> tuple[list[str], int] | None:
                                 timeout=conn.timeout).json()  # fmt: skip
             for change in page["Changes"]:
                 if change["ChangeType"] == "NewSeries":
-                    parents.add(requests.get(f"{root}/series/{change['ID']}",
-                                             timeout=conn.timeout).json()["ParentStudy"])  # fmt: skip
+                    series = requests.get(f"{root}/series/{change['ID']}", timeout=conn.timeout)
+                    parents.add(series.json()["ParentStudy"])
             seq = int(page["Last"])
             if page["Done"]:
                 break

@@ -9,7 +9,9 @@ as many as it counted); otherwise it is quarantined with what is missing and sta
 Complete series go, a batch at a time, through the DICOM ingest
 (:func:`xds.ingest.dicom.ingest_dicom`: checks, dcm2niix, classification, de-identification,
 one catalog transaction per batch), while the next batch is being retrieved: retrieval and
-conversion overlap.
+conversion overlap. A series that arrived whole and that the ingest refused (too few slices,
+a gap, a conversion error: the reason is in quarantine) is marked ``refused`` and not
+pulled again; an incomplete one stays remote, to be tried by the next pull.
 
 A pull killed at any moment leaves the catalog at its last committed batch; the next pull
 sweeps the dead pull's folder and retrieves only series no scan holds, so pulling again
@@ -52,6 +54,7 @@ class PullReport:
     bytes_retrieved: int = 0
     scans_added: int = 0
     ingest_quarantined: int = 0  # files or series the ingest refused
+    series_refused: int = 0  # retrieved whole, refused by the ingest: not pulled again
     seconds: float = 0.0
     by_center: list[dict] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)
@@ -73,6 +76,8 @@ def plan_pull(catalog: Catalog, cohort: str) -> tuple[PullReport, list[dict]]:
     here: dict[tuple[str, str], set[str]] = {}
     todo = []
     for row in sorted(rows, key=lambda r: r["scan_id"]):
+        if row["pull_state"] is not None:  # pulled whole and refused by the ingest
+            continue
         key = (row["dataset"], row["center"])
         if key not in here:
             here[key] = ingested_series(latest, *key)
@@ -162,10 +167,11 @@ def _pull_group(catalog, conn, rows, private, staging, report, *, jobs, batch) -
                 pending.append([pool.submit(fetch, r) for r in batches[k + 2]])
             folder = staging / f"batch-{k}"
             folder.mkdir(parents=True, exist_ok=True)
-            failed = []
+            failed, whole = [], []
             for series_hash, problem, n, size in results:
                 if problem is None:
                     os.replace(staging / "incoming" / series_hash, folder / series_hash)
+                    whole.append(series_hash)
                     report.series_retrieved += 1
                     report.instances_retrieved += n
                     report.bytes_retrieved += size
@@ -178,9 +184,19 @@ def _pull_group(catalog, conn, rows, private, staging, report, *, jobs, batch) -
                 report.scans_added += done.scans_added
                 report.ingest_quarantined += done.quarantined
                 report.problems.extend(done.problems)
+                here = ingested_series(catalog.latest(), conn.dataset, conn.center)
+                refused = [h for h in whole if h not in here]
+                if refused:  # whole, and still no scan: the ingest said why (quarantine)
+                    with catalog.transaction(f"pull {report.cohort}: refused series") as txn:
+                        txn.update("remote_series", "series_uid_hash", refused,
+                                   {"pull_state": "refused"})  # fmt: skip
+                    report.series_refused += len(refused)
             if failed:
-                quarantine = [quarantine_row(f"pacs/{conn.name}/{h}", conn.dataset, conn.center,
-                                             "retrieve", why, run) for h, why in failed]  # fmt: skip
+                quarantine = [
+                    quarantine_row(f"pacs/{conn.name}/{h}", conn.dataset, conn.center,
+                                   "retrieve", why, run)
+                    for h, why in failed
+                ]  # fmt: skip
                 with catalog.transaction(f"pull {report.cohort}: incomplete series") as txn:
                     txn.append("quarantine", quarantine, unique_by=["uri", "error"])
                 report.series_quarantined += len(failed)

@@ -72,8 +72,10 @@ class Remote:
                 return fn()
             except Transient as exc:
                 if attempt == self.conn.retries:
-                    raise PacsError(f"PACS {self.conn.name} ({self.conn.address}): {what} "
-                                    f"failed after {attempt + 1} tries: {exc}") from None  # fmt: skip
+                    raise PacsError(
+                        f"PACS {self.conn.name} ({self.conn.address}): {what} failed after "
+                        f"{attempt + 1} tries: {exc}"
+                    ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 8.0)
         raise AssertionError("unreachable")

@@ -1,0 +1,250 @@
+"""Pulling from a real PACS: Debian's Orthanc, over DICOMweb and DIMSE.
+
+Each test starts its own Orthanc on free localhost ports (the ``orthanc`` fixture), loads it
+through its REST API, and compares what ``xds pacs index`` + ``xds pull`` make with what
+``xds ingest dicom`` makes of the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+from collections import defaultdict
+from pathlib import Path
+
+import pydicom
+import pytest
+from click.testing import CliRunner
+
+from xds.catalog import Catalog
+from xds.cli.main import cli
+from xds.ingest import ingest_dicom
+from xds.io.deid import pseudonym
+from xds.pacs.store import STORE_FILE
+from xds.phantoms import generate_world
+
+WORLD = {"centers": 2, "subjects_per_center": 3, "shape": (24, 24, 12), "seed": 3}
+
+
+def _xds(catalog: Path, *args, ok: bool = True, env: dict | None = None):
+    result = CliRunner().invoke(cli, ["--catalog", str(catalog), *args], env=env)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return json.loads(result.stdout) if ok and "--json" in args else result
+
+
+@pytest.fixture(scope="session")
+def pacs_world(tmp_path_factory):
+    """A phantom DICOM world and, per center, its files grouped by series and study."""
+    root = tmp_path_factory.mktemp("pacs") / "world"
+    manifest = generate_world(root, format="dicom", sequences=("T1W", "T2W", "OOP", "IP"),
+                              jobs=2, annotations=False, **WORLD)  # fmt: skip
+    centers = {}
+    for c in manifest["centers"]:
+        by_series, by_study, phi = defaultdict(list), defaultdict(set), set(c["phi"])
+        broken = {b["file"] for b in c["broken"]}  # made to be refused: not for a PACS
+        for path in sorted(p for p in (root / c["path"]).rglob("*") if p.is_file()):
+            if path.relative_to(root / c["path"]).as_posix() in broken:
+                continue
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:
+                continue
+            if "SeriesInstanceUID" not in ds:
+                continue
+            by_series[ds.SeriesInstanceUID].append(path)
+            by_study[ds.StudyInstanceUID].add(ds.SeriesInstanceUID)
+            for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID",
+                        "AccessionNumber", "PatientBirthDate"):  # fmt: skip
+                if ds.get(key):
+                    phi.add(str(ds.get(key)))
+            if ds.get("PatientName"):
+                phi.update(p for p in str(ds.PatientName).split("^") if len(p) > 3)
+        centers[c["name"]] = {**c, "by_series": dict(by_series), "by_study": dict(by_study),
+                              "needles": phi}  # fmt: skip
+    return root, centers
+
+
+def _center(pacs_world, k: int = 0) -> dict:
+    return list(pacs_world[1].values())[k]
+
+
+def _series_of(center: dict, sequence: str) -> list[str]:
+    return [s["series_uid"] for s in center["series"] if s["sequence"] == sequence]
+
+
+def _scans(cat: Catalog) -> list[tuple]:
+    rows = Catalog.open(cat.root).read("scans", "status = 'ok'").to_pylist()
+    return sorted((r["subject_id"], r["study_id"], r["series_uid_hash"], r["image_hash"],
+                   r["sequence"], r["modality"], tuple(r["shape"])) for r in rows)  # fmt: skip
+
+
+def _reference(tmp_path: Path, center: dict, uids: list[str], secret: bytes) -> Catalog:
+    """``xds ingest dicom`` of the files of ``uids``, in a catalog with ``secret``."""
+    folder = tmp_path / "reference-files"
+    for uid in uids:
+        for path in center["by_series"][uid]:
+            target = folder / pseudonym(secret, "f", uid) / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+    ref = Catalog.create(tmp_path / "reference")
+    (ref.root / ".xds-secret").write_bytes(secret)
+    ingest_dicom(ref, folder, center=center["name"], dataset="pd")
+    return ref
+
+
+def _loaded(orthanc, center: dict, **options):
+    server = orthanc(**options)
+    files = [p for paths in center["by_series"].values() for p in paths]
+    assert server.upload(files) == len(files)
+    return server
+
+
+def _catalog(tmp_path: Path, name: str = "catalog") -> Catalog:
+    return Catalog.create(tmp_path / name)
+
+
+def test_index_t2w_cohort_pull_over_dicomweb_equals_ingest(pacs_world, orthanc, tmp_path,
+                                                           find_leaks):  # fmt: skip
+    center = _center(pacs_world)
+    # a result cap far below the center's 5 studies and 15 series
+    server = _loaded(orthanc, center, limit_find_results=2)
+    cat = _catalog(tmp_path)
+    _xds(cat.root, "pacs", "add", "web", "--dicomweb", server.dicomweb, "--center",
+         center["name"], "--dataset", "pd")  # fmt: skip
+    index = _xds(cat.root, "pacs", "index", "web", "--json")
+    assert index["studies_found"] == len(server.get("/studies")) == len(center["by_study"])
+    assert index["series_found"] == len(server.get("/series")) == len(center["by_series"])
+    view = Catalog.open(cat.root).sql(
+        "SELECT status, count(*) AS n, bool_and(image_uri IS NULL) AS no_image FROM scan_view "
+        "GROUP BY ALL"
+    ).to_pylist()
+    assert view == [{"status": "remote", "n": index["series_registered"], "no_image": True}]
+
+    t2 = _series_of(center, "T2W")
+    _xds(cat.root, "build-cohort", "--name", "t2", "--where",
+         "status = 'remote' AND sequence = 'T2W'")  # fmt: skip
+    dry = _xds(cat.root, "pull", "t2", "--dry-run", "--json")
+    assert dry["series_planned"] == len(t2)
+    assert dry["instances_planned"] == sum(len(center["by_series"][u]) for u in t2)
+    assert dry["estimated_bytes"] > 24 * 24 * 2 * dry["instances_planned"]
+    assert not any((cat.root / "data").rglob("*.nii.gz")) if (cat.root / "data").exists() else True
+
+    pulled = _xds(cat.root, "pull", "t2", "-j", "2", "--json")
+    assert pulled["series_retrieved"] == len(t2)
+    assert pulled["series_quarantined"] == 0
+    ref = _reference(tmp_path, center, t2, Catalog.open(cat.root).secret())
+    assert _scans(cat) == _scans(ref)
+    assert {r[4] for r in _scans(cat)} == {"T2W"}
+    subjects = lambda c: {(r["subject_id"], r["sex"], r["age"])  # noqa: E731
+                          for r in Catalog.open(c.root).read("subjects").to_pylist()}  # fmt: skip
+    assert subjects(ref) <= subjects(cat)  # the index registered every subject of the PACS
+    again = _xds(cat.root, "pull", "t2", "--json")
+    assert again["series_planned"] == 0
+    assert again["already_here"] == len(t2)
+
+    # No identifier in any byte of the catalog; the raw UIDs only in the private store.
+    store = cat.root / STORE_FILE
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600
+    assert not find_leaks(cat.root, center["needles"])
+    uid = t2[0]
+    assert uid.encode() in store.read_bytes()  # the store is where they are, and only there
+
+
+def test_dimse_find_and_get_or_move_give_the_same_scans(pacs_world, orthanc, tmp_path, free_port):
+    center = _center(pacs_world)
+    move_port = free_port()
+    server = _loaded(orthanc, center, limit_find_results=2, move_port=move_port)
+    t2 = _series_of(center, "T2W")
+    results, secret = {}, None
+    for retrieve in ("get", "move"):
+        cat = _catalog(tmp_path, retrieve)
+        if secret is not None:  # the same key: the same pseudonyms
+            (cat.root / ".xds-secret").write_bytes(secret)
+        secret = cat.secret()
+        extra = ["--move-port", str(move_port)] if retrieve == "move" else []
+        _xds(cat.root, "pacs", "add", "dimse", "--dimse", f"127.0.0.1:{server.dicom_port}",
+             "--aet", server.aet, "--retrieve", retrieve, "--center", center["name"],
+             "--dataset", "pd", *extra)  # fmt: skip
+        index = _xds(cat.root, "pacs", "index", "dimse", "--json")
+        assert index["series_found"] == len(center["by_series"])  # C-FIND capped at 2
+        _xds(cat.root, "build-cohort", "--name", "t2", "--where",
+             "status = 'remote' AND sequence = 'T2W'")  # fmt: skip
+        pulled = _xds(cat.root, "pull", "t2", "-j", "2", "--json")
+        assert pulled["series_retrieved"] == len(t2), pulled
+        results[retrieve] = _scans(cat)
+    assert results["get"] == results["move"]
+    assert results["get"] == _scans(_reference(tmp_path, center, t2, secret))
+
+
+def test_a_dropped_instance_quarantines_its_series_and_the_rest_lands(pacs_world, orthanc,
+                                                                      tmp_path):  # fmt: skip
+    center = _center(pacs_world)
+    server = _loaded(orthanc, center)
+    cat = _catalog(tmp_path)
+    _xds(cat.root, "pacs", "add", "web", "--dicomweb", server.dicomweb, "--center",
+         center["name"], "--dataset", "pd")  # fmt: skip
+    _xds(cat.root, "pacs", "index", "web", "--json")
+    t2 = _series_of(center, "T2W")
+    # the PACS loses one instance of one series after the index listed it
+    (victim,) = [s for s in server.get("/series?expand")
+                 if s["MainDicomTags"]["SeriesInstanceUID"] == t2[0]]  # fmt: skip
+    dropped = server.get(f"/instances/{victim['Instances'][3]}")["MainDicomTags"]
+    server.delete(f"/instances/{victim['Instances'][3]}")
+    _xds(cat.root, "build-cohort", "--name", "t2", "--where",
+         "status = 'remote' AND sequence = 'T2W'")  # fmt: skip
+    result = _xds(cat.root, "pull", "t2", "--json")
+    n = len(center["by_series"][t2[0]])
+    assert result["series_quarantined"] == 1
+    assert result["scans_added"] == len(t2) - 1
+    (problem,) = result["problems"]
+    assert problem["error"] == (f"incomplete: 1 of {n} indexed instances did not arrive "
+                                f"(InstanceNumber {dropped['InstanceNumber']})")  # fmt: skip
+    latest = Catalog.open(cat.root)
+    rows = latest.read("quarantine", "stage = 'retrieve'").to_pylist()
+    assert [r["error"] for r in rows] == [problem["error"]]
+    still = latest.read("scan_view", "status = 'remote' AND sequence = 'T2W'").to_pylist()
+    assert [r["series_uid_hash"] for r in still] == [
+        pseudonym(latest.secret(), "series", t2[0], prefix="ser")
+    ]
+    again = _xds(cat.root, "pull", "t2", "--json")  # still incomplete: nothing more, no duplicate
+    assert again["series_quarantined"] == 1
+    assert again["scans_added"] == 0
+    assert Catalog.open(cat.root).count("quarantine") == len(rows)
+
+
+def test_three_new_studies_are_exactly_what_the_next_index_and_pull_bring(pacs_world, orthanc,
+                                                                          tmp_path):  # fmt: skip
+    first, second = _center(pacs_world, 0), _center(pacs_world, 1)
+    server = _loaded(orthanc, first)
+    cat = _catalog(tmp_path)
+    _xds(cat.root, "pacs", "add", "web", "--dicomweb", server.dicomweb, "--center", "Hosp",
+         "--dataset", "pd")  # fmt: skip
+    _xds(cat.root, "pacs", "index", "web", "--json")
+    _xds(cat.root, "build-cohort", "--name", "all", "--where", "status = 'remote'")
+    _xds(cat.root, "pull", "all", "--json")
+    before = {r[2] for r in _scans(cat)}
+
+    new = sorted(second["by_study"])[:3]
+    files = [p for s in new for u in second["by_study"][s] for p in second["by_series"][u]]
+    assert server.upload(files) == len(files)
+    known = set(Catalog.open(cat.root).read("remote_series").column("scan_id").to_pylist())
+    index = _xds(cat.root, "pacs", "index", "web", "--since", "last", "--json")
+    assert index["since"] == "change feed"
+    assert index["studies_found"] == 3
+    secret = Catalog.open(cat.root).secret()
+    expected = {pseudonym(secret, "study", s, prefix="stu") for s in new}
+    fresh = [r for r in Catalog.open(cat.root).read("remote_series").to_pylist()
+             if r["scan_id"] not in known]  # fmt: skip
+    assert {r["study_id"] for r in fresh} == expected
+    assert len(fresh) == index["series_registered"]
+    _xds(cat.root, "build-cohort", "--name", "new", "--where", "status = 'remote'")
+    pulled = _xds(cat.root, "pull", "new", "--json")
+    assert pulled["series_planned"] == pulled["series_retrieved"] == len(fresh)
+    added = {r[2]: r[1] for r in _scans(cat) if r[2] not in before}
+    assert set(added) <= {r["series_uid_hash"] for r in fresh}
+    assert set(added.values()) == expected
+    # a full index finds nothing new, a pull after it moves nothing
+    assert _xds(cat.root, "pacs", "index", "web", "--json")["series_registered"] == 0
+    assert _xds(cat.root, "pull", "new", "--json")["series_retrieved"] == 0
