@@ -8,8 +8,12 @@ through its REST API, and compares what ``xds pacs index`` + ``xds pull`` make w
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import stat
+import subprocess
+import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -248,3 +252,68 @@ def test_three_new_studies_are_exactly_what_the_next_index_and_pull_bring(pacs_w
     # a full index finds nothing new, a pull after it moves nothing
     assert _xds(cat.root, "pacs", "index", "web", "--json")["series_registered"] == 0
     assert _xds(cat.root, "pull", "new", "--json")["series_retrieved"] == 0
+
+
+def _snapshot(root: Path) -> dict:
+    """What a pull leaves, without run ids and times; checks 0 missing and 0 duplicates."""
+    cat = Catalog.open(root)
+    scans = cat.read("scans").to_pylist()
+    remote = {r["series_uid_hash"]: r for r in cat.read("remote_series").to_pylist()}
+    per_series = defaultdict(list)
+    for r in scans:
+        per_series[r["series_uid_hash"]].append(r)
+    for series, rows in per_series.items():
+        assert len(rows) == 1, f"{series}: {len(rows)} scans (a duplicate)"
+        assert rows[0]["shape"][2] == remote[series]["n_instances"], f"{series}: slices missing"
+    return {
+        "scans": sorted((r["scan_id"], r["subject_id"], r["series_uid_hash"], r["image_hash"],
+                         r["sequence"], r["image_uri"]) for r in scans),  # fmt: skip
+        "refused": sorted(h for h, r in remote.items() if r["pull_state"]),
+        "quarantine": sorted({(r["uri"], r["stage"], r["error"])
+                              for r in cat.read("quarantine").to_pylist()}),  # fmt: skip
+        "subjects": sorted(cat.read("subjects").column("subject_id").to_pylist()),
+        "files": sorted(p.relative_to(root).as_posix() for p in (root / "data").rglob("*")
+                        if p.is_file()),  # fmt: skip
+        "work": sorted(p.name for p in (root / ".xds-tmp").glob("*/*")),
+    }
+
+
+@pytest.mark.slow
+def test_twenty_kill_9_during_a_pull_each_end_as_the_uninterrupted_pull(pacs_world, orthanc,
+                                                                        tmp_path):  # fmt: skip
+    center = _center(pacs_world)
+    server = _loaded(orthanc, center)
+    base = _catalog(tmp_path, "indexed").root
+    _xds(base, "pacs", "add", "web", "--dicomweb", server.dicomweb, "--center", center["name"])
+    _xds(base, "pacs", "index", "web", "--json")
+    _xds(base, "build-cohort", "--name", "some", "--where",
+         "status = 'remote' AND sequence IN ('T2W', 'T1W')")  # fmt: skip
+
+    def pull(root: Path) -> list[str]:
+        return [sys.executable, "-m", "xds.cli.main", "--catalog", str(root), "pull", "some",
+                "-j", "1", "--batch", "2", "--json"]  # fmt: skip
+
+    reference = tmp_path / "reference"
+    shutil.copytree(base, reference)
+    start = time.monotonic()
+    done = subprocess.run(pull(reference), check=True, capture_output=True, text=True)
+    full = time.monotonic() - start
+    assert json.loads(done.stdout)["series_retrieved"] >= 6
+    expected = _snapshot(reference)
+    assert expected["refused"]  # the center has series the ingest refuses: they count too
+    rng, landed = random.Random(28), 0
+    for k in range(20):
+        root = tmp_path / f"killed-{k}"
+        shutil.copytree(base, root)
+        proc = subprocess.Popen(pull(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        moment = rng.uniform(0.3, full)
+        time.sleep(moment)
+        landed += proc.poll() is None
+        proc.kill()  # SIGKILL: no cleanup runs
+        proc.wait()
+        subprocess.run(pull(root), check=True, capture_output=True)
+        assert _snapshot(root) == expected, f"kill {k} at {moment:.2f} s"
+        again = subprocess.run(pull(root), check=True, capture_output=True, text=True)
+        assert json.loads(again.stdout)["series_retrieved"] == 0
+        shutil.rmtree(root)
+    assert landed >= 15, f"only {landed} of 20 kills came before the pull ended"

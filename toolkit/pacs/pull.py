@@ -118,14 +118,16 @@ def pull_cohort(catalog: Catalog, cohort: str, *, jobs: int = 2, batch: int | No
     """
     report, todo = plan_pull(catalog, cohort)
     report.dry_run = dry_run
-    if dry_run or not todo:
+    if dry_run:
+        return report
+    work = catalog.root / WORK_FOLDER
+    sweep_workdirs(work)  # what a killed pull left, even when nothing is left to pull
+    if not todo:
         return report
     start = time.perf_counter()
     store = PacsStore(catalog.root)
     private = store.series([r["series_uid_hash"] for r in todo])
     batch = batch or max(4, 2 * jobs)
-    work = catalog.root / WORK_FOLDER
-    sweep_workdirs(work)
     staging = work / f"pull-{run_id()[7:]}-{os.getpid()}"
     try:
         for group in report.by_center:
