@@ -7,12 +7,15 @@ through its REST API, and compares what ``xds pacs index`` + ``xds pull`` make w
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -317,3 +320,127 @@ def test_twenty_kill_9_during_a_pull_each_end_as_the_uninterrupted_pull(pacs_wor
         assert json.loads(again.stdout)["series_retrieved"] == 0
         shutil.rmtree(root)
     assert landed >= 15, f"only {landed} of 20 kills came before the pull ended"
+
+
+def test_unreachable_silent_and_locked_pacs_fail_in_one_line(orthanc, tmp_path, free_port):
+    cat = _catalog(tmp_path)
+    down = f"http://127.0.0.1:{free_port()}/dicom-web"
+    _xds(cat.root, "pacs", "add", "down", "--dicomweb", down, "--timeout", "1", "--retries", "1")
+    result = _xds(cat.root, "pacs", "index", "down", ok=False)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: PACS down ({down}): study search failed after 2 tries: cannot connect to {down}"
+    ]
+
+    # a server that accepts connections and never answers (the hang users report)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(silent.accept()) for _ in range(8)],
+                     daemon=True).start()  # fmt: skip
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/dicom-web"
+    _xds(cat.root, "pacs", "add", "silent", "--dicomweb", url, "--timeout", "1", "--retries", "1")
+    start = time.monotonic()
+    result = _xds(cat.root, "pacs", "index", "silent", ok=False)
+    assert time.monotonic() - start < 15
+    assert result.exit_code == 1
+    assert "study search failed after 2 tries: no answer within 1 s" in result.output
+    assert "Traceback" not in result.output
+    silent.close()
+
+    dimse = f"127.0.0.1:{free_port()}"
+    _xds(cat.root, "pacs", "add", "nodimse", "--dimse", dimse, "--aet", "PACS",
+         "--timeout", "1", "--retries", "0")  # fmt: skip
+    result = _xds(cat.root, "pacs", "index", "nodimse", ok=False)
+    assert result.output.strip() == (f"Error: PACS nodimse (PACS@{dimse}): study search failed "
+                                     f"after 1 tries: PACS@{dimse} did not answer")  # fmt: skip
+
+    # credentials: from the environment, never stored or printed
+    password = "canary-Pa55word"
+    server = orthanc(users={"alice": password})
+    with_password = server.dicomweb.replace("http://", f"http://alice:{password}@")
+    refused = _xds(cat.root, "pacs", "add", "bad", "--dicomweb", with_password, ok=False)
+    assert refused.exit_code == 1
+    assert password not in refused.output
+    _xds(cat.root, "pacs", "add", "locked", "--dicomweb", server.dicomweb, "--retries", "0")
+    result = _xds(cat.root, "pacs", "index", "locked", ok=False)
+    assert "refused (HTTP 401): check the credentials" in result.output
+    env = {"XDS_PACS_LOCKED_USER": "alice", "XDS_PACS_LOCKED_PASSWORD": password}
+    result = _xds(cat.root, "pacs", "index", "locked", "--json", env=env)
+    assert result["studies_found"] == 0
+    listing = _xds(cat.root, "pacs", "list", "--json")
+    assert {c["pacs"] for c in listing} == {"down", "silent", "nodimse", "locked"}
+    for path in cat.root.rglob("*"):
+        if path.is_file():
+            assert password.encode() not in path.read_bytes(), path
+
+
+def test_series_not_pulled_yet_are_refused_by_what_needs_images(pacs_world, orthanc, tmp_path):
+    center = _center(pacs_world)
+    server = _loaded(orthanc, center)
+    cat = _catalog(tmp_path)
+    _xds(cat.root, "pacs", "add", "web", "--dicomweb", server.dicomweb, "--center", "H")
+    _xds(cat.root, "pacs", "index", "web", "--json", "--where-tags", "Modality=MR")
+    _xds(cat.root, "build-cohort", "--name", "t2", "--where", "sequence = 'T2W'")
+    for command in (["split", "t2", "--name", "s"], ["qc", "t2"]):
+        result = _xds(cat.root, *command, ok=False)
+        assert result.exit_code == 1, command
+        assert result.output.strip() == (
+            "Error: cohort 't2' has 3 of 3 series not pulled from their PACS yet (status "
+            "'remote', no image): run `xds pull t2`, then build the cohort again"
+        )
+    # the tables and views work on them: SQL over remote series, with their subjects
+    rows = Catalog.open(cat.root).sql(
+        "SELECT sequence, count(*) AS n, count(sex) AS with_sex, sum(n_instances) AS instances "
+        "FROM scan_view WHERE status = 'remote' AND sequence = 'T2W' GROUP BY ALL"
+    ).to_pylist()
+    t2 = _series_of(center, "T2W")
+    assert rows == [{"sequence": "T2W", "n": len(t2), "with_sex": len(t2),
+                     "instances": sum(len(center["by_series"][u]) for u in t2)}]  # fmt: skip
+    _xds(cat.root, "pull", "t2", "--json")
+    _xds(cat.root, "build-cohort", "--name", "t2-pulled", "--where", "sequence = 'T2W'")
+    _xds(cat.root, "split", "t2-pulled", "--name", "s")
+
+
+REAL = [("pydicom-data", "data/emri_small.dcm"),
+        ("nibabel", "nicom/tests/data/philips_mprage.dcm.gz"),
+        ("nibabel", "nicom/tests/data/0.dcm"), ("heudiconv", "tests/data/01-fmap_acq-3mm"),
+        ("pydicom", "data/test_files/MR_small.dcm")]  # fmt: skip
+"""Real DICOM other projects ship: two enhanced multi-frame MR (a Philips MPRAGE of 176
+frames, 10 frames without a vendor), and three single files the ingest refuses as no
+volume (a Siemens DWI mosaic, a Siemens field map, a Toshiba slice)."""
+
+
+def test_real_dicom_from_other_projects_through_orthanc_equals_their_ingest(orthanc, tmp_path):
+    from benchmarks.real_dicom import package_dir
+
+    files = tmp_path / "real"
+    for package, rel in REAL:
+        source = package_dir(package) / rel
+        assert source.exists(), f"the dev extra installs {package}"
+        for path in [source] if source.is_file() else sorted(source.rglob("*")):
+            if path.is_file():
+                target = files / package / path.name.removesuffix(".gz")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                data = path.read_bytes()
+                target.write_bytes(gzip.decompress(data) if path.suffix == ".gz" else data)
+    server = orthanc()
+    paths = sorted(p for p in files.rglob("*") if p.is_file())
+    assert server.upload(paths) == len(paths)
+    cat = _catalog(tmp_path)
+    _xds(cat.root, "pacs", "add", "real", "--dicomweb", server.dicomweb, "--center", "Real")
+    index = _xds(cat.root, "pacs", "index", "real", "--json")
+    assert index["series_registered"] == len(server.get("/series"))
+    _xds(cat.root, "build-cohort", "--name", "all", "--where", "status = 'remote'")
+    pulled = _xds(cat.root, "pull", "all", "--json")
+    ref = Catalog.create(tmp_path / "reference")
+    (ref.root / ".xds-secret").write_bytes(Catalog.open(cat.root).secret())
+    report = ingest_dicom(ref, files, center="Real")
+    assert report.scans_added == pulled["scans_added"] == 2
+    assert pulled["series_refused"] == len(report.problems) == 3
+    assert pulled["series_retrieved"] == 5
+    assert _scans(cat) == _scans(ref)
+    reasons = lambda c: sorted(r["error"] for r in Catalog.open(c.root).read(  # noqa: E731
+        "quarantine").to_pylist())  # fmt: skip
+    assert reasons(cat) == reasons(ref)  # the same refusal, for the same reason

@@ -1,7 +1,7 @@
 """A DICOMweb PACS: QIDO-RS to find, WADO-RS to read headers and retrieve (dicomweb-client).
 
 Every request carries the connection's timeout (dicomweb-client's own, which bounds the
-wait for each chunk of a streamed answer). Credentials are put on the session, never in the
+wait for each chunk of a streamed answer), and is tried as the connection says, no more. Credentials are put on the session, never in the
 URL. Requests errors are reduced to their kind and status: their text holds the request's
 URL, and WADO URLs hold Study and Series Instance UIDs.
 """
@@ -45,6 +45,9 @@ class DicomWebRemote(Remote):
         self.session = session
         self.client = DICOMwebClient(conn.url.rstrip("/"), session=session,
                                      timeout=(min(10.0, conn.timeout), conn.timeout))  # fmt: skip
+        # Its own retries (five, with waits of up to 8 s, on any exception) would multiply
+        # ours: a silent server held an index for 70 s with --timeout 1 --retries 1.
+        self.client.set_http_retry_params(retry=False)
 
     def close(self) -> None:
         """Close the HTTP session."""
