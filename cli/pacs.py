@@ -137,7 +137,7 @@ def pacs_index_cmd(state, name, since, tags, jobs, as_json):
 @click.command("pull")
 @click.argument("cohort")
 @click.option("--dry-run", is_flag=True, help="Print series, instances and bytes; fetch nothing.")
-@click.option("--batch", type=int, help="Series per ingest batch and commit (default 2 x -j).")
+@click.option("--batch", type=int, help="Converted series per commit (default 16).")
 @jobs_option
 @json_option
 @click.pass_obj

@@ -42,7 +42,7 @@ def progress_imap(
     """
     items = list(items)
     jobs = max(1, min(jobs, len(items) or 1))
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task(description, total=len(items))
         if jobs == 1:
             for item in items:
@@ -50,21 +50,25 @@ def progress_imap(
                 bar.advance(task)
                 yield result
             return
-        # forkserver, not fork: the parent may hold DuckDB and Delta (tokio) threads, and a
-        # forked child inherits their locks in whatever state they were.
-        context = multiprocessing.get_context("forkserver")
-        # The server imports fn's module once and every worker forks from it, instead of
-        # each worker importing xds (about 0.6 s) again. Only the first pool sets this.
-        context.set_forkserver_preload([fn.__module__])
-        with ProcessPoolExecutor(
-            max_workers=jobs,
-            mp_context=context,
-            initializer=die_with_parent,
-            initargs=(os.getpid(),),
-        ) as pool:
+        with process_pool(jobs, fn.__module__) as pool:
             for result in pool.map(fn, items, chunksize=max(1, len(items) // (jobs * 8))):
                 bar.advance(task)
                 yield result
+
+
+def process_pool(jobs: int, module: str) -> ProcessPoolExecutor:
+    """A pool of ``jobs`` worker processes that die with this one.
+
+    They fork from a server that has imported ``module`` (the workers' functions) once.
+    """
+    # forkserver, not fork: the parent may hold DuckDB and Delta (tokio) threads, and a
+    # forked child inherits their locks in whatever state they were.
+    context = multiprocessing.get_context("forkserver")
+    # The server imports the module once and every worker forks from it, instead of each
+    # worker importing xds (about 0.6 s) again. Only the first pool sets this.
+    context.set_forkserver_preload([module])
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=die_with_parent,
+                               initargs=(os.getpid(),))  # fmt: skip
 
 
 def thread_map(
@@ -78,7 +82,7 @@ def thread_map(
     from concurrent.futures import ThreadPoolExecutor
 
     items = list(items)
-    with _progress() as bar, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with progress_bar() as bar, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         task = bar.add_task(description, total=len(items))
         futures = [pool.submit(fn, item) for item in items]
         for future in futures:
@@ -141,7 +145,8 @@ def default_jobs() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
-def _progress() -> Progress:
+def progress_bar() -> Progress:
+    """A rich progress display on stderr, shown only on a terminal (or XDS_PROGRESS=1)."""
     from rich.console import Console
 
     console = Console(stderr=True)

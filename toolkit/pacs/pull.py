@@ -6,12 +6,14 @@ work folder, one file per instance named by its place in the index's instance li
 instance sent twice is written once. A series is complete when the SOP Instance UIDs that
 arrived are exactly those the index listed (or, where the PACS would not list them all,
 as many as it counted); otherwise it is quarantined with what is missing and stays remote.
-Complete series go, a batch at a time, through the DICOM ingest
-(:func:`xds.ingest.dicom.ingest_dicom`: checks, dcm2niix, classification, de-identification,
-one catalog transaction per batch), while the next batch is being retrieved: retrieval and
-conversion overlap. A series that arrived whole and that the ingest refused (too few slices,
-a gap, a conversion error: the reason is in quarantine) is marked ``refused`` and not
-pulled again; an incomplete one stays remote, to be tried by the next pull.
+Each complete series goes through the DICOM ingest's own steps as soon as it is whole
+(:class:`~xds.ingest.dicom.ingest.SeriesPlanner`: checks, keyed pseudonyms, quarantine;
+``convert_series`` in a pool of ``jobs`` processes that lives as long as the pull: dcm2niix,
+classification, de-identification; :class:`~xds.ingest.dicom.ingest.Committer`: one catalog
+transaction per ``batch`` converted series) while later series are still arriving:
+retrieval and conversion overlap. A series that arrived whole and that the ingest refused
+(too few slices, a gap, a conversion error: the reason is in quarantine) is marked
+``refused`` and not pulled again; an incomplete one stays remote, for the next pull.
 
 A pull killed at any moment leaves the catalog at its last committed batch; the next pull
 sweeps the dead pull's folder and retrieves only series no scan holds, so pulling again
@@ -24,18 +26,25 @@ import os
 import shutil
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from xds.catalog import Catalog, get_cohort
 from xds.ingest.common import quarantine_row, run_id
-from xds.ingest.dicom.ingest import ingest_dicom
+from xds.ingest.dicom.convert import convert_series, dcm2niix_path
+from xds.ingest.dicom.headers import header_of_dataset, read_header
+from xds.ingest.dicom.ingest import Committer, DicomIngestReport, SeriesPlanner
 from xds.ingest.dicom.series import ingested_series
 from xds.ingest.dicom.walk import WORK_FOLDER, sweep_workdirs
+from xds.io.parallel import process_pool, progress_bar
 from xds.pacs.remote import open_remote
 from xds.pacs.store import PacsStore
 from xds.schemas.errors import PacsError
+
+DEFAULT_BATCH = 16
+"""Series per catalog transaction: what a kill can lose. Each commit costs tens of
+milliseconds (one Delta append per table), so a pull of small series commits rarely."""
 
 
 @dataclass
@@ -109,8 +118,8 @@ def pull_cohort(catalog: Catalog, cohort: str, *, jobs: int = 2, batch: int | No
         catalog: the catalog.
         cohort: a cohort built over ``status = 'remote'`` series (others are left alone).
         jobs: series retrieved at once, and conversion workers.
-        batch: series per ingest batch and catalog transaction (default ``2 * jobs``,
-            at least 4): what a kill can lose, and the unit of overlap.
+        batch: converted series per catalog transaction (default :data:`DEFAULT_BATCH`):
+            what a kill can lose; at most ``2 * batch + jobs`` series wait on disk.
         dry_run: only count what would be retrieved.
 
     Raises:
@@ -127,7 +136,7 @@ def pull_cohort(catalog: Catalog, cohort: str, *, jobs: int = 2, batch: int | No
     start = time.perf_counter()
     store = PacsStore(catalog.root)
     private = store.series([r["series_uid_hash"] for r in todo])
-    batch = batch or max(4, 2 * jobs)
+    batch = batch or DEFAULT_BATCH
     staging = work / f"pull-{run_id()[7:]}-{os.getpid()}"
     try:
         for group in report.by_center:
@@ -145,110 +154,152 @@ def pull_cohort(catalog: Catalog, cohort: str, *, jobs: int = 2, batch: int | No
 
 
 def _pull_group(catalog, conn, rows, private, staging, report, *, jobs, batch) -> None:
-    """Pull one connection's series of one center, retrieval overlapping ingest."""
-    local = threading.local()
-    run = run_id().replace("ingest-", "pull-")
+    """Pull one connection's series of one center: retrieval, conversion, commits at once.
 
-    def fetch(row: dict) -> tuple[str, str | None, int, int]:
+    Retrieval threads write each series and its headers (taken from the instances as they
+    arrive, not read again from disk); the main thread plans each whole series with the
+    DICOM ingest's planner, hands its jobs to one pool of conversion processes that lives
+    as long as the pull, and commits every ``batch`` converted series with the ingest's
+    committer. At most ``2 * batch + jobs`` series wait on disk at any time.
+    """
+    incoming = staging / "incoming"
+    run = run_id()
+    ingest = DicomIngestReport(conn.dataset, conn.center, run, "pacs")
+    planner = SeriesPlanner(catalog, incoming, ingest, run, dataset=conn.dataset,
+                            center=conn.center, workroot=staging / "convert",
+                            binary=dcm2niix_path())  # fmt: skip
+    refused: list[str] = []  # whole series the planner or a conversion refused
+
+    def mark(txn, pairs) -> None:
+        gone = refused + [job.facts["series_uid_hash"] for job, result in pairs
+                          if not result["scans"]]  # fmt: skip
+        txn.update("remote_series", "series_uid_hash", sorted(set(gone)), {"pull_state": "refused"})
+        report.series_refused += len(set(gone))
+        refused.clear()
+
+    committer = Committer(catalog, planner, batch, also=mark)
+    room = threading.Semaphore(2 * batch + jobs)
+    local = threading.local()
+
+    def fetch(row: dict):
+        room.acquire()
         if not hasattr(local, "remote"):
             local.remote = open_remote(conn)
         entry = private.get(row["series_uid_hash"])
         if entry is None:
             return row["series_uid_hash"], "the private store does not know this series: " \
-                "index the PACS again", 0, 0  # fmt: skip
-        return _retrieve(local.remote, entry, staging / "incoming" / row["series_uid_hash"])
+                "index the PACS again", 0, 0, []  # fmt: skip
+        return _retrieve(local.remote, entry, incoming / row["series_uid_hash"])
 
-    batches = [rows[i : i + batch] for i in range(0, len(rows), batch)]
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        pending: list[list[Future]] = []
-        for k in range(min(2, len(batches))):  # this batch and the next: the overlap
-            pending.append([pool.submit(fetch, r) for r in batches[k]])
-        for k in range(len(batches)):
-            results = [f.result() for f in pending[k]]
-            if k + 2 < len(batches):
-                pending.append([pool.submit(fetch, r) for r in batches[k + 2]])
-            folder = staging / f"batch-{k}"
-            folder.mkdir(parents=True, exist_ok=True)
-            failed, whole = [], []
-            for series_hash, problem, n, size in results:
-                if problem is None:
-                    os.replace(staging / "incoming" / series_hash, folder / series_hash)
-                    whole.append(series_hash)
-                    report.series_retrieved += 1
-                    report.instances_retrieved += n
-                    report.bytes_retrieved += size
-                else:
-                    shutil.rmtree(staging / "incoming" / series_hash, ignore_errors=True)
-                    failed.append((series_hash, problem))
-            if any(folder.iterdir()):
-                done = ingest_dicom(catalog, folder, center=conn.center, dataset=conn.dataset,
-                                    jobs=jobs, commit_every=max(1, len(results)))  # fmt: skip
-                report.scans_added += done.scans_added
-                report.ingest_quarantined += done.quarantined
-                report.problems.extend(done.problems)
-                here = ingested_series(catalog.latest(), conn.dataset, conn.center)
-                refused = [h for h in whole if h not in here]
-                if refused:  # whole, and still no scan: the ingest said why (quarantine)
-                    with catalog.transaction(f"pull {report.cohort}: refused series") as txn:
-                        txn.update("remote_series", "series_uid_hash", refused,
-                                   {"pull_state": "refused"})  # fmt: skip
-                    report.series_refused += len(refused)
-            if failed:
-                quarantine = [
-                    quarantine_row(f"pacs/{conn.name}/{h}", conn.dataset, conn.center,
-                                   "retrieve", why, run)
-                    for h, why in failed
-                ]  # fmt: skip
-                with catalog.transaction(f"pull {report.cohort}: incomplete series") as txn:
-                    txn.append("quarantine", quarantine, unique_by=["uri", "error"])
-                report.series_quarantined += len(failed)
-                report.problems.extend((f"pacs/{conn.name}/{h}", why) for h, why in failed)
-            shutil.rmtree(folder, ignore_errors=True)
+    converting: list[tuple[object, Future]] = []
+
+    def harvest(wait: bool) -> None:
+        while converting and (wait or converting[0][1].done()):
+            job, future = converting.pop(0)
+            committer.add(job, future.result())
+            shutil.rmtree(Path(job.root) / Path(job.files[0]).parent, ignore_errors=True)
+            room.release()
+
+    def arrived(pool, series_hash, problem, n, size, headers) -> None:
+        if problem is not None:
+            shutil.rmtree(incoming / series_hash, ignore_errors=True)
+            room.release()
+            uri = f"pacs/{conn.name}/{series_hash}"
+            planner.quarantine.rows.append(
+                quarantine_row(uri, conn.dataset, conn.center, "retrieve", problem, run)
+            )
+            report.problems.append((uri, problem))
+            report.series_quarantined += 1
+            return
+        report.series_retrieved += 1
+        report.instances_retrieved += n
+        report.bytes_retrieved += size
+        headers.sort(key=lambda h: h["rel"])
+        work = planner.plan([h["rel"] for h in headers], headers)
+        if not work:  # refused before conversion (the quarantine says why)
+            refused.append(series_hash)
+            shutil.rmtree(incoming / series_hash, ignore_errors=True)
+            room.release()
+        for k, job in enumerate(work):
+            if k:  # one folder, released once per job
+                room.acquire()
+            converting.append((job, pool.submit(convert_series, job)))
+
+    with progress_bar() as bar, ThreadPoolExecutor(max_workers=max(1, jobs)) as threads, \
+            process_pool(jobs, convert_series.__module__) as pool:  # fmt: skip
+        task = bar.add_task(f"pull {conn.name}", total=len(rows))
+        waiting = {threads.submit(fetch, r) for r in rows}
+        while waiting:
+            # a short wait: conversions must be harvested (freeing room) while retrievals run
+            done, waiting = wait(waiting, timeout=0.05, return_when=FIRST_COMPLETED)
+            for future in done:
+                arrived(pool, *future.result())
+                bar.advance(task)
+            harvest(wait=False)
+        harvest(wait=True)
+        if refused or planner.quarantine.rows or committer.pending:
+            committer.commit()
+    report.scans_added += ingest.scans_added
+    report.ingest_quarantined += len(ingest.problems)
+    report.problems.extend(ingest.problems)
 
 
-def _retrieve(remote, entry: dict, folder: Path) -> tuple[str, str | None, int, int]:
-    """Retrieve one series into ``folder``: (hash, problem or None, instances, bytes)."""
+def _retrieve(remote, entry: dict, folder: Path):
+    """Retrieve one series into ``folder``: (hash, problem or None, instances, bytes, headers).
+
+    Each instance is written as it arrives (as the PACS sent it, where the protocol gives
+    the bytes) and its header read once, as :func:`~xds.ingest.dicom.headers.read_header`
+    reads a file's: the geometry of every instance, the series' facts from the first.
+    """
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     place = {sop: k for k, (sop, _) in enumerate(entry["instances"])}
     numbers = {sop: number for sop, number in entry["instances"]}
-    received: set[str] = set()
+    received: dict[str, dict] = {}
     lock = threading.Lock()
-    size = [0]
+    size, arrivals = [0], [0]
+    series_only = {entry["series_uid"]}  # geometry only: the facts are read once, below
 
-    def store(ds) -> None:
-        sop = str(ds.get("SOPInstanceUID", ""))
+    def store(item) -> None:
+        with lock:
+            arrivals[0] += 1
+            temporary = f"{folder.name}/.{arrivals[0]}.part"
+        path = folder.parent / temporary
+        if isinstance(item, bytes | bytearray):  # a Part-10 file, byte for byte
+            path.write_bytes(item)
+            header = read_header(folder.parent, temporary, set(series_only))
+        else:  # a dataset (DIMSE)
+            item.save_as(path, enforce_file_format=True)
+            header = header_of_dataset(item, temporary, set(series_only))
+        sop = header.get("sop_uid") or f"unnamed-{temporary}"
         with lock:
             k = place.get(sop)
             if k is None:  # not in the index's list: named after its order of arrival
                 k = len(place)
                 place[sop] = k
-            received.add(sop)
-        path = folder / f"{k:06d}.dcm"
-        part = path.with_suffix(".part")
-        ds.save_as(part, enforce_file_format=True)
-        os.replace(part, path)
-        with lock:
-            size[0] += path.stat().st_size
+            rel = f"{folder.name}/{k:06d}.dcm"
+            os.replace(path, folder.parent / rel)
+            received[sop] = {**header, "rel": rel}  # a second copy replaces the first
+            size[0] += (folder.parent / rel).stat().st_size
 
+    hash_ = entry["series_hash"]
     try:
         remote.retrieve(entry["study_uid"], entry["series_uid"], store)
     except PacsError as exc:
-        return entry["series_hash"], str(exc), 0, 0
+        return hash_, str(exc), 0, 0, []
     listed = set(numbers)
     n = entry["n_instances"]
-    missing = listed - received if entry["listed_all"] else set()
+    missing = listed - set(received) if entry["listed_all"] else set()
     if missing or len(received) < n:
         shown = sorted(str(numbers[s]) for s in missing)
         which = f" (InstanceNumber {', '.join(shown[:10])}{' ...' if len(shown) > 10 else ''})"
         gone = max(len(missing), n - len(received))
-        return entry["series_hash"], (
-            f"incomplete: {gone} of {n} indexed instances did not arrive"
-            f"{which if shown else ''}"
-        ), len(received), size[0]
-    if len(received) > n or (entry["listed_all"] and received - listed):
-        return entry["series_hash"], (
-            f"changed since the index: {len(received)} instances arrived, the index lists "
-            f"{n}; run xds pacs index again"
-        ), len(received), size[0]
-    return entry["series_hash"], None, len(received), size[0]
+        return hash_, (f"incomplete: {gone} of {n} indexed instances did not arrive"
+                       f"{which if shown else ''}"), len(received), size[0], []  # fmt: skip
+    if len(received) > n or (entry["listed_all"] and set(received) - listed):
+        why = (f"changed since the index: {len(received)} instances arrived, the index lists "
+               f"{n}; run xds pacs index again")  # fmt: skip
+        return hash_, why, len(received), size[0], []
+    headers = sorted(received.values(), key=lambda h: h["rel"])
+    headers[0] = read_header(folder.parent, headers[0]["rel"])  # with the series' facts
+    return hash_, None, len(received), size[0], headers

@@ -9,6 +9,7 @@ PACS and what was asked, never a URL with UIDs in it or a traceback.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,11 @@ from xds.pacs.store import Connection
 from xds.schemas.errors import PacsError
 
 T = TypeVar("T")
+
+# Both libraries log the UIDs of what they query and retrieve at INFO level; an application
+# that logs at INFO would write them out. Only their warnings pass.
+for _name in ("dicomweb_client", "pynetdicom"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 STUDY_KEYS = ("StudyInstanceUID", "StudyDate", "StudyTime", "NumberOfStudyRelatedSeries")
 SERIES_KEYS = ("SeriesInstanceUID", "Modality", "SeriesNumber", "NumberOfSeriesRelatedInstances")
@@ -55,8 +61,11 @@ class Remote:
         """One instance's header, without pixel data."""
         raise NotImplementedError
 
-    def retrieve(self, study_uid: str, series_uid: str, store: Callable[[Dataset], None]) -> None:
-        """Send every instance of a series to ``store`` as it arrives."""
+    def retrieve(self, study_uid: str, series_uid: str, store: Callable) -> None:
+        """Send every instance of a series to ``store`` as it arrives.
+
+        Each is its Part-10 bytes where the protocol gives them, else a dataset.
+        """
         raise NotImplementedError
 
     def close(self) -> None:

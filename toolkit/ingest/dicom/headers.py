@@ -92,6 +92,27 @@ def _read_header(root: Path, rel: str, seen: set[str]) -> dict:
             rest = size - fh.tell()
     except Exception as exc:  # pydicom raises many types for broken files
         return {"rel": rel, "problem": ("read", f"unreadable DICOM ({short_error(exc)})")}
+    return _header(ds, rel, seen, rest)
+
+
+def header_of_dataset(ds, rel: str, seen: set[str]) -> dict:
+    """:func:`read_header`'s answer for a dataset already in memory, stored as ``rel``.
+
+    For instances a PACS sent, parsed whole on arrival: the header is taken from the
+    parsed dataset instead of reading the file written from it again.
+    """
+    try:
+        return _header(ds, rel, seen, None if "PixelData" in ds else 0)
+    except Exception as exc:  # a value pydicom read but cannot be interpreted
+        return {"rel": rel, "problem": ("read", f"malformed header ({short_error(exc)})")}
+
+
+def _header(ds, rel: str, seen: set[str], rest: int | None) -> dict:
+    """The header facts of ``ds``.
+
+    ``rest`` is the number of bytes after the header in its file, or None when the pixel
+    data was read whole.
+    """
     sop = str(
         ds.get("SOPClassUID", "") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", "")
     )
@@ -112,10 +133,10 @@ def _read_header(root: Path, rel: str, seen: set[str]) -> dict:
                 "problem": ("read", f"image header without Rows/Columns ({sop_name})"),
             }
         return {"rel": rel, "problem": ("read", f"not an image ({sop_name})")}
-    if rest < 8:
+    if rest is not None and rest < 8:
         return {"rel": rel, "problem": ("read", "no pixel data (an image header only)")}
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is not None and not syntax.is_compressed:
+    if rest is not None and syntax is not None and not syntax.is_compressed:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         expected = (
             int(ds.Rows)
@@ -141,6 +162,7 @@ def _read_header(root: Path, rel: str, seen: set[str]) -> dict:
         else None,
         "size": (int(ds.Rows), int(ds.Columns)),
         "frames": int(ds.get("NumberOfFrames", 1) or 1),
+        "sop_uid": str(ds.get("SOPInstanceUID") or ""),  # checked by a pull, never stored
     }
     if series_uid in seen:
         return {"rel": rel, **geometry}

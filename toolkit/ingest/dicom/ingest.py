@@ -145,7 +145,6 @@ def ingest_dicom(
     run = run_id()
     relpaths = [r for r in walk_files(root) if not any(fnmatch(r, p) for p in exclude)]
     report = DicomIngestReport(dataset, center, run, "dicom", files_found=len(relpaths))
-    secret = catalog.secret()
 
     chunks = [relpaths[i : i + HEADER_CHUNK] for i in range(0, len(relpaths), HEADER_CHUNK)]
     headers = [
@@ -159,115 +158,21 @@ def ingest_dicom(
         for h in chunk
     ]
 
-    by_series: dict[str, list[dict]] = defaultdict(list)
-    for h in headers:
-        if not h.get("problem") and not h.get("annotation"):
-            by_series[h["series_uid"]].append(h)
-    # The series-level facts: the first header of each series read in full.
-    head_of = {uid: next(h for h in files if "modality" in h) for uid, files in by_series.items()}
-    # Everything that identifies a person, to scrub from paths and descriptions.
-    subject_of: dict[str, str] = {}
-    phi_of: dict[str, set[str]] = defaultdict(set)
-    for uid, head in head_of.items():
-        key = (subject_of_path(head["rel"]) if subject_of_path else None) or subject_key(head)
-        subject_of[uid] = pseudonym(secret, dataset, center, key)
-        phi_of[subject_of[uid]].update(phi_strings(head))
-    shown = scrubber(phi_of)
-
-    quarantine = Quarantine(catalog, report, root, run)
-    record_source_names(catalog, relpaths, quarantine.keep)
-
-    def reject(rel: str, stage: str, error: str, files: int = 1) -> None:
-        report.files_quarantined += files
-        quarantine.add(rel.split(" [")[0], stage, error, shown=shown(rel))
-
-    for h in headers:
-        if h.get("problem"):
-            reject(h["rel"], *h["problem"])
-    report.series_found = len(by_series)
-
-    existing = ingested_series(catalog, dataset, center)
-    subjects, studies = subjects_and_studies(head_of, subject_of, dataset, center, run, secret)
-    work: list[SeriesJob] = []
-    workroot = catalog.root / WORK_FOLDER / f"{run}-{os.getpid()}"
+    planner = SeriesPlanner(catalog, root, report, run, dataset=dataset, center=center,
+                            overrides=overrides, subject_of_path=subject_of_path,
+                            min_slices=min_slices, max_voxels=max_voxels,
+                            workroot=catalog.root / WORK_FOLDER / f"{run}-{os.getpid()}",
+                            binary=binary)  # fmt: skip
     sweep_workdirs(catalog.root / WORK_FOLDER)
-    for uid, files in sorted(by_series.items(), key=lambda kv: kv[1][0]["rel"]):
-        files.sort(key=lambda h: h["rel"])
-        series_hash = pseudonym(secret, "series", uid, prefix="ser")
-        label = f"{common_folder([h['rel'] for h in files])} [series {series_hash}]"
-        if series_hash in existing:
-            report.series_skipped += 1
-            report.files_in_scans += len(files)
-            continue
-        first = head_of[uid]
-        if problem := series_problem(first, files, min_slices, voxel_limit(max_voxels)):
-            reject(label, *problem, len(files))
-            continue
-        subject_id = subject_of[uid]
-        phi = tuple(sorted(phi_of[subject_id]))
-        override, rule = match_override(overrides, uid, files, first)
-        facts = series_facts(first, secret, subject_id, series_hash, phi)
-        work.append(
-            SeriesJob(
-                str(root),
-                tuple(h["rel"] for h in files),
-                str(workroot / series_hash),
-                str(catalog.root),
-                dataset,
-                subject_id,
-                facts,
-                phi,
-                override,
-                rule,
-                label,
-                binary,
-                max_voxels,
-            )
-        )
-
-    pending: list[tuple[SeriesJob, dict]] = []
-    done_subjects: set[str] = set()
-    done_studies: set[str] = set()
-
-    def commit() -> None:
-        rows = []
-        for job, result in pending:
-            rows.extend(result["scans"])
-            if result["scans"]:
-                report.files_in_scans += len(job.files)
-                for rel, stage, error in result["problems"]:
-                    reject(rel, stage, error, 0)
-            else:
-                for n, (rel, stage, error) in enumerate(result["problems"]):
-                    reject(rel, stage, error, len(job.files) if n == 0 else 0)
-        now = utcnow()
-        for row in rows:
-            row.update(dataset=dataset, center=center, added_at=now, source=run, status="ok")
-        sids = {job.subject_id for job, _ in pending} - done_subjects
-        stids = {r["study_id"] for r in rows} - done_studies
-        with catalog.transaction(f"ingest dicom {dataset}/{center}") as txn:
-            txn.append("subjects", [subjects[s] for s in sorted(sids)], unique_by=["subject_id"])
-            txn.append("studies", [studies[s] for s in sorted(stids)], unique_by=["study_id"])
-            txn.append("scans", rows, unique_by=["subject_id", "image_hash"])
-            txn.append("quarantine", quarantine.take(), unique_by=["uri", "error"])
-        done_subjects.update(sids)
-        done_studies.update(stids)
-        report.subjects_added += txn.written.get("subjects", 0)
-        report.studies_added += txn.written.get("studies", 0)
-        report.scans_added += txn.written.get("scans", 0)
-        report.already_present += len(rows) - txn.written.get("scans", 0)
-        for row in rows:
-            report.sequences[row["sequence"]] = report.sequences.get(row["sequence"], 0) + 1
-        pending.clear()
+    work = planner.plan(relpaths, headers)
+    committer = Committer(catalog, planner, commit_every)
+    quarantine, workroot = planner.quarantine, planner.workroot
 
     try:
         results = progress_imap(convert_series, work, jobs=jobs, description=f"convert {center}")
         for job, result in zip(work, results, strict=True):
-            pending.append((job, result))
-            if len(pending) >= commit_every:
-                commit()
-        if pending or quarantine.rows:
-            commit()
+            committer.add(job, result)
+        committer.flush()
         annotations = [(h["rel"], h["annotation"]) for h in headers if h.get("annotation")]
         if annotations:
             labels, maps = attach_annotations(catalog, root, annotations, dataset=dataset,
@@ -288,3 +193,153 @@ def ingest_dicom(
     report.catalog_version = catalog.version
     report.quarantined = len(report.problems)
     return report
+
+
+class SeriesPlanner:
+    """Headers -> conversion jobs, for one ingest run that may see its files in parts.
+
+    Each :meth:`plan` call takes some files' headers (a whole folder, or one series a PACS
+    sent): it groups them into series, derives the keyed subject and study pseudonyms,
+    quarantines what cannot be a volume, skips series the catalog holds, and returns the
+    :class:`SeriesJob` of the rest. Subjects and studies accumulate for the commits.
+    """
+
+    def __init__(self, catalog: Catalog, root: Path, report: DicomIngestReport, run: str, *,
+                 dataset: str, center: str, overrides=(), subject_of_path=None,
+                 min_slices: int = MIN_SLICES, max_voxels: int | None = None,
+                 workroot: Path, binary: str):  # fmt: skip
+        self.catalog, self.root, self.report, self.run = catalog, root, report, run
+        self.dataset, self.center = dataset, center
+        self.overrides, self.subject_of_path = list(overrides), subject_of_path
+        self.min_slices, self.max_voxels = min_slices, max_voxels
+        self.workroot, self.binary = workroot, binary
+        self.secret = catalog.secret()
+        self.quarantine = Quarantine(catalog, report, root, run)
+        self.existing = ingested_series(catalog, dataset, center)
+        self.subjects: dict[str, dict] = {}
+        self.studies: dict[str, dict] = {}
+        self.phi_of: dict[str, set[str]] = defaultdict(set)  # subject -> identifiers seen
+        self.shown = scrubber(self.phi_of)
+
+    def reject(self, rel: str, stage: str, error: str, files: int = 1) -> None:
+        """Quarantine a file or series (``rel`` may end in `` [series ...]``)."""
+        self.report.files_quarantined += files
+        self.quarantine.add(rel.split(" [")[0], stage, error, shown=self.shown(rel))
+
+    def plan(self, relpaths: list[str], headers: list[dict]) -> list[SeriesJob]:
+        """The conversion jobs of these files' series (see the class doc)."""
+        by_series: dict[str, list[dict]] = defaultdict(list)
+        for h in headers:
+            if not h.get("problem") and not h.get("annotation"):
+                by_series[h["series_uid"]].append(h)
+        # The series-level facts: the first header of each series read in full.
+        head_of = {uid: next(h for h in files if "modality" in h)
+                   for uid, files in by_series.items()}  # fmt: skip
+        # Everything that identifies a person, to scrub from paths and descriptions.
+        subject_of: dict[str, str] = {}
+        phi_of = self.phi_of
+        for uid, head in head_of.items():
+            key = (self.subject_of_path(head["rel"]) if self.subject_of_path else None
+                   ) or subject_key(head)  # fmt: skip
+            subject_of[uid] = pseudonym(self.secret, self.dataset, self.center, key)
+            phi_of[subject_of[uid]].update(phi_strings(head))
+        self.shown = scrubber(phi_of)
+        record_source_names(self.catalog, relpaths, self.quarantine.keep)
+        for h in headers:
+            if h.get("problem"):
+                self.reject(h["rel"], *h["problem"])
+        self.report.series_found += len(by_series)
+        subjects, studies = subjects_and_studies(head_of, subject_of, self.dataset, self.center,
+                                                 self.run, self.secret)  # fmt: skip
+        for sid, row in subjects.items():
+            self.subjects.setdefault(sid, row)
+        for stid, row in studies.items():
+            self.studies.setdefault(stid, row)
+        work: list[SeriesJob] = []
+        for uid, files in sorted(by_series.items(), key=lambda kv: kv[1][0]["rel"]):
+            files.sort(key=lambda h: h["rel"])
+            series_hash = pseudonym(self.secret, "series", uid, prefix="ser")
+            label = f"{common_folder([h['rel'] for h in files])} [series {series_hash}]"
+            if series_hash in self.existing:
+                self.report.series_skipped += 1
+                self.report.files_in_scans += len(files)
+                continue
+            first = head_of[uid]
+            problem = series_problem(first, files, self.min_slices, voxel_limit(self.max_voxels))
+            if problem:
+                self.reject(label, *problem, len(files))
+                continue
+            subject_id = subject_of[uid]
+            phi = tuple(sorted(phi_of[subject_id]))
+            override, rule = match_override(self.overrides, uid, files, first)
+            facts = series_facts(first, self.secret, subject_id, series_hash, phi)
+            work.append(SeriesJob(str(self.root), tuple(h["rel"] for h in files),
+                                  str(self.workroot / series_hash), str(self.catalog.root),
+                                  self.dataset, subject_id, facts, phi, override, rule, label,
+                                  self.binary, self.max_voxels))  # fmt: skip
+        return work
+
+
+class Committer:
+    """Converted series into the catalog, ``commit_every`` at a time, one transaction each.
+
+    ``also(txn, pairs)``, when given, adds to each transaction (a pull marks its refused
+    series in the same commit as the rest of the batch).
+    """
+
+    def __init__(self, catalog: Catalog, planner: SeriesPlanner, commit_every: int,
+                 also: Callable | None = None):  # fmt: skip
+        self.catalog, self.planner, self.commit_every = catalog, planner, commit_every
+        self.also = also
+        self.pending: list[tuple[SeriesJob, dict]] = []
+        self.done_subjects: set[str] = set()
+        self.done_studies: set[str] = set()
+
+    def add(self, job: SeriesJob, result: dict) -> None:
+        """One conversion's result; commits when ``commit_every`` are waiting."""
+        self.pending.append((job, result))
+        if len(self.pending) >= self.commit_every:
+            self.commit()
+
+    def flush(self) -> None:
+        """Commit what waits (results, or quarantine rows alone)."""
+        if self.pending or self.planner.quarantine.rows:
+            self.commit()
+
+    def commit(self) -> None:
+        """One transaction: the waiting scans, their subjects and studies, quarantine."""
+        planner, report = self.planner, self.planner.report
+        rows = []
+        for job, result in self.pending:
+            rows.extend(result["scans"])
+            if result["scans"]:
+                report.files_in_scans += len(job.files)
+                for rel, stage, error in result["problems"]:
+                    planner.reject(rel, stage, error, 0)
+            else:
+                for n, (rel, stage, error) in enumerate(result["problems"]):
+                    planner.reject(rel, stage, error, len(job.files) if n == 0 else 0)
+        now = utcnow()
+        for row in rows:
+            row.update(dataset=planner.dataset, center=planner.center, added_at=now,
+                       source=planner.run, status="ok")  # fmt: skip
+        sids = {job.subject_id for job, _ in self.pending} - self.done_subjects
+        stids = {r["study_id"] for r in rows} - self.done_studies
+        with self.catalog.transaction(f"ingest dicom {planner.dataset}/{planner.center}") as txn:
+            txn.append("subjects", [planner.subjects[s] for s in sorted(sids)],
+                       unique_by=["subject_id"])  # fmt: skip
+            txn.append("studies", [planner.studies[s] for s in sorted(stids)],
+                       unique_by=["study_id"])  # fmt: skip
+            txn.append("scans", rows, unique_by=["subject_id", "image_hash"])
+            txn.append("quarantine", planner.quarantine.take(), unique_by=["uri", "error"])
+            if self.also is not None:
+                self.also(txn, list(self.pending))
+        self.done_subjects.update(sids)
+        self.done_studies.update(stids)
+        report.subjects_added += txn.written.get("subjects", 0)
+        report.studies_added += txn.written.get("studies", 0)
+        report.scans_added += txn.written.get("scans", 0)
+        report.already_present += len(rows) - txn.written.get("scans", 0)
+        for row in rows:
+            report.sequences[row["sequence"]] = report.sequences.get(row["sequence"], 0) + 1
+        self.pending.clear()
