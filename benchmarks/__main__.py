@@ -39,6 +39,7 @@ BENCHMARKS = (
     "real_dicom",
     "near_duplicates",
     "qc",
+    "pacs_pull",
 )
 """Run by default, in this order. Training benchmarks (crossseq, pseudo) take tens of
 minutes to hours and report accuracy, not speed; they are run by hand (docs/pseudo.md)."""

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from xds.catalog import Catalog, build_cohort
 from xds.ingest import ingest_dicom
-from xds.pacs import Connection, PacsStore, index_pacs, pull_cohort
+from xds.pacs import PacsStore, add_pacs, index_pacs, pull_cohort
 from xds.phantoms import generate_world
 
 from .orthanc import OrthancServer
@@ -81,8 +81,7 @@ def main() -> None:
     try:
         stored = server.upload(files)
         indexed = Catalog.create(work / "indexed")
-        PacsStore(indexed.root).add(Connection(name="bench", kind="dicomweb", center="bench",
-                                               dataset="bench", url=server.dicomweb))  # fmt: skip
+        add_pacs(indexed.root, "bench", dicomweb=server.dicomweb, center="bench")
         index = index_pacs(indexed, "bench", jobs=2 * args.jobs)
         build_cohort(indexed, "status = 'remote'", "all")
         private = PacsStore(indexed.root).series(

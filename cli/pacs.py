@@ -38,35 +38,27 @@ def pacs():
 @click.option("--retries", type=int, default=3, show_default=True,
               help="Tries after a call fails (timeouts, refused, 5xx), with backoff.")  # fmt: skip
 @click.option("--replace", is_flag=True, help="Replace a stored connection of this name.")
+@json_option
 @click.pass_obj
 def pacs_add_cmd(state, name, url, address, aet, our_aet, retrieve, move_port, center, dataset,
-                 timeout, retries, replace):  # fmt: skip
+                 timeout, retries, replace, as_json):  # fmt: skip
     """Store a PACS connection. Credentials are never stored or printed.
 
     They come from XDS_PACS_<NAME>_USER and XDS_PACS_<NAME>_PASSWORD (or
     XDS_PACS_<NAME>_TOKEN, a bearer token) when a command runs, else from a netrc file
     (XDS_NETRC, else ~/.netrc) entry for the PACS's host.
     """
-    from xds.pacs import Connection, PacsStore
-    from xds.schemas.errors import PacsError
+    from xds.pacs import add_pacs
 
-    if (url is None) == (address is None):
-        raise PacsError("give --dicomweb URL or --dimse HOST:PORT (one of them)")
-    host = port = None
-    if address is not None:
-        host, _, text = address.rpartition(":")
-        if not host or not text.isdigit():
-            raise PacsError(f"--dimse {address!r}: expected HOST:PORT")
-        port = int(text)
-    center = center or name
-    conn = Connection(name=name, kind="dicomweb" if url else "dimse", center=center,
-                      dataset=dataset or center, url=url, host=host, port=port, aet=aet,
-                      our_aet=our_aet, retrieve=retrieve, move_port=move_port, timeout=timeout,
-                      retries=retries)  # fmt: skip
-    catalog = state.catalog(create=True)
-    PacsStore(catalog.root).add(conn, replace=replace)
-    print_kv({"pacs": name, "kind": conn.kind, "address": conn.address, "center": conn.center,
-              "dataset": conn.dataset}, "stored")  # fmt: skip
+    conn = add_pacs(state.catalog(create=True).root, name, dicomweb=url, dimse=address, aet=aet,
+                    our_aet=our_aet, retrieve=retrieve, move_port=move_port, center=center,
+                    dataset=dataset, timeout=timeout, retries=retries, replace=replace)  # fmt: skip
+    stored = {"pacs": name, "kind": conn.kind, "address": conn.address, "center": conn.center,
+              "dataset": conn.dataset}  # fmt: skip
+    if as_json:
+        emit_json(stored)
+    else:
+        print_kv(stored, "stored")
 
 
 @pacs.command("list")

@@ -9,13 +9,14 @@ checks and ingests them.
 
 from xds.pacs.index import IndexReport, index_pacs
 from xds.pacs.pull import PullReport, plan_pull, pull_cohort
-from xds.pacs.store import Connection, PacsStore
+from xds.pacs.store import Connection, PacsStore, add_pacs
 
 __all__ = [
     "Connection",
     "IndexReport",
     "PacsStore",
     "PullReport",
+    "add_pacs",
     "index_pacs",
     "plan_pull",
     "pull_cohort",

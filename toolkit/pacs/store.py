@@ -128,6 +128,33 @@ def credentials(conn: Connection) -> tuple[str, str] | str | None:
     return None
 
 
+def add_pacs(catalog_root: str | os.PathLike, name: str, *, dicomweb: str | None = None,
+             dimse: str | None = None, aet: str | None = None, our_aet: str = "XDS",
+             retrieve: str = "get", move_port: int | None = None, center: str | None = None,
+             dataset: str | None = None, timeout: float = 60.0, retries: int = 3,
+             replace: bool = False) -> Connection:  # fmt: skip
+    """Store a connection: ``dicomweb`` (a URL) or ``dimse`` ("HOST:PORT", with ``aet``).
+
+    Raises:
+        PacsError: neither or both protocols, or an unusable value (one line).
+    """
+    if (dicomweb is None) == (dimse is None):
+        raise PacsError("give --dicomweb URL or --dimse HOST:PORT (one of them)")
+    host = port = None
+    if dimse is not None:
+        host, _, text = dimse.rpartition(":")
+        if not host or not text.isdigit():
+            raise PacsError(f"--dimse {dimse!r}: expected HOST:PORT")
+        port = int(text)
+    center = center or name
+    conn = Connection(name=name, kind="dicomweb" if dicomweb else "dimse", center=center,
+                      dataset=dataset or center, url=dicomweb, host=host, port=port, aet=aet,
+                      our_aet=our_aet, retrieve=retrieve, move_port=move_port, timeout=timeout,
+                      retries=retries)  # fmt: skip
+    PacsStore(catalog_root).add(conn, replace=replace)
+    return conn
+
+
 class PacsStore:
     """The private store of one catalog (see the module's docstring)."""
 
