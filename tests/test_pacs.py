@@ -139,6 +139,9 @@ def test_index_t2w_cohort_pull_over_dicomweb_equals_ingest(pacs_world, orthanc, 
     assert not any((cat.root / "data").rglob("*.nii.gz")) if (cat.root / "data").exists() else True
 
     pulled = _xds(cat.root, "pull", "t2", "-j", "2", "--json")
+    commands = (["pacs", "list"], ["pacs", "index", "web"], ["pull", "t2"])
+    shown = [_xds(cat.root, *command, ok=False).output for command in commands]
+    assert not [n for n in center["needles"] for out in shown if n in out]
     assert pulled["series_retrieved"] == len(t2)
     assert pulled["series_quarantined"] == 0
     ref = _reference(tmp_path, center, t2, Catalog.open(cat.root).secret())

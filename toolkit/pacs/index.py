@@ -38,9 +38,9 @@ from xds.ingest.dicom.series import ingested_series, series_facts, subjects_and_
 from xds.io.deid import pseudonym
 from xds.io.parallel import thread_map
 from xds.pacs.listing import all_studies, study_series
+from xds.pacs.orthanc import changed_studies, last_change
 from xds.pacs.remote import SERIES_LEVEL, Remote, open_remote
 from xds.pacs.store import Connection, PacsStore
-from xds.schemas.errors import PacsError
 from xds.schemas.ids import stable_id
 
 HEADER_BYTES = 4096
@@ -110,11 +110,14 @@ def index_pacs(
     series_filters = {k: v for k, v in tags.items() if k in SERIES_LEVEL}
     started = utcnow().date()
     mark = store.watermark(name)
+    # Where the change feed stands before anything is listed: what arrives during this
+    # index is found again by the next --since last rather than missed.
+    seq_before = last_change(conn)
     remote = open_remote(conn)
     feed = None
     try:
         if since == "last":
-            feed = _changes(conn, mark)
+            feed = changed_studies(conn, mark)
             since_date = None if feed is not None or not mark.get("date") else (
                 dt.date.fromisoformat(mark["date"]) - dt.timedelta(days=1))  # fmt: skip
         else:
@@ -168,10 +171,9 @@ def index_pacs(
     report.instances_registered = sum(r["n_instances"] for r in rows)
     report.catalog_version = catalog.version
     state = {"date": started.isoformat()}
-    if feed is not None or conn.kind == "dicomweb":
-        seq = feed[1] if feed is not None else _last_change(conn)
-        if seq is not None:
-            state["change_seq"] = seq
+    seq = feed[1] if feed is not None else seq_before
+    if seq is not None:
+        state["change_seq"] = seq
     store.set_watermark(name, {**mark, **state})
     return report
 
@@ -251,65 +253,3 @@ def _rows(catalog: Catalog, conn: Connection, heads: list[dict]):
             "added_at": now, "source": run,
         })  # fmt: skip
     return rows, list(subjects.values()), list(studies.values())
-
-
-def _orthanc_root(conn: Connection) -> str | None:
-    """The REST root of an Orthanc serving this DICOMweb URL, or None when it is not one."""
-    if conn.kind != "dicomweb":
-        return None
-    import requests
-
-    from xds.pacs.store import credentials
-
-    root = conn.url.rstrip("/")
-    root = root[: -len("/dicom-web")] if root.endswith("/dicom-web") else root
-    found = credentials(conn)
-    auth = found if isinstance(found, tuple) else None
-    try:
-        answer = requests.get(f"{root}/system", timeout=min(10.0, conn.timeout), auth=auth)
-        facts = answer.json() if answer.ok else {}
-    except (requests.RequestException, ValueError):
-        return None
-    return root if isinstance(facts, dict) and "DicomAet" in facts and "Version" in facts else None
-
-
-def _last_change(conn: Connection) -> int | None:
-    """Orthanc's newest change sequence number (None: not an Orthanc)."""
-    import requests
-
-    root = _orthanc_root(conn)
-    if root is None:
-        return None
-    try:
-        return int(requests.get(f"{root}/changes", params={"last": ""},
-                                timeout=conn.timeout).json()["Last"])  # fmt: skip
-    except (requests.RequestException, ValueError, KeyError):
-        return None
-
-
-def _changes(conn: Connection, mark: dict) -> tuple[list[str], int] | None:
-    """Study UIDs with a new series since the watermark (Orthanc's change feed), or None."""
-    import requests
-
-    root = _orthanc_root(conn)
-    if root is None or "change_seq" not in mark:
-        return None
-    seq, parents, uids = int(mark["change_seq"]), set(), []
-    try:
-        while True:
-            page = requests.get(f"{root}/changes", params={"since": seq, "limit": 1000},
-                                timeout=conn.timeout).json()  # fmt: skip
-            for change in page["Changes"]:
-                if change["ChangeType"] == "NewSeries":
-                    series = requests.get(f"{root}/series/{change['ID']}", timeout=conn.timeout)
-                    parents.add(series.json()["ParentStudy"])
-            seq = int(page["Last"])
-            if page["Done"]:
-                break
-        for parent in sorted(parents):
-            tags = requests.get(f"{root}/studies/{parent}", timeout=conn.timeout).json()
-            uids.append(tags["MainDicomTags"]["StudyInstanceUID"])
-    except (requests.RequestException, ValueError, KeyError) as exc:
-        raise PacsError(f"PACS {conn.name}: Orthanc's change feed failed "
-                        f"({type(exc).__name__})") from None  # fmt: skip
-    return sorted(set(uids)), seq
