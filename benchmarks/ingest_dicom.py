@@ -80,8 +80,12 @@ def run_dcm2niix(folders: list[Path], work: Path) -> int:
     return len(list(out.rglob("*.nii.gz")))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def dicom_center(doc: str, prefix: str):
+    """The arguments of a benchmark over one phantom DICOM center, and that center.
+
+    Returns (args, shape, work folder, center folder, manifest of the center).
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--subjects", type=int, default=8)
     parser.add_argument("--shape", default="192,192,48")
     parser.add_argument("--rounds", type=int, default=MIN_ROUNDS)
@@ -92,14 +96,18 @@ def main() -> None:
     if args.quick:
         args.subjects, args.shape = min(args.subjects, 4), "128,128,32"
     shape = tuple(int(v) for v in args.shape.split(","))
-    work = Path(args.out or tempfile.mkdtemp(prefix="xds-bench-dicom-"))
+    work = Path(args.out or tempfile.mkdtemp(prefix=prefix))
     world = work / "world"
     manifest = generate_world(world, format="dicom", centers=1, subjects_per_center=args.subjects,
                               sequences=("T1W", "T2W", "OOP", "IP"), shape=shape, seed=0,
                               jobs=args.jobs, broken=False, annotations=False)  # fmt: skip
-    center = world / manifest["centers"][0]["path"]
+    return args, shape, work, world / manifest["centers"][0]["path"], manifest["centers"][0]
+
+
+def main() -> None:
+    args, shape, work, center, manifest = dicom_center(__doc__, "xds-bench-dicom-")
     files = sum(1 for p in center.rglob("*") if p.is_file())
-    series = len(manifest["centers"][0]["series"])
+    series = len(manifest["series"])
     what = f"{series} series, {files} files of about {shape[0]}x{shape[1]}"
     print(f"phantom center: {what}")
     whole = [center]

@@ -18,19 +18,17 @@ Same Orthanc, same series, same parallelism, warmed up, alternating rounds
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from xds.catalog import Catalog, build_cohort
 from xds.ingest import ingest_dicom
 from xds.pacs import PacsStore, add_pacs, index_pacs, pull_cohort
-from xds.phantoms import generate_world
 
+from .ingest_dicom import dicom_center
 from .orthanc import OrthancServer
-from .timing import MIN_ROUNDS, Side, compare, timed_report
+from .timing import Side, compare, timed_report
 
 
 def download_then_ingest(server: OrthancServer, uids: list[tuple[str, str]], secret: bytes,
@@ -59,23 +57,7 @@ def download_then_ingest(server: OrthancServer, uids: list[tuple[str, str]], sec
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subjects", type=int, default=8)
-    parser.add_argument("--shape", default="192,192,48")
-    parser.add_argument("--rounds", type=int, default=MIN_ROUNDS)
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="4 subjects of 128x128x32")
-    parser.add_argument("--out", help="work folder (default: a temporary one)")
-    args = parser.parse_args()
-    if args.quick:
-        args.subjects, args.shape = min(args.subjects, 4), "128,128,32"
-    shape = tuple(int(v) for v in args.shape.split(","))
-    work = Path(args.out or tempfile.mkdtemp(prefix="xds-bench-pacs-"))
-    world = work / "world"
-    manifest = generate_world(world, format="dicom", centers=1, subjects_per_center=args.subjects,
-                              sequences=("T1W", "T2W", "OOP", "IP"), shape=shape, seed=0,
-                              jobs=args.jobs, broken=False, annotations=False)  # fmt: skip
-    center = world / manifest["centers"][0]["path"]
+    args, shape, work, center, _ = dicom_center(__doc__, "xds-bench-pacs-")
     files = sorted(p for p in center.rglob("*") if p.is_file())
     server = OrthancServer(work / "orthanc")
     try:
