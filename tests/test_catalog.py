@@ -134,7 +134,8 @@ def _downgrade_to_v1(root) -> None:
                "echo_time_ms", "repetition_time_ms", "inversion_time_ms", "flip_angle_deg",
                "contrast", "image_type", "protocol", "sidecar_uri", "classes_annotated",
                "derived_from", "class_set", "fingerprint", "acquisition_time_key"}  # fmt: skip
-    newer_tables = ("studies", "evaluations", "metrics", "set_metrics")
+    newer_tables = ("studies", "evaluations", "metrics", "set_metrics", "runs", "predictions",
+                    "qc", "remote_series")
     for name in newer_tables:
         shutil.rmtree(root / name)
     for name in ("scans", "labels"):
@@ -166,6 +167,7 @@ def test_migrate_a_version_1_catalog_keeps_rows_and_history(catalog):
     changes = migrate(catalog.root)
     assert "created table studies" in changes
     assert "created table metrics" in changes
+    assert "created table remote_series" in changes
     assert any(c.startswith("scans: added sequence_rule") for c in changes)
     assert "labels: added classes_annotated, derived_from, class_set" in changes
     assert migrate(catalog.root) == []  # idempotent
@@ -182,6 +184,10 @@ def test_migrate_a_version_1_catalog_keeps_rows_and_history(catalog):
     assert old.sql(
         "SELECT count(*) AS n, count(sequence_rule) AS r FROM scan_view"
     ).to_pylist() == [{"n": n_scans, "r": 0}]
+    # ... and its scan_view has the status column, every row a scan (no PACS table then)
+    assert old.sql("SELECT list(DISTINCT status) AS s FROM scan_view").to_pylist() == [
+        {"s": ["ok"]}
+    ]
 
 
 def test_migrate_turns_raw_times_of_day_into_keys(catalog):

@@ -158,6 +158,8 @@ def test_index_t2w_cohort_pull_over_dicomweb_equals_ingest(pacs_world, orthanc, 
     store = cat.root / STORE_FILE
     assert stat.S_IMODE(store.stat().st_mode) == 0o600
     assert not find_leaks(cat.root, center["needles"])
+    verified = _xds(cat.root, "verify", "--json")  # every stored byte: UIDs, dates, names
+    assert verified["ok"], verified["findings"]
     uid = t2[0]
     assert uid.encode() in store.read_bytes()  # the store is where they are, and only there
 

@@ -48,7 +48,9 @@ DATE = re.compile(
 )
 # What separates a file or folder name from the text around it in a path, a message, JSON.
 _NAME_SPLIT = re.compile(rb"[\x00-\x20\x7f/\\\"'`,;:()\[\]{}<>=|]+")
-_PRIVATE = {".xds-secret", ".xds-names", ".xds-names.lock", ".xds.lock"}
+# The key, the hashed names, the locks, and the PACS store (raw UIDs by design, 0600).
+_PRIVATE = {".xds-secret", ".xds-names", ".xds-names.lock", ".xds.lock", ".xds-pacs.sqlite",
+            ".xds-pacs.sqlite-journal"}
 _SKIP_FOLDERS = {".xds-scratch", ".xds-tmp"}
 # Cells written by the user, not read from the data: a --where may compare dates.
 _USER_TEXT = {("cohorts", "where_sql"), ("splits", "params"), ("runs", "config")}
