@@ -139,10 +139,11 @@ def pull_cmd(state, cohort, dry_run, batch, jobs, as_json):
     \b
     WADO-RS, C-GET or C-MOVE per series, -j at a time, into the catalog's work folder;
     the SOP Instance UIDs that arrived must be those the index listed, else the series is
-    quarantined with what is missing and stays remote. Whole series go through the DICOM
-    ingest (checks, dcm2niix, classification, de-identification) in batches while the
-    next batch is retrieved. Killed, it resumes: pulling again fetches only what no scan
-    holds. Build the cohort again afterwards (its remote ids become scans).
+    quarantined with what is missing and stays remote. Each whole series goes through the
+    DICOM ingest's steps (checks, dcm2niix, classification, de-identification) in -j
+    processes while the next ones arrive; every --batch converted series are one commit.
+    Killed, it resumes: pulling again fetches only what no scan holds. Build the cohort
+    again afterwards (its remote ids become scans).
     """
     from xds.pacs import pull_cohort
 
