@@ -341,6 +341,8 @@ def record_source_names(catalog: Catalog, relpaths: Iterable[str], keep: frozens
     for rel in relpaths:
         tokens |= hidden_names(rel, keep)
     digests = {name_digest(secret, t) for t in tokens}
+    if not digests:  # nothing hidden (a PACS pull's folders are pseudonyms): no lock, no read
+        return
     path = catalog.root / _NAMES
     with FileLock(str(catalog.root / f"{_NAMES}.lock")):
         known = set(path.read_text().split()) if path.exists() else set()

@@ -81,6 +81,11 @@ class _MoveReceiver:
         return _SUCCESS
 
 
+def stop_move_receivers() -> None:
+    """Stop the Storage SCPs this process started for C-MOVE (none: nothing happens)."""
+    _MoveReceiver.stop_all()
+
+
 class DimseRemote(Remote):
     """:class:`~xds.pacs.remote.Remote` over DIMSE."""
 

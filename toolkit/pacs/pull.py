@@ -146,9 +146,9 @@ def pull_cohort(catalog: Catalog, cohort: str, *, jobs: int = 2, batch: int | No
                         report, jobs=jobs, batch=batch)  # fmt: skip
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        from xds.pacs.dimse import _MoveReceiver
+        from xds.pacs.dimse import stop_move_receivers
 
-        _MoveReceiver.stop_all()
+        stop_move_receivers()
     report.seconds = round(time.perf_counter() - start, 3)
     return report
 
@@ -156,8 +156,8 @@ def pull_cohort(catalog: Catalog, cohort: str, *, jobs: int = 2, batch: int | No
 def _pull_group(catalog, conn, rows, private, staging, report, *, jobs, batch) -> None:
     """Pull one connection's series of one center: retrieval, conversion, commits at once.
 
-    Retrieval threads write each series and its headers (taken from the instances as they
-    arrive, not read again from disk); the main thread plans each whole series with the
+    Retrieval threads write each series and read each instance's header once, as it
+    arrives (:func:`_retrieve`); the main thread plans each whole series with the
     DICOM ingest's planner, hands its jobs to one pool of conversion processes that lives
     as long as the pull, and commits every ``batch`` converted series with the ingest's
     committer. At most ``2 * batch + jobs`` series wait on disk at any time.
@@ -192,13 +192,17 @@ def _pull_group(catalog, conn, rows, private, staging, report, *, jobs, batch) -
         return _retrieve(local.remote, entry, incoming / row["series_uid_hash"])
 
     converting: list[tuple[object, Future]] = []
+    jobs_left: dict[str, int] = {}  # series folder -> its conversions still running
 
     def harvest(wait: bool) -> None:
         while converting and (wait or converting[0][1].done()):
             job, future = converting.pop(0)
             committer.add(job, future.result())
-            shutil.rmtree(Path(job.root) / Path(job.files[0]).parent, ignore_errors=True)
-            room.release()
+            folder = Path(job.files[0]).parts[0]
+            jobs_left[folder] -= 1
+            if not jobs_left[folder]:  # its last conversion: the folder and its room go
+                shutil.rmtree(incoming / folder, ignore_errors=True)
+                room.release()
 
     def arrived(pool, series_hash, problem, n, size, headers) -> None:
         if problem is not None:
@@ -220,10 +224,8 @@ def _pull_group(catalog, conn, rows, private, staging, report, *, jobs, batch) -
             refused.append(series_hash)
             shutil.rmtree(incoming / series_hash, ignore_errors=True)
             room.release()
-        for k, job in enumerate(work):
-            if k:  # one folder, released once per job
-                room.acquire()
-            converting.append((job, pool.submit(convert_series, job)))
+        jobs_left[series_hash] = len(work)
+        converting.extend((job, pool.submit(convert_series, job)) for job in work)
 
     with progress_bar() as bar, ThreadPoolExecutor(max_workers=max(1, jobs)) as threads, \
             process_pool(jobs, convert_series.__module__) as pool:  # fmt: skip

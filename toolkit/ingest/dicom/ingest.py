@@ -238,12 +238,14 @@ class SeriesPlanner:
         # Everything that identifies a person, to scrub from paths and descriptions.
         subject_of: dict[str, str] = {}
         phi_of = self.phi_of
+        known = sum(map(len, phi_of.values()))
         for uid, head in head_of.items():
             key = (self.subject_of_path(head["rel"]) if self.subject_of_path else None
                    ) or subject_key(head)  # fmt: skip
             subject_of[uid] = pseudonym(self.secret, self.dataset, self.center, key)
             phi_of[subject_of[uid]].update(phi_strings(head))
-        self.shown = scrubber(phi_of)
+        if sum(map(len, phi_of.values())) != known:  # a pull plans one series at a time
+            self.shown = scrubber(phi_of)
         record_source_names(self.catalog, relpaths, self.quarantine.keep)
         for h in headers:
             if h.get("problem"):
